@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` starts the service, `make test` runs the whole suite.
+# Both build their own virtual environment in .venv from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint typecheck pytest openapi bench clean
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/activate
+
+run: $(BIN)/activate
+	$(BIN)/loss-service serve --host $(HOST) --port $(PORT)
+
+test: lint typecheck pytest
+
+lint: $(BIN)/activate
+	$(BIN)/ruff check service tests bench scripts
+	$(BIN)/ruff format --check service tests bench scripts
+
+typecheck: $(BIN)/activate
+	$(BIN)/mypy service
+
+pytest: $(BIN)/activate
+	$(BIN)/pytest
+
+openapi: $(BIN)/activate
+	$(BIN)/loss-service openapi > openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,63 @@
+"""The application factory: it wires settings, routers, error handlers and middleware, no more."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+
+from service import __version__
+from service.api import openapi, problems
+from service.api.body_limit import BodyLimitMiddleware
+from service.api.routes import health, losses
+from service.config import Settings, get_settings
+from service.engine import select_backend
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Losses, their gradients and calibration statistics from logits and labels.
+
+Conventions follow PyTorch where PyTorch has one; every error is an RFC 9457
+`application/problem+json` body naming the offending field."""
+
+
+def _operation_id(route: APIRoute) -> str:
+    """Stable operation ids for generated clients: the route's name (`cross_entropy`)."""
+    return route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Chosen once: every request of this process computes on the same backend.
+        app.state.backend = select_backend(settings.device)
+        logger.info("backend %s on %s", app.state.backend.name, app.state.backend.device)
+        yield
+
+    app = FastAPI(
+        title="Loss service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(losses.router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+        )
+    openapi.install(app)
+    return app

@@ -1,0 +1,60 @@
+"""The OpenAPI document: FastAPI's, plus the shared `Tensor` schema every tensor field refers to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.codecs import WIRE_DTYPES
+
+TENSOR_SCHEMAS: dict[str, Any] = {
+    "Tensor": {
+        "description": "A tensor: nested JSON arrays of numbers (row-major), or an encoded "
+        "tensor object with raw little-endian bytes in base64.",
+        "anyOf": [
+            {"$ref": "#/components/schemas/NestedNumbers"},
+            {"$ref": "#/components/schemas/EncodedTensor"},
+        ],
+    },
+    "NestedNumbers": {
+        "description": "A number, or an array of NestedNumbers; every level rectangular.",
+        "anyOf": [
+            {"type": "number"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/NestedNumbers"}},
+        ],
+    },
+    "EncodedTensor": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["dtype", "shape", "data"],
+        "properties": {
+            "dtype": {"type": "string", "enum": list(WIRE_DTYPES)},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "data": {
+                "type": "string",
+                "contentEncoding": "base64",
+                "description": "prod(shape) * itemsize bytes, little-endian, row-major",
+            },
+        },
+    },
+}
+
+
+def install(app: FastAPI) -> None:
+    """Replace `app.openapi` with a generator that adds the tensor schemas."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(TENSOR_SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,157 @@
+"""Every error the service returns, as an RFC 9457 `application/problem+json` body.
+
+One mapping from exception to status and problem type lives here, and `install` wires it for the
+service's own exceptions, FastAPI's request validation, Starlette's HTTP errors (404, 405, ...)
+and anything unexpected, which becomes a 500 without a traceback in the body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import (
+    ComputeTimeout,
+    FieldPath,
+    InvalidInput,
+    LimitExceeded,
+    LossServiceError,
+    Unauthorized,
+)
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+TYPE_PREFIX = "urn:loss-service:problem:"
+
+
+class FieldError(BaseModel):
+    pointer: str = Field(description="JSON Pointer to the offending field of the request body")
+    field: str = Field(description="the same location, dotted: `logits.data`, `weight[2]`")
+    detail: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(description="`urn:loss-service:problem:<slug>`, or `about:blank`")
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+STATUS_OF: dict[type[LossServiceError], int] = {
+    InvalidInput: 422,
+    LimitExceeded: 413,
+    Unauthorized: 401,
+    ComputeTimeout: 503,
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry declaring each status as a Problem in the OpenAPI document."""
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+def problem_response(
+    status: int,
+    *,
+    detail: str,
+    slug: str | None = None,
+    title: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    problem = Problem(
+        type=TYPE_PREFIX + slug if slug else "about:blank",
+        title=title or HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        errors=errors or [],
+    )
+    return JSONResponse(
+        problem.model_dump(), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
+
+
+def field_error(path: FieldPath, detail: str) -> FieldError:
+    pointer = "#" + "".join(f"/{part}" for part in path)
+    dotted = ""
+    for part in path:
+        dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else part)
+    return FieldError(pointer=pointer, field=dotted, detail=detail)
+
+
+def _status_of(exc: LossServiceError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return 500
+
+
+async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LossServiceError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return problem_response(
+        _status_of(exc),
+        detail=exc.detail,
+        slug=exc.slug,
+        title=exc.title,
+        errors=[field_error(exc.field, exc.detail)] if exc.field else [],
+        headers=headers,
+    )
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        location = tuple(error.get("loc", ()))
+        if location[:1] == ("body",):
+            location = location[1:]
+        if error.get("type") == "json_invalid":
+            message = f"the request body is not valid JSON: {error.get('ctx', {}).get('error', '')}"
+            errors.append(FieldError(pointer="#", field="", detail=message.rstrip(": ")))
+            continue
+        name = ".".join(str(part) for part in location) or "body"
+        errors.append(field_error(location, f"{name}: {error.get('msg', 'invalid value')}"))
+    summary = "; ".join(error.detail for error in errors) or "the request is invalid"
+    return problem_response(
+        422, detail=summary, slug=InvalidInput.slug, title=InvalidInput.title, errors=errors
+    )
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.method} {request.url.path}"
+    return problem_response(exc.status_code, detail=detail, headers=exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(500, detail="an unexpected error occurred; it has been logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(LossServiceError, _on_service_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

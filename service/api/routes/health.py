@@ -1,0 +1,22 @@
+"""Liveness and readiness probes (always open, even when API keys are configured)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service import __version__
+from service.api.problems import problem_responses
+from service.api.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"], responses=problem_responses(500))
+
+
+@router.get("/healthz", name="healthz", summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get("/readyz", name="readyz", summary="Readiness, with the backend in use")
+async def readyz(request: Request) -> Readiness:
+    backend = request.app.state.backend
+    return Readiness(backend=backend.name, device=backend.device, version=__version__)

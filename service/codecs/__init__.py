@@ -1,0 +1,23 @@
+"""Tensor fields on the wire (nested JSON numbers or base64-encoded bytes) <-> NumPy arrays.
+
+The API layer decodes every tensor field with `decode_tensor` and encodes every output tensor
+with `encode_tensor`; the element limit, the accepted dtypes and the finiteness rules live here.
+"""
+
+from service.codecs._dtypes import WIRE_DTYPES
+from service.codecs._tensors import (
+    DecodedTensor,
+    TensorForm,
+    TensorLimits,
+    decode_tensor,
+    encode_tensor,
+)
+
+__all__ = [
+    "WIRE_DTYPES",
+    "DecodedTensor",
+    "TensorForm",
+    "TensorLimits",
+    "decode_tensor",
+    "encode_tensor",
+]

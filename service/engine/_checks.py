@@ -1,0 +1,73 @@
+"""Argument checks shared by every loss, with one message style.
+
+Messages start with the field name, as the API reports them to the caller unchanged:
+"labels: class index 7 at position (3,) is outside [0, 5) and is not ignore_index (-100)".
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from service.engine._namespace import Array
+from service.errors import InvalidInput
+
+
+def first_position(mask: Array, xp: ModuleType) -> tuple[int, ...]:
+    """Index of the first True in `mask` (which must contain one), as a tuple of ints."""
+    flat = int(xp.argmax(mask.reshape(-1)))
+    return tuple(int(i) for i in _unravel(flat, mask.shape))
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
+    position = []
+    for size in reversed(shape):
+        flat, rest = divmod(flat, size)
+        position.append(rest)
+    return position[::-1]
+
+
+def require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise InvalidInput(f"{field}: {message}", field=field)
+
+
+def check_option_range(
+    value: float, field: str, *, low: float, high: float | None = None, open_high: bool = False
+) -> None:
+    """Scalar options: `low <= value <= high` (or `< high` when `open_high`)."""
+    too_high = high is not None and (value >= high if open_high else value > high)
+    if not value >= low or too_high:  # `not >=` also catches NaN
+        bound = "" if high is None else f" and {'<' if open_high else '<='} {high}"
+        raise InvalidInput(f"{field}: expected a value >= {low}{bound}, got {value}", field=field)
+
+
+def check_nonnegative(array: Array, field: str, xp: ModuleType) -> None:
+    """Weights, priors and counts: finite and >= 0."""
+    bad = ~(xp.isfinite(array) & (array >= 0))
+    if bool(xp.any(bad)):
+        position = first_position(bad, xp)
+        value = float(array[position])
+        raise InvalidInput(
+            f"{field}: values must be finite and >= 0, got {value} at position {position}",
+            field=field,
+        )
+
+
+def check_unit_interval(array: Array, field: str, xp: ModuleType) -> None:
+    """Probabilities and binary targets: 0 <= value <= 1."""
+    bad = ~((array >= 0) & (array <= 1))
+    if bool(xp.any(bad)):
+        position = first_position(bad, xp)
+        value = float(array[position])
+        raise InvalidInput(
+            f"{field}: values must lie in [0, 1], got {value} at position {position}",
+            field=field,
+        )
+
+
+def check_broadcastable(shape: tuple[int, ...], target: tuple[int, ...], field: str) -> None:
+    """`shape` must broadcast to `target` without changing `target`."""
+    ok = len(shape) <= len(target) and all(
+        s in (1, t) for s, t in zip(reversed(shape), reversed(target), strict=False)
+    )
+    require(ok, field, f"shape {list(shape)} does not broadcast to {list(target)}")

@@ -1,0 +1,161 @@
+"""Softmax cross-entropy with PyTorch's conventions (`torch.nn.functional.cross_entropy`).
+
+Every variant is `loss = sum_c a_c (lse - x_c)` for a per-sample target mass vector `a` with total
+`A`, whose gradient is `A * softmax(x) - a`:
+
+- class index y, class weights w, smoothing eps:  a = (1 - eps) w_y e_y + (eps / C) w
+- probabilities t:                                  a = w * ((1 - eps) t + eps / C)
+- z-loss (PaLM, Chowdhery et al. 2022) adds `z * lse^2`, whose gradient is `2 z lse softmax(x)`.
+
+`mean` divides by sum(w_y) over non-ignored class indices, or by the number of samples for
+probability targets, exactly as PyTorch does (its smoothing term included). A class with no
+target mass contributes nothing, even when its logit is -inf (0 log 0 = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from service.engine._checks import check_option_range, check_unit_interval, first_position
+from service.engine._dtypes import ComputeDtype, as_compute
+from service.engine._namespace import Array, array_namespace, errstate
+from service.engine._reduction import LossResult
+from service.engine._rows import class_indices, class_weight, finish_rows, logit_rows
+from service.engine._softmax import ShiftedExp, shifted_exp
+from service.errors import InvalidInput
+
+# Probability rows must sum to 1 within this, or within the labels' dtype resolution if coarser.
+PROBABILITY_SUM_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class TargetMass:
+    """The target mass `a` of every row, in the form that is cheap for its label kind."""
+
+    total: Array  # [M]: A = sum_c a_c
+    spread: Array  # [C] or [M, C]: the part of `a` spread over classes (smoothing, probabilities)
+    at_label: tuple[Array, Array] | None  # (class index [M], mass [M]): the part at one class
+    valid: Array | None  # [M] bool; None when every row counts
+    divisor: float  # what `mean` divides by
+
+
+def cross_entropy(
+    logits: Array,
+    labels: Array,
+    *,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    compute_dtype: ComputeDtype | None = None,
+) -> LossResult:
+    """Cross-entropy of `logits` [..., C] against class indices [...] or probabilities [..., C].
+
+    The label kind follows from the shape. Returns per-sample losses (0 for ignored labels) and
+    the gradient with respect to `logits`, both from one softmax.
+    """
+    xp = array_namespace(logits, labels, weight)
+    check_option_range(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    check_option_range(z_loss, "z_loss", low=0.0)
+    x = logit_rows(logits, compute_dtype, xp=xp)
+    n_classes = x.shape[1]
+    w = None if weight is None else class_weight(weight, n_classes, x.dtype, xp=xp)
+    if labels.shape == logits.shape:
+        target = probability_target(labels, w, label_smoothing, x.dtype, xp=xp)
+    elif labels.shape == logits.shape[:-1]:
+        y, valid = class_indices(labels, n_classes, ignore_index, xp=xp)
+        target = class_index_target(y, valid, w, label_smoothing, n_classes, x.dtype, xp=xp)
+    else:
+        raise InvalidInput(
+            f"labels: shape {list(labels.shape)} is neither logits.shape[:-1] = "
+            f"{list(logits.shape[:-1])} (class indices) nor logits.shape = {list(logits.shape)} "
+            "(probabilities)",
+            field="labels",
+        )
+    parts = shifted_exp(x, xp=xp, dot_with=target.spread)
+    per_sample = cross_entropy_rows(x, parts, target, xp=xp)
+    scale = target.total
+    if z_loss:
+        lse = parts.lse
+        per_sample = per_sample + z_loss * lse * lse
+        scale = scale + (2 * z_loss) * lse
+    grad = softmax_gradient(parts, scale, target, xp=xp)
+    return finish_rows(logits, per_sample, grad, target.valid, target.divisor, xp=xp)
+
+
+def class_index_target(
+    y: Array,
+    valid: Array,
+    w: Array | None,
+    label_smoothing: float,
+    n_classes: int,
+    dtype: np.dtype,
+    *,
+    xp: ModuleType,
+) -> TargetMass:
+    """a = (1 - eps) w_y e_y + (eps / C) w; ignored rows carry no label mass."""
+    w_y = valid.astype(dtype) if w is None else xp.where(valid, w[y], 0)
+    uniform = xp.ones(n_classes, dtype=dtype) if w is None else w
+    spread = uniform * dtype.type(label_smoothing / n_classes)
+    at_label = w_y * dtype.type(1.0 - label_smoothing)
+    total = at_label + xp.sum(spread)
+    divisor = float(xp.sum(w_y, dtype=np.float64))
+    return TargetMass(total, spread, (y, at_label), valid, divisor)
+
+
+def probability_target(
+    labels: Array, w: Array | None, label_smoothing: float, dtype: np.dtype, *, xp: ModuleType
+) -> TargetMass:
+    """a = w * ((1 - eps) t + eps / C) for probability rows t; `mean` divides by the row count."""
+    check_unit_interval(labels, "labels", xp)
+    sums = xp.sum(labels, axis=-1, dtype=np.float64).reshape(-1)
+    resolution = float(np.finfo(labels.dtype).eps) if labels.dtype.kind in "fV" else 0.0
+    tolerance = max(PROBABILITY_SUM_TOLERANCE, resolution)
+    off = xp.abs(sums - 1) > tolerance
+    if bool(xp.any(off)):
+        position = first_position(off.reshape(labels.shape[:-1]), xp)
+        raise InvalidInput(
+            f"labels: probabilities must sum to 1 over the class axis, but the row at position "
+            f"{position} sums to {float(sums[int(xp.argmax(off))])}",
+            field="labels",
+        )
+    n_classes = labels.shape[-1]
+    t = as_compute(labels, dtype).reshape(-1, n_classes)
+    if label_smoothing:
+        t = t * dtype.type(1.0 - label_smoothing) + dtype.type(label_smoothing / n_classes)
+    a = t if w is None else t * w
+    return TargetMass(xp.sum(a, axis=-1), a, None, None, float(t.shape[0]))
+
+
+def cross_entropy_rows(x: Array, parts: ShiftedExp, target: TargetMass, *, xp: ModuleType) -> Array:
+    """sum_c a_c (lse - x_c) = A log_sum - sum_c a_c (x_c - shift), per row.
+
+    Written with the shifted logits so the label term of a confident row is exact: for
+    x_y = max, it is log_sum - 0, not (max + log_sum) - x_y, which rounds to 0 at |x| ~ 1e4.
+    """
+    # NaN can only arise on an all -inf row (log_sum = -inf): ignored, or rejected as infinite.
+    with errstate(xp, invalid="ignore"):
+        per_sample = target.total * parts.log_sum - parts.dot
+        if target.at_label is not None:
+            y, mass = target.at_label
+            shifted_at_label = x[xp.arange(x.shape[0]), y] - parts.shift
+            # 0 * -inf: no mass on a masked class adds 0
+            per_sample -= xp.where(mass == 0, 0, mass * shifted_at_label)
+    return per_sample
+
+
+def softmax_gradient(
+    parts: ShiftedExp, scale: Array, target: TargetMass, *, xp: ModuleType
+) -> Array:
+    """scale * softmax - a, written into the exp buffer of `parts` (one pass over it)."""
+    grad = parts.exp
+    with errstate(xp, invalid="ignore", divide="ignore"):  # 0/0 on all -inf rows: masked later
+        grad *= (scale / parts.sum[:, 0]).astype(grad.dtype)[:, None]
+    grad -= target.spread
+    if target.at_label is not None:
+        y, mass = target.at_label
+        grad[xp.arange(grad.shape[0]), y] -= mass
+    return grad

@@ -1,0 +1,30 @@
+"""The dtype a loss computes in.
+
+16- and 32-bit floats compute in float32 (exp and log in float16 lose too much, and bfloat16 has no
+native arithmetic on the CPU); float64 stays float64. Integer logits only arrive from JSON numbers,
+which are float64 by contract. `compute_dtype` overrides the choice. Sums over samples are always
+accumulated in float64 by the reduction, whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from service.engine._namespace import Array
+
+ComputeDtype = Literal["float32", "float64"]
+
+
+def compute_dtype_for(dtype: np.dtype, requested: ComputeDtype | None = None) -> np.dtype:
+    if requested is not None:
+        return np.dtype(requested)
+    if dtype == np.float64 or dtype.kind in "iub":  # integers and bools: JSON numbers
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)  # float16, float32 and bfloat16 (an ml_dtypes dtype of kind "V")
+
+
+def as_compute(array: Array, dtype: np.dtype) -> Array:
+    """`array` in `dtype`, copied only when the dtype changes (callers never write into it)."""
+    return array if array.dtype == dtype else array.astype(dtype)

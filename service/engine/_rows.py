@@ -1,0 +1,112 @@
+"""Inputs and outputs of the losses over a class axis, which work on rows.
+
+Logits `[..., C]` become rows `[M, C]` (a view when contiguous); class weights and class-index
+labels are checked once here for every such loss; `finish_rows` masks ignored rows, rejects
+infinite losses and restores the leading shape.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from service.engine._checks import check_nonnegative, first_position, require
+from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
+from service.engine._namespace import Array, errstate
+from service.engine._reduction import LossResult
+from service.errors import InvalidInput
+
+
+def logit_rows(logits: Array, compute_dtype: ComputeDtype | None, *, xp: ModuleType) -> Array:
+    """`logits` [..., C] as [M, C] rows in the compute dtype."""
+    require(logits.ndim >= 1, "logits", "expected at least one axis (the class axis), got a scalar")
+    require(logits.shape[-1] >= 1, "logits", "the class axis (the last one) is empty")
+    dtype = compute_dtype_for(logits.dtype, compute_dtype)
+    with errstate(xp, over="ignore"):  # float64 -> float32 may overflow: rejected just below
+        x = as_compute(logits, dtype)
+    if x is not logits and bool(xp.any(xp.isposinf(x))):
+        position = first_position(xp.isposinf(x), xp)
+        raise InvalidInput(
+            f"logits: value at position {position} overflows {dtype.name}", field="logits"
+        )
+    return x.reshape(-1, logits.shape[-1])
+
+
+def class_weight(weight: Array, n_classes: int, dtype: np.dtype, *, xp: ModuleType) -> Array:
+    """A rescaling weight per class: shape [C], finite, >= 0."""
+    require(
+        weight.shape == (n_classes,),
+        "weight",
+        f"expected shape [{n_classes}] (one weight per class), got {list(weight.shape)}",
+    )
+    with errstate(xp, over="ignore"):  # an overflow to inf is reported by the check
+        w = as_compute(weight, dtype)
+    check_nonnegative(w, "weight", xp)
+    return w
+
+
+def class_indices(
+    labels: Array, n_classes: int, ignore_index: int, *, xp: ModuleType
+) -> tuple[Array, Array]:
+    """Class-index labels [...] -> (indices [M] with ignored rows set to 0, valid mask [M]).
+
+    Labels may arrive as floats (JSON `2.0`): they must then be whole numbers. An index outside
+    [0, C) that is not `ignore_index` is an error, never a silent 0 or NaN.
+    """
+    flat = labels.reshape(-1)
+    require(flat.dtype.kind != "b", "labels", "class indices must be integers, got booleans")
+    if flat.dtype.kind not in "iu":
+        flat = flat.astype(np.float64)  # float16 / bfloat16 / float32 labels: check as float64
+        fractional = flat != xp.floor(flat)
+        if bool(xp.any(fractional)):
+            position = first_position(fractional.reshape(labels.shape), xp)
+            raise InvalidInput(
+                f"labels: class indices must be integers, got {float(labels[position])} "
+                f"at position {position}",
+                field="labels",
+            )
+    valid = flat != ignore_index
+    out_of_range = valid & ((flat < 0) | (flat >= n_classes))
+    if bool(xp.any(out_of_range)):
+        position = first_position(out_of_range.reshape(labels.shape), xp)
+        raise InvalidInput(
+            f"labels: class index {int(labels[position])} at position {position} is outside "
+            f"[0, {n_classes}) and is not ignore_index ({ignore_index})",
+            field="labels",
+        )
+    indices = xp.where(valid, flat, 0).astype(np.int64)
+    return indices, valid
+
+
+def finish_rows(
+    logits: Array,
+    per_sample: Array,
+    grad: Array,
+    valid: Array | None,
+    divisor: float,
+    *,
+    xp: ModuleType,
+) -> LossResult:
+    """Zero the ignored rows, reject infinite losses and give rows their leading shape back."""
+    lead_shape = logits.shape[:-1]
+    if valid is None:
+        n_valid = per_sample.shape[0]
+    else:
+        n_valid = int(xp.count_nonzero(valid))
+        per_sample = xp.where(valid, per_sample, 0)
+        grad[~valid] = 0
+    infinite = ~xp.isfinite(per_sample)
+    if bool(xp.any(infinite)):
+        position = first_position(infinite.reshape(lead_shape), xp)
+        raise InvalidInput(
+            f"logits: the loss at position {position} is infinite: the target puts probability "
+            "mass on a class whose logit is -inf",
+            field="logits",
+        )
+    return LossResult(
+        per_sample=per_sample.astype(grad.dtype, copy=False).reshape(lead_shape),
+        grads={"logits": grad.reshape(logits.shape)},
+        n_valid=n_valid,
+        divisor=divisor,
+    )

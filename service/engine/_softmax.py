@@ -1,0 +1,93 @@
+"""Numerically stable log-sum-exp, log-softmax and the softmax pieces the losses share.
+
+The shift by the row maximum follows Blanchard, Higham & Higham, "Accurately computing the
+log-sum-exp and softmax functions" (IMA J. Numer. Anal., 2021): exp never overflows, the largest
+term is exactly 1 so the sum is >= 1 and its log is accurate. As in SciPy, a row whose maximum is
+not finite (every logit -inf) is shifted by 0 instead, giving -inf rather than -inf - (-inf) = NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+from service.engine._namespace import Array, array_namespace, errstate
+
+
+@dataclass(frozen=True)
+class ShiftedExp:
+    """Per row of x: `exp(x - shift)`, its sum, `log(sum)`, the shift and an optional dot product.
+
+    `softmax = exp / sum` and `log_softmax = (x - shift) - log_sum`. The division is left to the
+    caller: a loss gradient is `softmax * scale - target`, so folding 1/sum into `scale` touches the
+    big buffer once. `exp` is a new buffer the caller owns and may overwrite.
+    """
+
+    exp: Array  # [M, C]
+    sum: Array  # [M, 1], float64
+    log_sum: Array  # [M], float64
+    shift: Array  # [M]
+    dot: Array | None  # [M]: sum_c v_c (x_c - shift), when `dot_with` was given
+
+    @property
+    def lse(self) -> Array:
+        return self.shift + self.log_sum
+
+
+def shifted_exp(x: Array, *, xp: ModuleType, dot_with: Array | None = None) -> ShiftedExp:
+    """Rows of `x` ([M, C], C >= 1) -> ShiftedExp; `x` is not modified.
+
+    `dot_with` ([C] or [M, C]) is dotted with the *shifted* logits while they sit in the buffer:
+    the same sum formed from `x` and the shift afterwards cancels catastrophically when the
+    logits share a large offset. A zero weight on a -inf logit contributes 0, not 0 * inf = NaN.
+    """
+    shift = xp.max(x, axis=-1, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, 0)  # all -inf row: exp stays 0, no inf - inf
+    e = x - shift
+    dot = None if dot_with is None else _dot_rows(e, dot_with, xp=xp)
+    xp.exp(e, out=e)
+    # The row sum is accumulated in float64 and its log taken as log1p(total - 1) (the largest
+    # term is exactly 1): in float32, 1 + 6e-6 keeps two digits of the small part, and the loss
+    # of a confident row, log(1 + small), would be off by 1%.
+    total = xp.sum(e, axis=-1, keepdims=True, dtype=xp.float64)
+    with errstate(xp, divide="ignore"):  # total == 0 only for an all -inf row: log_sum = -inf
+        log_sum = xp.log1p(total[:, 0] - 1)
+    return ShiftedExp(exp=e, sum=total, log_sum=log_sum, shift=shift[:, 0], dot=dot)
+
+
+def _dot_rows(e: Array, v: Array, *, xp: ModuleType) -> Array:
+    """sum_c v_c e_c per row, where v_c = 0 makes the term 0 even if e_c = -inf."""
+    with errstate(xp, invalid="ignore"):
+        dot = e @ v if v.ndim == 1 else xp.sum(v * e, axis=-1)
+        bad = xp.isnan(dot)  # inputs hold no NaN, so NaN here is 0 * -inf from a masked class
+        if bool(xp.any(bad)):
+            rows = e[bad]
+            terms = xp.where(v != 0, (v if v.ndim == 1 else v[bad]) * rows, 0)
+            dot[bad] = xp.sum(terms, axis=-1)
+    return dot
+
+
+def logsumexp(x: Array, axis: int = -1) -> Array:
+    """`log(sum(exp(x), axis))`, finite whenever one element is finite."""
+    xp = array_namespace(x)
+    rows, parts = _rows_along(x, axis, xp=xp)
+    lse = parts.lse.astype(x.dtype)
+    return lse.reshape(xp.moveaxis(x, axis, -1).shape[:-1])
+
+
+def log_softmax(x: Array, axis: int = -1) -> Array:
+    """`(x - shift) - log_sum` along `axis`: log-probabilities without forming softmax first.
+
+    `log(softmax(x))` would underflow to -inf for classes far below the maximum, and
+    `x - logsumexp(x)` loses the digits of log p for the largest classes to cancellation.
+    """
+    xp = array_namespace(x)
+    rows, parts = _rows_along(x, axis, xp=xp)
+    out = (rows - parts.shift[:, None]) - parts.log_sum[:, None].astype(x.dtype)
+    return xp.moveaxis(out.reshape(xp.moveaxis(x, axis, -1).shape), -1, axis)
+
+
+def _rows_along(x: Array, axis: int, *, xp: ModuleType) -> tuple[Array, ShiftedExp]:
+    moved = xp.moveaxis(x, axis, -1)
+    rows = moved.reshape(-1, moved.shape[-1])
+    return rows, shifted_exp(rows, xp=xp)

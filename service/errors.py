@@ -1,0 +1,55 @@
+"""The exceptions raised by the engine and the codecs.
+
+The API maps each class to one HTTP status and an RFC 9457 problem type, in one place
+(`service.api.problems`). Nothing here knows about HTTP.
+
+    LossServiceError
+     ├── InvalidInput       a value breaks the contract: bad shape, NaN, label out of range (422)
+     │    └── UnsupportedInput   well-formed but asks for what this build cannot do (422)
+     ├── LimitExceeded      a body or tensor over a configured size limit (413)
+     ├── Unauthorized       API keys are configured and the request has none of them (401)
+     └── ComputeTimeout     the computation outlived the request timeout (503)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+FieldPath = tuple[str | int, ...]
+
+
+class LossServiceError(Exception):
+    """Base class: `detail` is for people, `field` locates the offending input."""
+
+    slug = "error"
+    title = "Error"
+
+    def __init__(self, detail: str, *, field: str | Sequence[str | int] = ()) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field: FieldPath = (field,) if isinstance(field, str) else tuple(field)
+
+
+class InvalidInput(LossServiceError):
+    slug = "invalid-input"
+    title = "Invalid input"
+
+
+class UnsupportedInput(InvalidInput):
+    slug = "unsupported-input"
+    title = "Unsupported input"
+
+
+class LimitExceeded(LossServiceError):
+    slug = "limit-exceeded"
+    title = "Payload exceeds a configured limit"
+
+
+class Unauthorized(LossServiceError):
+    slug = "unauthorized"
+    title = "Missing or invalid API key"
+
+
+class ComputeTimeout(LossServiceError):
+    slug = "timeout"
+    title = "The computation exceeded the request timeout"

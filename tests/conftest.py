@@ -1,0 +1,85 @@
+"""Shared fixtures: the array backends every engine test runs on, and an HTTP client on the app."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Callable
+from types import ModuleType
+
+import httpx
+import numpy as np
+import pytest
+
+from service.api import create_app
+from service.config import Settings
+
+
+def _cupy_with_gpu() -> ModuleType | None:
+    try:
+        cupy = importlib.import_module("cupy")
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:
+        return None
+
+
+_CUPY = _cupy_with_gpu()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(np, id="numpy"),
+        pytest.param(
+            _CUPY,
+            id="cupy",
+            marks=pytest.mark.skipif(_CUPY is None, reason="CuPy with a CUDA device not found"),
+        ),
+    ]
+)
+def xp(request: pytest.FixtureRequest) -> ModuleType:
+    """The array namespace an engine test runs on (SciPy's `xp` fixture, in small)."""
+    module: ModuleType = request.param
+    return module
+
+
+def to_numpy(array: object) -> np.ndarray:
+    """A host copy of a NumPy or CuPy array, for assertions."""
+    get = getattr(array, "get", None)
+    return np.asarray(get() if callable(get) else array)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+ClientFactory = Callable[..., "AsyncClientContext"]
+
+
+class AsyncClientContext:
+    """`async with make_client(**settings) as client`: the app with its lifespan, over httpx."""
+
+    def __init__(self, **settings: object) -> None:
+        settings.setdefault("device", "cpu")
+        self.app = create_app(Settings(**settings))  # type: ignore[arg-type]
+        self._lifespan = self.app.router.lifespan_context(self.app)
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        await self._lifespan.__aenter__()
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+        self.client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+        await self._lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+def make_client() -> ClientFactory:
+    return AsyncClientContext
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with AsyncClientContext() as http:
+        yield http
