@@ -5,13 +5,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator, Callable
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import httpx
 import numpy as np
 import pytest
 
-from service.api import create_app
-from service.config import Settings
+if TYPE_CHECKING:  # the engine tests run where FastAPI is not installed (a GPU box), so lazily
+    import httpx
 
 
 def _cupy_with_gpu() -> ModuleType | None:
@@ -59,12 +59,17 @@ class AsyncClientContext:
     """`async with make_client(**settings) as client`: the app with its lifespan, over httpx."""
 
     def __init__(self, **settings: object) -> None:
+        from service.api import create_app
+        from service.config import Settings
+
         settings.setdefault("device", "cpu")
         self.app = create_app(Settings(**settings))  # type: ignore[arg-type]
         self._lifespan = self.app.router.lifespan_context(self.app)
 
     async def __aenter__(self) -> httpx.AsyncClient:
         await self._lifespan.__aenter__()
+        import httpx
+
         transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
         self.client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
         return self.client

@@ -262,10 +262,10 @@ def test_float_labels_that_are_whole_numbers_are_class_indices(xp: ModuleType) -
 @pytest.mark.parametrize(
     ("labels", "options", "field", "message"),
     [
-        ([0, 5], {}, "labels", r"class index 5 at position \(1,\) is outside \[0, 3\)"),
-        ([0, -1], {}, "labels", "class index -1"),
-        ([0, -100], {"ignore_index": 2}, "labels", "class index -100"),
-        ([0.5, 1.0], {}, "labels", r"must be integers, got 0.5 at position \(0,\)"),
+        ([0, 5], {}, "labels", r"label 5 at index \(1,\) is outside \[0, 3\)"),
+        ([0, -1], {}, "labels", "label -1 at"),
+        ([0, -100], {"ignore_index": 2}, "labels", "label -100 at"),
+        ([0.5, 1.0], {}, "labels", r"must be integers, got 0.5 at index \(0,\)"),
         ([True, False], {}, "labels", "booleans"),
         ([0, 1, 2], {}, "labels", "neither"),
         ([[0.5, 0.5, 0.5], [1, 0, 0]], {}, "labels", "sum to 1"),

@@ -68,7 +68,7 @@ def binary_cross_entropy(
     if bool(xp.any(infinite)):
         position = first_position(infinite, xp)
         raise InvalidInput(
-            f"logits: the loss at position {position} is infinite: a positive target meets a "
+            f"logits: the loss at index {position} is infinite: a positive target meets a "
             "-inf logit",
             field="logits",
         )

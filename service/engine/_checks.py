@@ -1,12 +1,14 @@
 """Argument checks shared by every loss, with one message style.
 
 Messages start with the field name, as the API reports them to the caller unchanged:
-"labels: class index 7 at position (3,) is outside [0, 5) and is not ignore_index (-100)".
+"labels: class index 7 at index (3,) is outside [0, 5) and is not ignore_index (-100)".
 """
 
 from __future__ import annotations
 
 from types import ModuleType
+
+import numpy as np
 
 from service.engine._namespace import Array
 from service.errors import InvalidInput
@@ -15,15 +17,7 @@ from service.errors import InvalidInput
 def first_position(mask: Array, xp: ModuleType) -> tuple[int, ...]:
     """Index of the first True in `mask` (which must contain one), as a tuple of ints."""
     flat = int(xp.argmax(mask.reshape(-1)))
-    return tuple(int(i) for i in _unravel(flat, mask.shape))
-
-
-def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
-    position = []
-    for size in reversed(shape):
-        flat, rest = divmod(flat, size)
-        position.append(rest)
-    return position[::-1]
+    return tuple(int(i) for i in np.unravel_index(flat, mask.shape))
 
 
 def require(condition: bool, field: str, message: str) -> None:
@@ -48,7 +42,7 @@ def check_nonnegative(array: Array, field: str, xp: ModuleType) -> None:
         position = first_position(bad, xp)
         value = float(array[position])
         raise InvalidInput(
-            f"{field}: values must be finite and >= 0, got {value} at position {position}",
+            f"{field}: values must be finite and >= 0, got {value} at index {position}",
             field=field,
         )
 
@@ -60,7 +54,7 @@ def check_unit_interval(array: Array, field: str, xp: ModuleType) -> None:
         position = first_position(bad, xp)
         value = float(array[position])
         raise InvalidInput(
-            f"{field}: values must lie in [0, 1], got {value} at position {position}",
+            f"{field}: values must lie in [0, 1], got {value} at index {position}",
             field=field,
         )
 

@@ -118,7 +118,7 @@ def probability_target(
     if bool(xp.any(off)):
         position = first_position(off.reshape(labels.shape[:-1]), xp)
         raise InvalidInput(
-            f"labels: probabilities must sum to 1 over the class axis, but the row at position "
+            f"labels: probabilities must sum to 1 over the class axis, but the row at index "
             f"{position} sums to {float(sums[int(xp.argmax(off))])}",
             field="labels",
         )

@@ -28,7 +28,7 @@ def logit_rows(logits: Array, compute_dtype: ComputeDtype | None, *, xp: ModuleT
     if x is not logits and bool(xp.any(xp.isposinf(x))):
         position = first_position(xp.isposinf(x), xp)
         raise InvalidInput(
-            f"logits: value at position {position} overflows {dtype.name}", field="logits"
+            f"logits: value at index {position} overflows {dtype.name}", field="logits"
         )
     return x.reshape(-1, logits.shape[-1])
 
@@ -63,7 +63,7 @@ def class_indices(
             position = first_position(fractional.reshape(labels.shape), xp)
             raise InvalidInput(
                 f"labels: class indices must be integers, got {float(labels[position])} "
-                f"at position {position}",
+                f"at index {position}",
                 field="labels",
             )
     valid = flat != ignore_index
@@ -71,7 +71,7 @@ def class_indices(
     if bool(xp.any(out_of_range)):
         position = first_position(out_of_range.reshape(labels.shape), xp)
         raise InvalidInput(
-            f"labels: class index {int(labels[position])} at position {position} is outside "
+            f"labels: label {int(labels[position])} at index {position} is outside "
             f"[0, {n_classes}) and is not ignore_index ({ignore_index})",
             field="labels",
         )
@@ -100,7 +100,7 @@ def finish_rows(
     if bool(xp.any(infinite)):
         position = first_position(infinite.reshape(lead_shape), xp)
         raise InvalidInput(
-            f"logits: the loss at position {position} is infinite: the target puts probability "
+            f"logits: the loss at index {position} is infinite: the target puts probability "
             "mass on a class whose logit is -inf",
             field="logits",
         )

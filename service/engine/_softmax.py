@@ -70,7 +70,7 @@ def _dot_rows(e: Array, v: Array, *, xp: ModuleType) -> Array:
 def logsumexp(x: Array, axis: int = -1) -> Array:
     """`log(sum(exp(x), axis))`, finite whenever one element is finite."""
     xp = array_namespace(x)
-    rows, parts = _rows_along(x, axis, xp=xp)
+    _, parts = _rows_along(x, axis, xp=xp)
     lse = parts.lse.astype(x.dtype)
     return lse.reshape(xp.moveaxis(x, axis, -1).shape[:-1])
 
