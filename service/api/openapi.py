@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.api.problems import Problem
 from service.codecs import WIRE_DTYPES
 
 TENSOR_SCHEMAS: dict[str, Any] = {
@@ -53,7 +54,11 @@ def install(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(TENSOR_SCHEMAS)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(TENSOR_SCHEMAS)
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(problem.pop("$defs", {}))
+            components["Problem"] = problem
             app.openapi_schema = schema
         return app.openapi_schema
 

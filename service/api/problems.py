@@ -61,7 +61,6 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry declaring each status as a Problem in the OpenAPI document."""
     return {
         status: {
-            "model": Problem,
             "description": HTTPStatus(status).phrase,
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
@@ -142,6 +141,15 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}"
+    if exc.status_code == 400:
+        # FastAPI's answer to a body its JSON parser gave up on (not UTF-8, nested past the
+        # recursion limit): bad input like any other, so the documented 422.
+        return problem_response(
+            422,
+            detail=f"the request body could not be read as JSON ({detail})",
+            slug=InvalidInput.slug,
+            title=InvalidInput.title,
+        )
     return problem_response(exc.status_code, detail=detail, headers=exc.headers)
 
 

@@ -15,7 +15,9 @@ from service.engine import ComputeDtype, EmptyPolicy, Reduction
 
 TENSOR_REF = {"$ref": "#/components/schemas/Tensor"}
 
-Tensor = Annotated[Any, WithJsonSchema(TENSOR_REF)]
+# Wrapped in allOf: a bare $ref beside a field's description is resolved by pydantic against its
+# own definitions, where this component (added by service.api.openapi) does not exist.
+Tensor = Annotated[Any, WithJsonSchema({"allOf": [TENSOR_REF]})]
 OptionalTensor = Annotated[Any, WithJsonSchema({"anyOf": [TENSOR_REF, {"type": "null"}]})]
 OutputEncoding = Literal["json", "base64"]
 

@@ -26,35 +26,40 @@ def require(condition: bool, field: str, message: str) -> None:
 
 
 def check_option_range(
-    value: float, field: str, *, low: float, high: float | None = None, open_high: bool = False
+    value: float,
+    field: str,
+    *,
+    low: float,
+    high: float | None = None,
+    open_low: bool = False,
+    open_high: bool = False,
 ) -> None:
-    """Scalar options: `low <= value <= high` (or `< high` when `open_high`)."""
+    """Scalar options: `low <= value <= high` (`>` / `<` for an open end); NaN never passes."""
+    too_low = not (value > low if open_low else value >= low)  # `not` also catches NaN
     too_high = high is not None and (value >= high if open_high else value > high)
-    if not value >= low or too_high:  # `not >=` also catches NaN
+    if too_low or too_high:
         bound = "" if high is None else f" and {'<' if open_high else '<='} {high}"
-        raise InvalidInput(f"{field}: expected a value >= {low}{bound}, got {value}", field=field)
-
-
-def check_nonnegative(array: Array, field: str, xp: ModuleType) -> None:
-    """Weights, priors and counts: finite and >= 0."""
-    bad = ~(xp.isfinite(array) & (array >= 0))
-    if bool(xp.any(bad)):
-        position = first_position(bad, xp)
-        value = float(array[position])
         raise InvalidInput(
-            f"{field}: values must be finite and >= 0, got {value} at index {position}",
+            f"{field}: expected a value {'>' if open_low else '>='} {low}{bound}, got {value}",
             field=field,
         )
 
 
+def check_nonnegative(array: Array, field: str, xp: ModuleType) -> None:
+    """Weights, priors and counts: finite and >= 0."""
+    _reject_first(~(xp.isfinite(array) & (array >= 0)), array, field, "be finite and >= 0", xp)
+
+
 def check_unit_interval(array: Array, field: str, xp: ModuleType) -> None:
     """Probabilities and binary targets: 0 <= value <= 1."""
-    bad = ~((array >= 0) & (array <= 1))
+    _reject_first(~((array >= 0) & (array <= 1)), array, field, "lie in [0, 1]", xp)
+
+
+def _reject_first(bad: Array, array: Array, field: str, rule: str, xp: ModuleType) -> None:
     if bool(xp.any(bad)):
         position = first_position(bad, xp)
-        value = float(array[position])
         raise InvalidInput(
-            f"{field}: values must lie in [0, 1], got {value} at index {position}",
+            f"{field}: values must {rule}, got {float(array[position])} at index {position}",
             field=field,
         )
 

@@ -36,7 +36,7 @@ class TargetMass:
     """The target mass `a` of every row, in the form that is cheap for its label kind."""
 
     total: Array  # [M]: A = sum_c a_c
-    spread: Array  # [C] or [M, C]: the part of `a` spread over classes (smoothing, probabilities)
+    spread: Array | None  # [C] or [M, C]: the part of `a` spread over classes; None: nothing
     at_label: tuple[Array, Array] | None  # (class index [M], mass [M]): the part at one class
     valid: Array | None  # [M] bool; None when every row counts
     divisor: float  # what `mean` divides by
@@ -80,7 +80,11 @@ def cross_entropy(
     scale = target.total
     if z_loss:
         lse = parts.lse
-        per_sample = per_sample + z_loss * lse * lse
+        with errstate(xp, over="ignore"):  # checked just below
+            z_term = z_loss * lse * lse
+        if bool(xp.any(xp.isposinf(z_term) & xp.isfinite(lse))):
+            raise InvalidInput(f"z_loss: z_loss * logsumexp^2 overflows {x.dtype}", field="z_loss")
+        per_sample = per_sample + z_term
         scale = scale + (2 * z_loss) * lse
     grad = softmax_gradient(parts, scale, target, xp=xp)
     return finish_rows(logits, per_sample, grad, target.valid, target.divisor, xp=xp)
@@ -154,7 +158,8 @@ def softmax_gradient(
     grad = parts.exp
     with errstate(xp, invalid="ignore", divide="ignore"):  # 0/0 on all -inf rows: masked later
         grad *= (scale / parts.sum[:, 0]).astype(grad.dtype)[:, None]
-    grad -= target.spread
+    if target.spread is not None:
+        grad -= target.spread
     if target.at_label is not None:
         y, mass = target.at_label
         grad[xp.arange(grad.shape[0]), y] -= mass

@@ -33,16 +33,18 @@ def logit_rows(logits: Array, compute_dtype: ComputeDtype | None, *, xp: ModuleT
     return x.reshape(-1, logits.shape[-1])
 
 
-def class_weight(weight: Array, n_classes: int, dtype: np.dtype, *, xp: ModuleType) -> Array:
-    """A rescaling weight per class: shape [C], finite, >= 0."""
+def class_weight(
+    weight: Array, n_classes: int, dtype: np.dtype, *, xp: ModuleType, field: str = "weight"
+) -> Array:
+    """One factor per class (a weight, focal alpha, a prior, counts): shape [C], finite, >= 0."""
     require(
         weight.shape == (n_classes,),
-        "weight",
-        f"expected shape [{n_classes}] (one weight per class), got {list(weight.shape)}",
+        field,
+        f"expected shape [{n_classes}] (one value per class), got {list(weight.shape)}",
     )
     with errstate(xp, over="ignore"):  # an overflow to inf is reported by the check
         w = as_compute(weight, dtype)
-    check_nonnegative(w, "weight", xp)
+    check_nonnegative(w, field, xp)
     return w
 
 
@@ -70,8 +72,10 @@ def class_indices(
     out_of_range = valid & ((flat < 0) | (flat >= n_classes))
     if bool(xp.any(out_of_range)):
         position = first_position(out_of_range.reshape(labels.shape), xp)
+        label = labels[position]
+        shown = int(label) if labels.dtype.kind in "iu" else float(label)  # 1e+300, not 301 digits
         raise InvalidInput(
-            f"labels: label {int(labels[position])} at index {position} is outside "
+            f"labels: label {shown} at index {position} is outside "
             f"[0, {n_classes}) and is not ignore_index ({ignore_index})",
             field="labels",
         )
@@ -100,8 +104,9 @@ def finish_rows(
     if bool(xp.any(infinite)):
         position = first_position(infinite.reshape(lead_shape), xp)
         raise InvalidInput(
-            f"logits: the loss at index {position} is infinite: the target puts probability "
-            "mass on a class whose logit is -inf",
+            f"logits: the loss at index {position} is not finite in {grad.dtype}: the target "
+            "puts probability mass on a class whose logit is -inf (or so far below the largest "
+            "that its log-probability overflows), or an option overflows it",
             field="logits",
         )
     return LossResult(

@@ -43,7 +43,8 @@ def shifted_exp(x: Array, *, xp: ModuleType, dot_with: Array | None = None) -> S
     """
     shift = xp.max(x, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, 0)  # all -inf row: exp stays 0, no inf - inf
-    e = x - shift
+    with errstate(xp, over="ignore"):  # |x| near the float max: x - shift = -inf, exp = 0
+        e = x - shift
     dot = None if dot_with is None else _dot_rows(e, dot_with, xp=xp)
     xp.exp(e, out=e)
     # The row sum is accumulated in float64 and its log taken as log1p(total - 1) (the largest
