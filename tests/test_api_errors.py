@@ -7,6 +7,7 @@ none of them makes the service answer 500.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import random
 import threading
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from service import engine
+from service.api.catalogue import BY_NAME
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +31,6 @@ BCE = "/v1/losses/binary-cross-entropy"
 PROBLEM = "application/problem+json"
 JSON_HEADERS = {"content-type": "application/json"}
 # The engine function as the route module calls it (`engine.cross_entropy`).
-ROUTE_CROSS_ENTROPY = "service.api.routes.losses.engine.cross_entropy"
 VALID_CE: dict[str, Any] = {"logits": [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], "labels": [1, 2]}
 VALID_BCE: dict[str, Any] = {"logits": [[1.0, -2.0]], "labels": [[1.0, 0.0]]}
 
@@ -454,6 +455,12 @@ async def test_api_keys_are_not_required_by_default(client: httpx.AsyncClient) -
 # --- timeout and unexpected errors -------------------------------------------------------------
 
 
+def replace_engine_function(
+    monkeypatch: pytest.MonkeyPatch, name: str, function: Callable[..., Any]
+) -> None:
+    monkeypatch.setitem(BY_NAME, name, dataclasses.replace(BY_NAME[name], function=function))
+
+
 @pytest.fixture
 def blocking_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Make the route's cross-entropy block until the returned event is set (at teardown)."""
@@ -464,7 +471,7 @@ def blocking_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event
         release.wait(timeout=10)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ROUTE_CROSS_ENTROPY, slow)
+    replace_engine_function(monkeypatch, "cross-entropy", slow)
     yield release
     release.set()  # let the abandoned worker thread finish
 
@@ -489,7 +496,7 @@ async def test_unexpected_exception_is_a_generic_500(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(secret)
 
-    monkeypatch.setattr(ROUTE_CROSS_ENTROPY, broken)
+    replace_engine_function(monkeypatch, "cross-entropy", broken)
     response = await client.post(CE, json=VALID_CE)
     problem = assert_problem(response, 500)
     assert problem["errors"] == []

@@ -25,6 +25,7 @@ RESPONSE_FIELDS = {
     "loss",
     "per_sample",
     "grad",
+    "grads",
     "n_valid",
     "weight_sum",
     "backend",

@@ -9,15 +9,30 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+from pydantic import BaseModel
 
+from service import engine
+from service.api.catalogue import BY_NAME
 from service.api.schemas import LossRequest, LossResponse
+from service.api.schemas.common import tensor_fields
+from service.api.schemas.evaluate import EvaluateRequest, EvaluateResponse
+from service.api.schemas.losses import LossOptions, loss_options
 from service.codecs import DecodedTensor, TensorForm, TensorLimits, decode_tensor, encode_tensor
 from service.config import Settings
 from service.engine import Array, Backend, LossResult, reduce_loss
-from service.errors import ComputeTimeout, LimitExceeded
+from service.errors import (
+    ComputeTimeout,
+    FieldPath,
+    InvalidInput,
+    LimitExceeded,
+    UnsupportedInput,
+)
+
+if TYPE_CHECKING:
+    from service.api.catalogue import LossSpec
 
 T = TypeVar("T")
 
@@ -39,41 +54,100 @@ class ComputeContext:
                 f"the computation took longer than request_timeout_s = {timeout}"
             ) from None
 
-    def decode(self, value: object, field: str) -> DecodedTensor:
-        limits = TensorLimits(max_elements=self.settings.max_elements)
-        return decode_tensor(value, field=field, limits=limits)
+    def loss(self, spec: LossSpec, body: LossRequest) -> LossResponse:
+        """Decode `body`'s tensors, call the loss's engine function once, build the response."""
+        inputs, form = self.decode_tensors(body)
+        result = spec.function(**inputs, **loss_options(body), compute_dtype=body.compute_dtype)
+        return self.respond(spec.name, result, body, body.output_encoding or form)
 
-    def decode_optional(self, value: object, field: str) -> Array | None:
-        return None if value is None else self.backend.asarray(self.decode(value, field).array)
+    def evaluate(self, body: EvaluateRequest) -> EvaluateResponse:
+        """Every requested loss on one upload, sharing the softmax (`engine.shared_softmax`)."""
+        if body.calibration is not None:
+            raise UnsupportedInput(
+                "calibration: calibration statistics are not available in this version; "
+                "send calibration: null",
+                field="calibration",
+            )
+        logits = self.decode(("logits",), body.logits, logits=True)
+        labels = self.decode(("labels",), body.labels)
+        # Cast once: every loss then sees the same array, and the softmax cache recognises it.
+        x = engine.to_compute_dtype(self.backend.asarray(logits.array), body.compute_dtype)
+        y = self.backend.asarray(labels.array)
+        form = body.output_encoding or logits.form
+        responses = []
+        with engine.shared_softmax(x):
+            for index, item in enumerate(body.losses):
+                spec = BY_NAME[item.name]
+                path = ("losses", index)
+                options, _ = self.decode_tensors(item, path)
+                try:
+                    result = spec.function(
+                        x, y, **options, **loss_options(item), compute_dtype=body.compute_dtype
+                    )
+                except InvalidInput as error:
+                    raise _within(error, path) from None
+                responses.append(self.respond(spec.name, result, item, form))
+        return EvaluateResponse(losses=responses)
 
-    def decode_logits(self, value: object, field: str = "logits") -> DecodedTensor:
+    def decode_tensors(
+        self, body: BaseModel, path: FieldPath = ()
+    ) -> tuple[dict[str, Array], TensorForm]:
+        """Every tensor field of `body` that is set, on the backend, and the first one's form."""
+        arrays: dict[str, Array] = {}
+        forms: list[TensorForm] = []
+        for name, mark in tensor_fields(type(body)).items():
+            value = getattr(body, name)
+            if value is None:
+                continue
+            decoded = self.decode((*path, name), value, logits=mark.logits)
+            forms.append(decoded.form)
+            arrays[name] = self.backend.asarray(decoded.array)
+        return arrays, forms[0] if forms else "json"
+
+    def decode(self, field: FieldPath, value: object, *, logits: bool = False) -> DecodedTensor:
         """Logits may hold -inf (a masked class); their class axis is capped by `max_classes`."""
         limits = TensorLimits(max_elements=self.settings.max_elements)
-        decoded = decode_tensor(value, field=field, limits=limits, allow_neg_inf=True)
+        decoded = decode_tensor(value, field=field, limits=limits, allow_neg_inf=logits)
         shape = decoded.array.shape
-        if shape and shape[-1] > self.settings.max_classes:
+        if logits and shape and shape[-1] > self.settings.max_classes:
             raise LimitExceeded(
-                f"{field}: {shape[-1]} classes exceed max_classes = {self.settings.max_classes}",
+                f"{'.'.join(map(str, field))}: {shape[-1]} classes exceed max_classes = "
+                f"{self.settings.max_classes}",
                 field=field,
             )
         return decoded
 
     def respond(
-        self, name: str, result: LossResult, request: LossRequest, input_form: TensorForm
+        self, name: str, result: LossResult, options: LossOptions, form: TensorForm
     ) -> LossResponse:
-        reduced = reduce_loss(result, request.reduction, empty=request.empty)
-        form = request.output_encoding or input_form
-        grad = reduced.grads["logits"]
+        """Reduce `result` as `options` ask and encode its tensors in `form`."""
+        reduced = reduce_loss(result, options.reduction, empty=options.empty)
+        grads = dict(reduced.grads)
+        logits_grad = grads.pop("logits", None)
+        dtype = next(iter(reduced.grads.values())).dtype
         return LossResponse(
             name=name,
             loss=None if math.isnan(reduced.loss) else reduced.loss,
             per_sample=self._encode(reduced.per_sample, form),
-            grad=self._encode(grad, form) if request.return_grad else None,
+            grad=self._encode(logits_grad, form) if options.return_grad else None,
+            grads=(
+                {key: self._encode(g, form) for key, g in grads.items()}
+                if options.return_grad and grads
+                else None
+            ),
             n_valid=reduced.n_valid,
             weight_sum=reduced.weight_sum,
             backend=self.backend.name,
-            dtype=str(grad.dtype),
+            dtype=str(dtype),
         )
 
     def _encode(self, array: Array | None, form: TensorForm) -> object:
         return None if array is None else encode_tensor(self.backend.to_numpy(array), form)
+
+
+def _within(error: InvalidInput, path: FieldPath) -> InvalidInput:
+    """An engine error about a loss's own option, located under `losses[i]` of /v1/evaluate."""
+    if error.field[:1] in (("logits",), ("labels",)):
+        return error  # the shared inputs: their names are already right
+    dotted = ".".join(str(part) for part in path)
+    return type(error)(f"{dotted}.{error.detail}", field=(*path, *error.field))

@@ -5,12 +5,24 @@ computes on the library its inputs belong to.
 """
 
 from service.engine._backend import CPU, Backend, BackendUnavailable, DeviceChoice, select_backend
-from service.engine._binary import binary_cross_entropy
+from service.engine._binary import binary_cross_entropy, sigmoid_focal
+from service.engine._contrastive import info_nce
 from service.engine._cross_entropy import cross_entropy
-from service.engine._dtypes import ComputeDtype
+from service.engine._distillation import kl_divergence
+from service.engine._dtypes import ComputeDtype, to_compute_dtype
 from service.engine._namespace import Array, array_namespace
+from service.engine._pairwise import bradley_terry, triplet_margin
 from service.engine._reduction import EmptyPolicy, LossResult, ReducedLoss, Reduction, reduce_loss
-from service.engine._softmax import log_softmax, logsumexp
+from service.engine._regression import huber, mae, mse
+from service.engine._softmax import log_softmax, logsumexp, shared_softmax
+from service.engine._softmax_family import (
+    focal,
+    forward_corrected_cross_entropy,
+    generalized_cross_entropy,
+    logit_adjusted_cross_entropy,
+    poly1,
+    symmetric_cross_entropy,
+)
 
 __all__ = [
     "CPU",
@@ -25,9 +37,25 @@ __all__ = [
     "Reduction",
     "array_namespace",
     "binary_cross_entropy",
+    "bradley_terry",
     "cross_entropy",
+    "focal",
+    "forward_corrected_cross_entropy",
+    "generalized_cross_entropy",
+    "huber",
+    "info_nce",
+    "kl_divergence",
     "log_softmax",
+    "logit_adjusted_cross_entropy",
     "logsumexp",
+    "mae",
+    "mse",
+    "poly1",
     "reduce_loss",
     "select_backend",
+    "shared_softmax",
+    "sigmoid_focal",
+    "symmetric_cross_entropy",
+    "to_compute_dtype",
+    "triplet_margin",
 ]

@@ -1,11 +1,15 @@
-"""Binary cross-entropy on logits, as `torch.nn.functional.binary_cross_entropy_with_logits`.
+"""Losses on independent sigmoid outputs: binary cross-entropy and sigmoid focal loss.
 
-Per element, with pos_weight p and weight w:
+Binary cross-entropy follows `torch.nn.functional.binary_cross_entropy_with_logits`. Per element,
+with pos_weight p and weight w:
     loss = w * (p y softplus(-x) + (1 - y) softplus(x))      [-log sigmoid(x) = softplus(-x)]
     d loss / dx = w * (sigmoid(x) (p y + 1 - y) - p y)
 softplus(x) = max(x, 0) + log1p(exp(-|x|)) never overflows, and softplus(-x) = softplus(x) - x
 reuses it. A term with zero coefficient is 0 even at x = -inf, where PyTorch returns NaN for a
 label of exactly 0. `mean` divides by the number of elements, as PyTorch.
+
+The sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", 2017) is that
+cross-entropy times `(1 - p_t)^gamma`, with torchvision's `sigmoid_focal_loss` conventions.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from service.engine._checks import (
     check_broadcastable,
     check_nonnegative,
+    check_option_range,
     check_unit_interval,
     first_position,
     require,
@@ -41,6 +46,101 @@ def binary_cross_entropy(
     the last axis). Returns the elementwise loss and its gradient.
     """
     xp = array_namespace(logits, labels, weight, pos_weight)
+    x, y, w = _logits_and_targets(logits, labels, weight, compute_dtype, xp=xp)
+    p = broadcast_weight(pos_weight, "pos_weight", logits.shape, x.dtype, xp=xp)
+    positive = y if p is None else p * y  # coefficient of -log sigmoid(x)
+    per_element, grad = bce_terms(*softplus_pair(x, xp=xp), positive, 1 - y, xp=xp)
+    return _finish_elements(per_element, grad, w, xp=xp)
+
+
+def sigmoid_focal(
+    logits: Array,
+    labels: Array,
+    *,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    weight: Array | None = None,
+    compute_dtype: ComputeDtype | None = None,
+) -> LossResult:
+    """torchvision's `sigmoid_focal_loss`: `alpha_t (1 - p_t)^gamma BCE(x, y)` per element.
+
+    p = sigmoid(x), p_t = p y + (1 - p)(1 - y), alpha_t = alpha y + (1 - alpha)(1 - y);
+    `alpha=None` leaves alpha_t out (torchvision's `alpha < 0`) and `gamma = 0` is BCE.
+    `weight` broadcasts and multiplies each element, and `mean` divides by the number of
+    elements. An element whose alpha_t is 0 costs nothing, even a label 1 at a -inf logit.
+    """
+    xp = array_namespace(logits, labels, weight)
+    if alpha is not None:
+        check_option_range(alpha, "alpha", low=0.0, high=1.0)
+    check_option_range(gamma, "gamma", low=0.0)
+    x, y, w = _logits_and_targets(logits, labels, weight, compute_dtype, xp=xp)
+    softplus, softplus_neg = softplus_pair(x, xp=xp)
+    ce, d_ce = bce_terms(softplus, softplus_neg, y, 1 - y, xp=xp)  # d_ce = sigmoid(x) - y
+    p = xp.exp(-softplus_neg)  # sigmoid(x)
+    q = xp.exp(-softplus)  # 1 - sigmoid(x), without the cancellation of 1 - p
+    m = (1 - y) * p + y * q  # 1 - p_t, a sum of non-negative terms
+    modulator = m**gamma  # 0^0 = 1: gamma = 0 is BCE
+    # dm/dx = p q (1 - 2y); r = p q / m is in [0, 1] since m >= min(p, q), so the factor
+    # m^(gamma - 1) never forms (it is inf at m = 0 for gamma < 1, where the limit is 0).
+    r = xp.where(m > 0, p * q / xp.where(m > 0, m, 1), 0)
+    with errstate(xp, invalid="ignore"):  # inf * 0 at a -inf logit: rejected, or alpha_t = 0
+        per_element = ce * modulator
+        # d/dx [ce m^g] = (p - y) m^g + g ce m^g r (1 - 2y)
+        grad = modulator * (d_ce + gamma * ce * r * (1 - 2 * y))
+        if alpha is not None:
+            alpha_t = alpha * y + (1 - alpha) * (1 - y)
+            per_element = xp.where(alpha_t == 0, 0, alpha_t * per_element)
+            grad = xp.where(alpha_t == 0, 0, alpha_t * grad)
+    return _finish_elements(per_element, grad, w, xp=xp)
+
+
+def softplus_pair(x: Array, *, xp: ModuleType) -> tuple[Array, Array]:
+    """(softplus(x), softplus(-x)) = (-log(1 - sigmoid(x)), -log sigmoid(x)), never overflowing.
+
+    sigmoid(x) = exp(-softplus(-x)) and 1 - sigmoid(x) = exp(-softplus(x)) follow from them
+    without cancellation. softplus(-x) is +inf at x = -inf.
+    """
+    with errstate(xp, invalid="ignore", over="ignore"):  # x = +inf: NaN, rejected by the caller
+        softplus = xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))  # -log(1 - sigmoid(x))
+        return softplus, softplus - x  # softplus(-x) = softplus(x) - x: -log sigmoid(x)
+
+
+def bce_terms(
+    softplus: Array, softplus_neg: Array, positive: Array, negative: Array, *, xp: ModuleType
+) -> tuple[Array, Array]:
+    """`positive * -log sigmoid(x) + negative * -log(1 - sigmoid(x))` and its derivative in x.
+
+    d/dx = sigmoid(x) (positive + negative) - positive. A zero coefficient on an infinite log
+    contributes 0, not 0 * inf = NaN.
+    """
+    with errstate(xp, invalid="ignore"):
+        per_element = xp.where(positive == 0, 0, positive * softplus_neg) + negative * softplus
+        grad = xp.exp(-softplus_neg) * (positive + negative) - positive  # sigmoid = exp(-sp(-x))
+    return per_element, grad
+
+
+def broadcast_weight(
+    weight: Array | None, field: str, shape: tuple[int, ...], dtype: np.dtype, *, xp: ModuleType
+) -> Array | None:
+    """An elementwise factor that broadcasts to `shape`: finite and >= 0, in `dtype`."""
+    if weight is None:
+        return None
+    check_broadcastable(weight.shape, shape, field)
+    with errstate(xp, over="ignore"):  # an overflow to inf is reported by the check
+        w = as_compute(weight, dtype)
+    check_nonnegative(w, field, xp)
+    return w
+
+
+def _logits_and_targets(
+    logits: Array,
+    labels: Array,
+    weight: Array | None,
+    compute_dtype: ComputeDtype | None,
+    *,
+    xp: ModuleType,
+) -> tuple[Array, Array, Array | None]:
+    """Logits and [0, 1] targets of one shape, and the broadcast weight, in the compute dtype."""
     require(
         labels.shape == logits.shape,
         "labels",
@@ -48,22 +148,17 @@ def binary_cross_entropy(
     )
     check_unit_interval(labels, "labels", xp)
     dtype = compute_dtype_for(logits.dtype, compute_dtype)
-    x = as_compute(logits, dtype)
-    y = as_compute(labels, dtype)
-    w = _broadcast_weight(weight, "weight", logits.shape, dtype, xp=xp)
-    p = _broadcast_weight(pos_weight, "pos_weight", logits.shape, dtype, xp=xp)
+    w = broadcast_weight(weight, "weight", logits.shape, dtype, xp=xp)
+    return as_compute(logits, dtype), as_compute(labels, dtype), w
 
-    with errstate(xp, invalid="ignore", over="ignore"):
-        softplus = xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))  # -log(1 - sigmoid(x))
-        softplus_neg = softplus - x  # -log sigmoid(x); +inf at x = -inf
-        positive = y if p is None else p * y  # coefficient of -log sigmoid(x)
-        negative = 1 - y  # coefficient of -log(1 - sigmoid(x))
-        # 0 * inf = 0: a label of exactly 0 at a -inf logit costs nothing.
-        per_element = xp.where(positive == 0, 0, positive * softplus_neg) + negative * softplus
-        grad = xp.exp(-softplus_neg) * (positive + negative) - positive  # sigmoid(x) = exp(-sp(-x))
+
+def _finish_elements(
+    per_element: Array, grad: Array, w: Array | None, *, xp: ModuleType
+) -> LossResult:
+    """Apply the weight, reject infinite losses; `mean` divides by the number of elements."""
     if w is not None:
         per_element = per_element * w
-        grad *= w
+        grad = grad * w
     infinite = ~xp.isfinite(per_element)
     if bool(xp.any(infinite)):
         position = first_position(infinite, xp)
@@ -76,15 +171,3 @@ def binary_cross_entropy(
     return LossResult(
         per_sample=per_element, grads={"logits": grad}, n_valid=numel, divisor=float(numel)
     )
-
-
-def _broadcast_weight(
-    weight: Array | None, field: str, shape: tuple[int, ...], dtype: np.dtype, *, xp: ModuleType
-) -> Array | None:
-    if weight is None:
-        return None
-    check_broadcastable(weight.shape, shape, field)
-    with errstate(xp, over="ignore"):  # an overflow to inf is reported by the check
-        w = as_compute(weight, dtype)
-    check_nonnegative(w, field, xp)
-    return w

@@ -20,10 +20,11 @@ from types import ModuleType
 import numpy as np
 
 from service.engine._checks import check_option_range, check_unit_interval, first_position
+from service.engine._class_balance import resolve_class_weight
 from service.engine._dtypes import ComputeDtype, as_compute
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult
-from service.engine._rows import class_indices, class_weight, finish_rows, logit_rows
+from service.engine._rows import class_indices, finish_rows, logit_rows
 from service.engine._softmax import ShiftedExp, shifted_exp
 from service.errors import InvalidInput
 
@@ -50,19 +51,24 @@ def cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    class_counts: Array | None = None,
+    class_balance_beta: float | None = None,
     compute_dtype: ComputeDtype | None = None,
 ) -> LossResult:
     """Cross-entropy of `logits` [..., C] against class indices [...] or probabilities [..., C].
 
-    The label kind follows from the shape. Returns per-sample losses (0 for ignored labels) and
-    the gradient with respect to `logits`, both from one softmax.
+    The label kind follows from the shape. `class_counts` (+ `class_balance_beta`) derive
+    `weight` as Cui et al.'s class-balanced weights. Returns per-sample losses (0 for ignored
+    labels) and the gradient with respect to `logits`, both from one softmax.
     """
-    xp = array_namespace(logits, labels, weight)
+    xp = array_namespace(logits, labels, weight, class_counts)
     check_option_range(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     check_option_range(z_loss, "z_loss", low=0.0)
     x = logit_rows(logits, compute_dtype, xp=xp)
     n_classes = x.shape[1]
-    w = None if weight is None else class_weight(weight, n_classes, x.dtype, xp=xp)
+    w = resolve_class_weight(
+        weight, "weight", class_counts, class_balance_beta, n_classes, x.dtype, xp=xp
+    )
     if labels.shape == logits.shape:
         target = probability_target(labels, w, label_smoothing, x.dtype, xp=xp)
     elif labels.shape == logits.shape[:-1]:

@@ -28,3 +28,8 @@ def compute_dtype_for(dtype: np.dtype, requested: ComputeDtype | None = None) ->
 def as_compute(array: Array, dtype: np.dtype) -> Array:
     """`array` in `dtype`, copied only when the dtype changes (callers never write into it)."""
     return array if array.dtype == dtype else array.astype(dtype)
+
+
+def to_compute_dtype(array: Array, requested: ComputeDtype | None = None) -> Array:
+    """`array` cast once to the dtype a loss on it computes in (shared by several losses)."""
+    return as_compute(array, compute_dtype_for(array.dtype, requested))

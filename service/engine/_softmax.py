@@ -8,6 +8,9 @@ not finite (every logit -inf) is shifted by 0 instead, giving -inf rather than -
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -37,10 +40,17 @@ class ShiftedExp:
 def shifted_exp(x: Array, *, xp: ModuleType, dot_with: Array | None = None) -> ShiftedExp:
     """Rows of `x` ([M, C], C >= 1) -> ShiftedExp; `x` is not modified.
 
-    `dot_with` ([C] or [M, C]) is dotted with the *shifted* logits while they sit in the buffer:
-    the same sum formed from `x` and the shift afterwards cancels catastrophically when the
-    logits share a large offset. A zero weight on a -inf logit contributes 0, not 0 * inf = NaN.
+    `dot_with` ([C] or [M, C]) is dotted with the *shifted* logits: the same sum formed from `x`
+    and the shift afterwards cancels catastrophically when the logits share a large offset. A
+    zero weight on a -inf logit contributes 0, not 0 * inf = NaN. Inside `shared_softmax()`, the
+    exponentials of an array already seen are reused (the caller gets its own copy).
     """
+    shared = _SHARED.get()
+    if shared is not None and shared.parts is not None and _identity(x) == shared.key:
+        first = shared.parts
+        with errstate(xp, over="ignore"):
+            dot = None if dot_with is None else _dot_rows(x - first.shift[:, None], dot_with, xp=xp)
+        return ShiftedExp(first.exp.copy(), first.sum, first.log_sum, first.shift, dot)
     shift = xp.max(x, axis=-1, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, 0)  # all -inf row: exp stays 0, no inf - inf
     with errstate(xp, over="ignore"):  # |x| near the float max: x - shift = -inf, exp = 0
@@ -53,7 +63,43 @@ def shifted_exp(x: Array, *, xp: ModuleType, dot_with: Array | None = None) -> S
     total = xp.sum(e, axis=-1, keepdims=True, dtype=xp.float64)
     with errstate(xp, divide="ignore"):  # total == 0 only for an all -inf row: log_sum = -inf
         log_sum = xp.log1p(total[:, 0] - 1)
-    return ShiftedExp(exp=e, sum=total, log_sum=log_sum, shift=shift[:, 0], dot=dot)
+    parts = ShiftedExp(exp=e, sum=total, log_sum=log_sum, shift=shift[:, 0], dot=dot)
+    if shared is not None and shared.parts is None and _identity(x) == shared.key:
+        shared.parts = ShiftedExp(e.copy(), total, log_sum, shift[:, 0], None)
+    return parts
+
+
+@dataclass
+class _Shared:
+    rows: Array  # the registered logits as [M, C] rows, kept alive so its address stays its own
+    key: tuple[object, ...]
+    parts: ShiftedExp | None = None  # pristine: every user gets a copy of `exp`
+
+
+_SHARED: ContextVar[_Shared | None] = ContextVar("shared_softmax", default=None)
+
+
+@contextlib.contextmanager
+def shared_softmax(logits: Array) -> Iterator[None]:
+    """Within the block, the softmax of `logits` is computed once for every loss on them.
+
+    `/v1/evaluate` runs every requested loss on one upload: the max, exp and row sums, the bulk
+    of a loss's cost, are then paid once. Each loss still gets its own copy of the exponentials,
+    since it writes its gradient into them. Losses see `logits` through `logit_rows`, a view
+    with the same memory, as long as `logits` is already in the compute dtype.
+    """
+    rows = logits.reshape(-1, logits.shape[-1]) if logits.ndim else logits
+    token = _SHARED.set(_Shared(rows=rows, key=_identity(rows)))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _identity(x: Array) -> tuple[object, ...]:
+    """The memory an array views: address, shape, strides and dtype."""
+    interface = getattr(x, "__cuda_array_interface__", None) or x.__array_interface__
+    return (interface["data"][0], x.shape, x.strides, x.dtype.str)
 
 
 def _dot_rows(e: Array, v: Array, *, xp: ModuleType) -> Array:

@@ -1,64 +1,57 @@
-"""`POST /v1/losses/{name}`: one loss, its per-sample values and its gradient."""
+"""`POST /v1/losses/{name}` for every loss of the catalogue, and `GET /v1/losses` to list them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import APIRouter, Depends
 
-from service import engine
-from service.api.compute import ComputeContext
+from service.api.catalogue import BY_NAME, LOSSES, LossSpec
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
-from service.api.schemas import BinaryCrossEntropyRequest, CrossEntropyRequest, LossResponse
+from service.api.schemas import (
+    LossCatalogue,
+    LossRequest,
+    LossResponse,
+    common_options,
+    describe_loss,
+)
 
 router = APIRouter(
     prefix="/v1/losses",
     tags=["losses"],
     dependencies=[Depends(require_api_key)],
-    responses=problem_responses(401, 413, 422, 500, 503),
+    responses=problem_responses(401, 500),
 )
 
 
-@router.post(
-    "/cross-entropy",
-    name="cross_entropy",
-    summary="Softmax cross-entropy, as torch.nn.functional.cross_entropy",
-)
-async def cross_entropy(body: CrossEntropyRequest, compute: ComputeDep) -> LossResponse:
-    return await compute.run(_cross_entropy, body, compute)
-
-
-def _cross_entropy(body: CrossEntropyRequest, compute: ComputeContext) -> LossResponse:
-    logits = compute.decode_logits(body.logits)
-    result = engine.cross_entropy(
-        compute.backend.asarray(logits.array),
-        compute.backend.asarray(compute.decode(body.labels, "labels").array),
-        weight=compute.decode_optional(body.weight, "weight"),
-        ignore_index=body.ignore_index,
-        label_smoothing=body.label_smoothing,
-        z_loss=body.z_loss,
-        compute_dtype=body.compute_dtype,
+@router.get("", name="list_losses", summary="Every loss: inputs, options, defaults, reference")
+async def list_losses() -> LossCatalogue:
+    return LossCatalogue(
+        losses=[
+            describe_loss(spec.name, spec.summary, spec.reference, spec.request) for spec in LOSSES
+        ],
+        common_options=common_options(),
     )
-    return compute.respond("cross-entropy", result, body, logits.form)
 
 
-@router.post(
-    "/binary-cross-entropy",
-    name="binary_cross_entropy",
-    summary="Binary cross-entropy on logits, as binary_cross_entropy_with_logits",
-)
-async def binary_cross_entropy(
-    body: BinaryCrossEntropyRequest, compute: ComputeDep
-) -> LossResponse:
-    return await compute.run(_binary_cross_entropy, body, compute)
+def _endpoint(spec: LossSpec) -> Callable[..., Awaitable[LossResponse]]:
+    async def endpoint(body: LossRequest, compute: ComputeDep) -> LossResponse:
+        # Looked up per request, so that tests can stand a spec in for another.
+        return await compute.run(compute.loss, BY_NAME[spec.name], body)
+
+    # FastAPI reads the body's model from the annotation: each loss has its own.
+    endpoint.__annotations__["body"] = spec.request
+    return endpoint
 
 
-def _binary_cross_entropy(body: BinaryCrossEntropyRequest, compute: ComputeContext) -> LossResponse:
-    logits = compute.decode_logits(body.logits)
-    result = engine.binary_cross_entropy(
-        compute.backend.asarray(logits.array),
-        compute.backend.asarray(compute.decode(body.labels, "labels").array),
-        weight=compute.decode_optional(body.weight, "weight"),
-        pos_weight=compute.decode_optional(body.pos_weight, "pos_weight"),
-        compute_dtype=body.compute_dtype,
+for _spec in LOSSES:
+    router.add_api_route(
+        f"/{_spec.name}",
+        _endpoint(_spec),
+        methods=["POST"],
+        name=_spec.operation_id,
+        summary=_spec.summary,
+        description=f"Reference: {_spec.reference}.",
+        responses=problem_responses(413, 422, 503),
     )
-    return compute.respond("binary-cross-entropy", result, body, logits.form)

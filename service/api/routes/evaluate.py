@@ -1,0 +1,25 @@
+"""`POST /v1/evaluate`: several losses from one upload of logits and labels."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from service.api.deps import ComputeDep, require_api_key
+from service.api.problems import problem_responses
+from service.api.schemas.evaluate import EvaluateRequest, EvaluateResponse
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["evaluate"],
+    dependencies=[Depends(require_api_key)],
+    responses=problem_responses(401, 413, 422, 500, 503),
+)
+
+
+@router.post(
+    "/evaluate",
+    name="evaluate",
+    summary="Several losses from one upload; the softmax is computed once",
+)
+async def evaluate(body: EvaluateRequest, compute: ComputeDep) -> EvaluateResponse:
+    return await compute.run(compute.evaluate, body)

@@ -1,0 +1,44 @@
+"""Request and response bodies, one module per resource, with DESIGN.md's names."""
+
+from service.api.schemas.common import (
+    Body,
+    Logits,
+    OptionalLogits,
+    OptionalTensor,
+    OutputEncoding,
+    Tensor,
+    TensorField,
+    tensor_fields,
+)
+from service.api.schemas.health import Health, Readiness
+from service.api.schemas.losses import (
+    BinaryCrossEntropyRequest,
+    CrossEntropyRequest,
+    LossCatalogue,
+    LossInfo,
+    LossRequest,
+    LossResponse,
+    common_options,
+    describe_loss,
+)
+
+__all__ = [
+    "BinaryCrossEntropyRequest",
+    "Body",
+    "CrossEntropyRequest",
+    "Health",
+    "Logits",
+    "LossCatalogue",
+    "LossInfo",
+    "LossRequest",
+    "LossResponse",
+    "OptionalLogits",
+    "OptionalTensor",
+    "OutputEncoding",
+    "Readiness",
+    "Tensor",
+    "TensorField",
+    "common_options",
+    "describe_loss",
+    "tensor_fields",
+]

@@ -1,0 +1,52 @@
+"""Pieces every request and response shares: tensor fields and the strict body base class.
+
+Tensor fields are validated as opaque JSON here and decoded by `service.codecs`: letting pydantic
+walk every float of a 10^7-element nested list would cost seconds. Their OpenAPI schema is the
+shared `Tensor` component (`service.api.openapi`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
+
+TENSOR_REF = {"$ref": "#/components/schemas/Tensor"}
+
+
+@dataclass(frozen=True)
+class TensorField:
+    """Marks a field as a tensor for the routes, which decode it with `service.codecs`.
+
+    `logits`: it may hold -inf (a masked class) and its last axis counts against `max_classes`.
+    """
+
+    logits: bool = False
+
+
+# Wrapped in allOf: a bare $ref beside a field's description is resolved by pydantic against its
+# own definitions, where this component (added by service.api.openapi) does not exist.
+_REQUIRED = WithJsonSchema({"allOf": [TENSOR_REF]})
+_OPTIONAL = WithJsonSchema({"anyOf": [TENSOR_REF, {"type": "null"}]})
+
+Tensor = Annotated[Any, TensorField(), _REQUIRED]
+OptionalTensor = Annotated[Any, TensorField(), _OPTIONAL]
+Logits = Annotated[Any, TensorField(logits=True), _REQUIRED]
+OptionalLogits = Annotated[Any, TensorField(logits=True), _OPTIONAL]
+OutputEncoding = Literal["json", "base64"]
+
+
+def tensor_fields(model: type[BaseModel]) -> dict[str, TensorField]:
+    """The tensor fields of `model`, in declaration order, with their markers."""
+    found = {}
+    for name, info in model.model_fields.items():
+        for mark in info.metadata:
+            if isinstance(mark, TensorField):
+                found[name] = mark
+    return found
+
+
+class Body(BaseModel):
+    # Unknown fields are errors: a misspelt option ("label_smothing") must not be ignored.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
