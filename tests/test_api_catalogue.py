@@ -115,7 +115,11 @@ async def test_catalogue_lists_every_loss_with_its_options(client: httpx.AsyncCl
         entry = entries[spec.name]
         assert entry["path"] == f"/v1/losses/{spec.name}"
         assert entry["reference"] == spec.reference
-        assert {i["name"] for i in entry["inputs"] if i["required"]} >= {"logits"}
+        required = {i["name"] for i in entry["inputs"] if i["required"]}
+        assert required == {
+            name for name, info in spec.request.model_fields.items() if info.is_required()
+        }
+        assert entry["inputs"][0]["required"]
     focal = {option["name"]: option for option in entries["focal"]["options"]}
     assert focal["gamma"]["default"] == 2.0
     assert focal["gamma"]["json_schema"]["minimum"] == 0.0
@@ -213,3 +217,64 @@ async def test_evaluate_with_no_losses_answers_an_empty_list(client: httpx.Async
     response = await client.post("/v1/evaluate", json={"logits": LOGITS.tolist(), "labels": LABELS})
     assert response.status_code == 200
     assert response.json() == {"losses": [], "calibration": None}
+
+
+# --- losses whose inputs are not (logits, class labels) ---------------------------------------
+
+VECTORS = RNG.normal(size=(4, 3)).round(3)
+OTHER_BODIES: dict[str, dict[str, Any]] = {
+    "sigmoid-focal": {
+        "logits": LOGITS.tolist(),
+        "labels": (RNG.uniform(size=LOGITS.shape) > 0.5).astype(float).tolist(),
+        "alpha": 0.4,
+        "gamma": 1.0,
+    },
+    "kl-divergence": {
+        "logits": LOGITS.tolist(),
+        "target_logits": (LOGITS[::-1] * 0.5).tolist(),
+        "temperature": 2.0,
+    },
+    "bradley-terry": {
+        "chosen": [1.0, 0.5, -0.2],
+        "rejected": [0.2, 0.7, -1.0],
+        "ref_chosen": [0.1, 0.1, 0.0],
+        "ref_rejected": [0.0, 0.3, -0.5],
+        "beta": 0.5,
+        "margin": 0.1,
+    },
+    "info-nce": {
+        "query": VECTORS.tolist(),
+        "keys": VECTORS[::-1].tolist(),
+        "labels": [3, 2, 1, 0],
+        "temperature": 0.5,
+    },
+    "triplet-margin": {
+        "anchor": VECTORS.tolist(),
+        "positive": (VECTORS + 0.3).tolist(),
+        "negative": (VECTORS[::-1]).tolist(),
+        "margin": 2.0,
+        "swap": True,
+    },
+    "mse": {"predictions": VECTORS.tolist(), "targets": VECTORS[::-1].tolist()},
+    "mae": {"predictions": VECTORS.tolist(), "targets": VECTORS[::-1].tolist()},
+    "huber": {"predictions": VECTORS.tolist(), "targets": VECTORS[::-1].tolist(), "delta": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_BODIES))
+async def test_other_endpoints_answer_what_the_engine_computes(
+    client: httpx.AsyncClient, name: str
+) -> None:
+    body = OTHER_BODIES[name]
+    response = await client.post(f"/v1/losses/{name}", json={**body, "return_grad": True})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    arrays = {k: np.asarray(v) if isinstance(v, list) else v for k, v in body.items()}
+    expected = reduce_loss(BY_NAME[name].function(**arrays), "mean")
+    assert result["loss"] == expected.loss
+    for input_name, grad in expected.grads.items():
+        returned = result["grad"] if input_name == "logits" else result["grads"][input_name]
+        np.testing.assert_array_equal(returned, grad)
+    if "logits" not in expected.grads:
+        assert result["grad"] is None
+        assert set(result["grads"]) == set(expected.grads)

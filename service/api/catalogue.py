@@ -12,14 +12,21 @@ from dataclasses import dataclass
 from service import engine
 from service.api.schemas.losses import (
     BinaryCrossEntropyRequest,
+    BradleyTerryRequest,
     CrossEntropyRequest,
     FocalRequest,
     ForwardCorrectedCrossEntropyRequest,
     GeneralizedCrossEntropyRequest,
+    HuberRequest,
+    InfoNCERequest,
+    KLDivergenceRequest,
     LogitAdjustedCrossEntropyRequest,
     LossRequest,
     Poly1Request,
+    RegressionRequest,
+    SigmoidFocalRequest,
     SymmetricCrossEntropyRequest,
+    TripletMarginRequest,
 )
 from service.engine import LossResult
 
@@ -101,6 +108,65 @@ SOFTMAX_FAMILY: tuple[LossSpec, ...] = (
     ),
 )
 
-LOSSES = LOSSES + SOFTMAX_FAMILY
+OTHERS: tuple[LossSpec, ...] = (
+    LossSpec(
+        name="sigmoid-focal",
+        function=engine.sigmoid_focal,
+        request=SigmoidFocalRequest,
+        summary="Binary focal loss on logits, elementwise",
+        reference="torchvision.ops.sigmoid_focal_loss (Lin et al. 2017)",
+    ),
+    LossSpec(
+        name="kl-divergence",
+        function=engine.kl_divergence,
+        request=KLDivergenceRequest,
+        summary="Distillation: batchmean KL(teacher || student) at temperature T, times T^2",
+        reference="Hinton et al. 2015; PyTorch kl_div(reduction='batchmean')",
+    ),
+    LossSpec(
+        name="bradley-terry",
+        function=engine.bradley_terry,
+        request=BradleyTerryRequest,
+        summary="-log sigmoid(beta ((c - r) - (rc - rr)) - margin); with references, DPO",
+        reference="Bradley & Terry 1952; DPO: Rafailov et al. 2023",
+    ),
+    LossSpec(
+        name="info-nce",
+        function=engine.info_nce,
+        request=InfoNCERequest,
+        summary="Cross-entropy over query @ keys.T / T, gradients for query and keys",
+        reference="van den Oord et al. 2018 (CPC); Chen et al. 2020 (SimCLR)",
+    ),
+    LossSpec(
+        name="triplet-margin",
+        function=engine.triplet_margin,
+        request=TripletMarginRequest,
+        summary="max(d(a, p) - d(a, n) + margin, 0), gradients for all three inputs",
+        reference="PyTorch torch.nn.functional.triplet_margin_loss",
+    ),
+    LossSpec(
+        name="mse",
+        function=engine.mse,
+        request=RegressionRequest,
+        summary="Mean squared error",
+        reference="PyTorch torch.nn.functional.mse_loss",
+    ),
+    LossSpec(
+        name="mae",
+        function=engine.mae,
+        request=RegressionRequest,
+        summary="Mean absolute error",
+        reference="PyTorch torch.nn.functional.l1_loss",
+    ),
+    LossSpec(
+        name="huber",
+        function=engine.huber,
+        request=HuberRequest,
+        summary="Huber loss: quadratic below delta, linear above",
+        reference="PyTorch torch.nn.functional.huber_loss",
+    ),
+)
+
+LOSSES = LOSSES + SOFTMAX_FAMILY + OTHERS
 
 BY_NAME: dict[str, LossSpec] = {spec.name: spec for spec in LOSSES}

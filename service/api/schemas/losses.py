@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from service.api.schemas.common import (
     Body,
     Logits,
+    OptionalLogits,
     OptionalTensor,
     OutputEncoding,
     Tensor,
@@ -115,6 +116,66 @@ class BinaryCrossEntropyRequest(LossRequest):
     labels: Tensor = Field(description="targets in [0, 1], the logits' shape")
     weight: OptionalTensor = Field(None, description="broadcasts to the logits' shape")
     pos_weight: OptionalTensor = Field(None, description="weight of positives, e.g. [C]")
+
+
+class SigmoidFocalRequest(LossRequest):
+    logits: Logits = Field(description="any shape; -inf where the target is 0")
+    labels: Tensor = Field(description="targets in [0, 1], the logits' shape")
+    alpha: float | None = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="weight of positives (1 - alpha for negatives); null: none",
+    )
+    gamma: float = Field(2.0, ge=0.0, description="focusing parameter")
+    weight: OptionalTensor = Field(None, description="broadcasts to the logits' shape")
+
+
+class KLDivergenceRequest(LossRequest):
+    logits: Logits = Field(description="student logits [..., C]")
+    target_logits: OptionalLogits = Field(None, description="teacher logits [..., C]")
+    target_probs: OptionalTensor = Field(
+        None, description="teacher probabilities [..., C] (instead of target_logits)"
+    )
+    temperature: float = Field(1.0, gt=0.0, description="both softmaxes at x / T; loss x T^2")
+
+
+class BradleyTerryRequest(LossRequest):
+    chosen: Tensor = Field(description="scores of the preferred responses [N]")
+    rejected: Tensor = Field(description="scores of the other responses [N]")
+    beta: float = Field(1.0, gt=0.0)
+    margin: float = Field(0.0, description="subtracted inside the sigmoid")
+    ref_chosen: OptionalTensor = Field(None, description="reference scores [N]: DPO")
+    ref_rejected: OptionalTensor = Field(None, description="reference scores [N]: DPO")
+
+
+class InfoNCERequest(LossRequest):
+    query: Tensor = Field(description="[N, D]")
+    keys: Tensor = Field(description="[M, D]")
+    labels: Tensor = Field(description="[N]: the index of each query's positive key")
+    temperature: float = Field(0.07, gt=0.0)
+    normalize: bool = Field(True, description="L2-normalise query and key rows first")
+    ignore_index: int = Field(-100, description=IGNORE_INDEX_DESCRIPTION)
+
+
+class TripletMarginRequest(LossRequest):
+    anchor: Tensor = Field(description="[N, D]")
+    positive: Tensor = Field(description="[N, D]")
+    negative: Tensor = Field(description="[N, D]")
+    margin: float = Field(1.0, gt=0.0)
+    p: float = Field(2.0, ge=1.0, description="the norm of the pairwise distance")
+    eps: float = Field(1e-6, ge=0.0, description="added to the difference, as PyTorch")
+    swap: bool = Field(False, description="use min(d(a, n), d(p, n)) (Balntas et al. 2016)")
+
+
+class RegressionRequest(LossRequest):
+    predictions: Tensor = Field(description="any shape")
+    targets: Tensor = Field(description="the predictions' shape")
+    weight: OptionalTensor = Field(None, description="broadcasts to the predictions' shape")
+
+
+class HuberRequest(RegressionRequest):
+    delta: float = Field(1.0, gt=0.0, description="quadratic below delta, linear above")
 
 
 class LossResponse(BaseModel):
