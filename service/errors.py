@@ -7,6 +7,7 @@ The API maps each class to one HTTP status and an RFC 9457 problem type, in one 
      ├── InvalidInput       a value breaks the contract: bad shape, NaN, label out of range (422)
      │    └── UnsupportedInput   well-formed but asks for what this build cannot do (422)
      ├── LimitExceeded      a body or tensor over a configured size limit (413)
+     ├── NotFound           no such model (the Open Inference Protocol's 404)
      ├── Unauthorized       API keys are configured and the request has none of them (401)
      └── ComputeTimeout     the computation outlived the request timeout (503)
 """
@@ -43,6 +44,11 @@ class UnsupportedInput(InvalidInput):
 class LimitExceeded(LossServiceError):
     slug = "limit-exceeded"
     title = "Payload exceeds a configured limit"
+
+
+class NotFound(LossServiceError):
+    slug = "not-found"
+    title = "Not found"
 
 
 class Unauthorized(LossServiceError):

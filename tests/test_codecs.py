@@ -399,18 +399,18 @@ _GOOD = _encoded("float32", [2], np.zeros(2, dtype="<f4").tobytes())
         (
             {**_GOOD, "shape": [3]},
             ("logits", "data"),
-            "logits.data: decodes to 8 bytes, but dtype float32 and shape [3] need 12 "
+            "logits.data: holds 8 bytes, but dtype float32 and shape [3] need 12 "
             "(3 elements x 4 bytes)",
         ),
         (
             {**_GOOD, "shape": []},
             ("logits", "data"),
-            "decodes to 8 bytes, but dtype float32 and shape [] need 4",
+            "holds 8 bytes, but dtype float32 and shape [] need 4",
         ),
         (
             {**_GOOD, "dtype": "float64"},
             ("logits", "data"),
-            "decodes to 8 bytes, but dtype float64 and shape [2] need 16",
+            "holds 8 bytes, but dtype float64 and shape [2] need 16",
         ),
         (
             _encoded("bool", [2, 2], bytes([0, 1, 1, 2])),

@@ -71,7 +71,11 @@ def test_operation_ids() -> None:
 
 
 def test_every_post_declares_its_problems() -> None:
-    posts = [op for method, _, op in operations(build_spec()).values() if method == "post"]
+    posts = [
+        op
+        for method, path, op in operations(build_spec()).values()
+        if method == "post" and path.startswith("/v1/")
+    ]
     assert len(posts) >= len(LOSSES) + 1
     for operation in posts:
         responses = operation["responses"]

@@ -25,7 +25,11 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, detail: str, scope: Scope, send: Send) -> None:
         response = problem_response(
-            413, detail=detail, slug=LimitExceeded.slug, title=LimitExceeded.title
+            413,
+            detail=detail,
+            slug=LimitExceeded.slug,
+            title=LimitExceeded.title,
+            path=scope.get("path", ""),
         )
         await response(scope, _no_body, send)
 

@@ -38,6 +38,7 @@ class LossSpec:
     request: type[LossRequest]
     summary: str
     reference: str
+    differentiable: tuple[str, ...] = ("logits",)  # the inputs `grads` has entries for
 
     @property
     def operation_id(self) -> str:
@@ -129,6 +130,7 @@ OTHERS: tuple[LossSpec, ...] = (
         request=BradleyTerryRequest,
         summary="-log sigmoid(beta ((c - r) - (rc - rr)) - margin); with references, DPO",
         reference="Bradley & Terry 1952; DPO: Rafailov et al. 2023",
+        differentiable=("chosen", "rejected"),
     ),
     LossSpec(
         name="info-nce",
@@ -136,6 +138,7 @@ OTHERS: tuple[LossSpec, ...] = (
         request=InfoNCERequest,
         summary="Cross-entropy over query @ keys.T / T, gradients for query and keys",
         reference="van den Oord et al. 2018 (CPC); Chen et al. 2020 (SimCLR)",
+        differentiable=("query", "keys"),
     ),
     LossSpec(
         name="triplet-margin",
@@ -143,6 +146,7 @@ OTHERS: tuple[LossSpec, ...] = (
         request=TripletMarginRequest,
         summary="max(d(a, p) - d(a, n) + margin, 0), gradients for all three inputs",
         reference="PyTorch torch.nn.functional.triplet_margin_loss",
+        differentiable=("anchor", "positive", "negative"),
     ),
     LossSpec(
         name="mse",
@@ -150,6 +154,7 @@ OTHERS: tuple[LossSpec, ...] = (
         request=RegressionRequest,
         summary="Mean squared error",
         reference="PyTorch torch.nn.functional.mse_loss",
+        differentiable=("predictions",),
     ),
     LossSpec(
         name="mae",
@@ -157,6 +162,7 @@ OTHERS: tuple[LossSpec, ...] = (
         request=RegressionRequest,
         summary="Mean absolute error",
         reference="PyTorch torch.nn.functional.l1_loss",
+        differentiable=("predictions",),
     ),
     LossSpec(
         name="huber",
@@ -164,6 +170,7 @@ OTHERS: tuple[LossSpec, ...] = (
         request=HuberRequest,
         summary="Huber loss: quadratic below delta, linear above",
         reference="PyTorch torch.nn.functional.huber_loss",
+        differentiable=("predictions",),
     ),
 )
 

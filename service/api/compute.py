@@ -108,14 +108,18 @@ class ComputeContext:
         """Logits may hold -inf (a masked class); their class axis is capped by `max_classes`."""
         limits = TensorLimits(max_elements=self.settings.max_elements)
         decoded = decode_tensor(value, field=field, limits=limits, allow_neg_inf=logits)
-        shape = decoded.array.shape
-        if logits and shape and shape[-1] > self.settings.max_classes:
+        if logits:
+            self.check_classes(field, decoded.array)
+        return decoded
+
+    def check_classes(self, field: FieldPath, array: Array) -> None:
+        """The class axis (the last) of logits is capped by `max_classes`."""
+        if array.shape and array.shape[-1] > self.settings.max_classes:
             raise LimitExceeded(
-                f"{'.'.join(map(str, field))}: {shape[-1]} classes exceed max_classes = "
+                f"{'.'.join(map(str, field))}: {array.shape[-1]} classes exceed max_classes = "
                 f"{self.settings.max_classes}",
                 field=field,
             )
-        return decoded
 
     def respond(
         self, name: str, result: LossResult, options: LossOptions, form: TensorForm

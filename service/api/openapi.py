@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.api.problems import Problem
+from service.api.schemas.oip import InferRequest
 from service.codecs import WIRE_DTYPES
 
 TENSOR_SCHEMAS: dict[str, Any] = {
@@ -56,10 +58,26 @@ def install(app: FastAPI) -> None:
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(TENSOR_SCHEMAS)
-            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(problem.pop("$defs", {}))
-            components["Problem"] = problem
+            # Bodies the routes refer to by $ref without a pydantic model in their signature.
+            for model in (Problem, InferRequest):
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            _drop_unreachable_validation_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:
+    """Under /v2, FastAPI's automatic 422 never happens: the protocol answers 400 instead."""
+    for path, operations in schema.get("paths", {}).items():
+        if path.startswith("/v2"):
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+    text = json.dumps(schema["paths"])
+    components = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in text:
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)

@@ -24,6 +24,7 @@ from service.errors import (
     InvalidInput,
     LimitExceeded,
     LossServiceError,
+    NotFound,
     Unauthorized,
 )
 
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:loss-service:problem:"
+OIP_PREFIX = "/v2"
 
 
 class FieldError(BaseModel):
@@ -53,6 +55,7 @@ STATUS_OF: dict[type[LossServiceError], int] = {
     InvalidInput: 422,
     LimitExceeded: 413,
     Unauthorized: 401,
+    NotFound: 404,
     ComputeTimeout: 503,
 }
 
@@ -76,7 +79,16 @@ def problem_response(
     title: str | None = None,
     errors: list[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
+    """The error response; under `/v2` in the Open Inference Protocol's form, `{"error": ...}`.
+
+    The protocol answers invalid requests with 400, where the rest of the API says 422.
+    """
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        return JSONResponse(
+            {"error": detail}, status_code=400 if status == 422 else status, headers=headers
+        )
     problem = Problem(
         type=TYPE_PREFIX + slug if slug else "about:blank",
         title=title or HTTPStatus(status).phrase,
@@ -114,6 +126,7 @@ async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
         title=exc.title,
         errors=[field_error(exc.field, exc.detail)] if exc.field else [],
         headers=headers,
+        path=request.url.path,
     )
 
 
@@ -132,7 +145,12 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
         errors.append(field_error(location, f"{name}: {error.get('msg', 'invalid value')}"))
     summary = "; ".join(error.detail for error in errors) or "the request is invalid"
     return problem_response(
-        422, detail=summary, slug=InvalidInput.slug, title=InvalidInput.title, errors=errors
+        422,
+        detail=summary,
+        slug=InvalidInput.slug,
+        title=InvalidInput.title,
+        errors=errors,
+        path=request.url.path,
     )
 
 
@@ -149,13 +167,18 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
             detail=f"the request body could not be read as JSON ({detail})",
             slug=InvalidInput.slug,
             title=InvalidInput.title,
+            path=request.url.path,
         )
-    return problem_response(exc.status_code, detail=detail, headers=exc.headers)
+    return problem_response(
+        exc.status_code, detail=detail, headers=exc.headers, path=request.url.path
+    )
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(500, detail="an unexpected error occurred; it has been logged")
+    return problem_response(
+        500, detail="an unexpected error occurred; it has been logged", path=request.url.path
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -4,6 +4,7 @@ The API layer decodes every tensor field with `decode_tensor` and encodes every 
 with `encode_tensor`; the element limit, the accepted dtypes and the finiteness rules live here.
 """
 
+from service.codecs import _oip as oip
 from service.codecs._dtypes import WIRE_DTYPES
 from service.codecs._tensors import (
     DecodedTensor,
@@ -20,4 +21,5 @@ __all__ = [
     "TensorLimits",
     "decode_tensor",
     "encode_tensor",
+    "oip",
 ]

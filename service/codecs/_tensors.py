@@ -8,7 +8,7 @@ A tensor field arrives as whatever the JSON parser produced for it, in one of tw
 - ``"base64"``: an object ``{"dtype", "shape", "data"}`` whose data is base64 of raw
   little-endian, row-major bytes.
 
-Both forms end in the same checks (`_check_elements`, `_check_finite`). Every error is an
+Both forms end in the same checks (`check_elements`, `check_finite`). Every error is an
 `InvalidInput` (422) or a `LimitExceeded` (413) whose message starts with the dotted field path
 and whose `field` is that path as a tuple.
 
@@ -86,12 +86,12 @@ def decode_tensor(
     ):
         array, form = _decode_json(value, path, limits), "json"
     else:
-        raise _invalid(
+        raise invalid(
             path,
             "expected a number, a nested array of numbers, or an encoded tensor object "
             f"{{dtype, shape, data}}, got {_describe(value)}",
         )
-    _check_finite(array, path, allow_neg_inf=allow_neg_inf)
+    check_finite(array, path, allow_neg_inf=allow_neg_inf)
     return DecodedTensor(array, form)
 
 
@@ -127,7 +127,7 @@ def encode_tensor(
 def _decode_json(value: object, path: FieldPath, limits: TensorLimits) -> NDArray[Any]:
     shape = _leading_shape(value)
     if len(shape) > MAX_NDIM:
-        raise _invalid(path, f"nested arrays are more than {MAX_NDIM} levels deep")
+        raise invalid(path, f"nested arrays are more than {MAX_NDIM} levels deep")
     # NumPy converts bools, numeric strings and null (as NaN) without complaint, so look at the
     # leaf types first. map(type, ...) over chained rows runs in C, about as fast as the
     # conversion itself; the Python walk in `_json_problem` only runs once something is wrong.
@@ -142,7 +142,7 @@ def _decode_json(value: object, path: FieldPath, limits: TensorLimits) -> NDArra
         array = np.asarray(value, dtype=dtype)
     except (ValueError, OverflowError):  # ragged, or an integer out of int64/float64 range
         raise _json_error(value, shape, path) from None
-    _check_elements(array.shape, path, limits)
+    check_elements(array.shape, path, limits)
     return array
 
 
@@ -173,7 +173,7 @@ def _json_error(value: object, shape: tuple[int, ...], path: FieldPath) -> Inval
     problem = _json_problem(value, shape, ())
     if problem is None:
         problem = _json_overflow(value, shape)
-    return _invalid(path, problem)
+    return invalid(path, problem)
 
 
 def _json_problem(node: object, shape: tuple[int, ...], index: tuple[int, ...]) -> str | None:
@@ -226,53 +226,64 @@ def _decode_encoded(value: dict[Any, Any], path: FieldPath, limits: TensorLimits
     expected_keys = ", ".join(_ENCODED_KEYS)
     for key in value:
         if key not in _ENCODED_KEYS:
-            raise _invalid(
+            raise invalid(
                 (*path, str(key)), f"unknown key; an encoded tensor has exactly {expected_keys}"
             )
     for key in _ENCODED_KEYS:
         if key not in value:
-            raise _invalid((*path, key), f"missing; an encoded tensor has exactly {expected_keys}")
+            raise invalid((*path, key), f"missing; an encoded tensor has exactly {expected_keys}")
 
     name = value["dtype"]
     if not isinstance(name, str) or name not in WIRE_DTYPES:
-        raise _invalid(
+        raise invalid(
             (*path, "dtype"),
             f"expected one of {', '.join(WIRE_DTYPES)}, got {_describe(name, echo=True)}",
         )
-    shape = _parse_shape(value["shape"], (*path, "shape"))
+    shape = parse_shape(value["shape"], (*path, "shape"))
     # Before decoding anything: the shape alone says how much memory the tensor would take.
-    _check_elements(shape, (*path, "shape"), limits)
+    check_elements(shape, (*path, "shape"), limits)
 
     data_path = (*path, "data")
     data = value["data"]
     if not isinstance(data, str):
-        raise _invalid(data_path, f"expected a base64 string, got {_describe(data)}")
+        raise invalid(data_path, f"expected a base64 string, got {_describe(data)}")
     try:
         raw = base64.b64decode(data, validate=True)
     except ValueError as error:  # binascii.Error, or non-ASCII characters in a str
-        raise _invalid(data_path, f"is not valid standard base64 ({error})") from None
+        raise invalid(data_path, f"is not valid standard base64 ({error})") from None
+    return array_from_bytes(raw, name, shape, data_path)
+
+
+def array_from_bytes(
+    raw: bytes, name: str, shape: tuple[int, ...], path: FieldPath
+) -> NDArray[Any]:
+    """Little-endian, row-major bytes of wire dtype `name` as an array of `shape`.
+
+    The caller has checked `shape` against the limits; the byte count must match it exactly.
+    Finiteness is checked by the caller too (`check_finite`), once per tensor.
+    """
     dtype = numpy_dtype(name)
     count = math.prod(shape)
     if len(raw) != count * dtype.itemsize:
-        raise _invalid(
-            data_path,
-            f"decodes to {len(raw)} bytes, but dtype {name} and shape {list(shape)} need "
+        raise invalid(
+            path,
+            f"holds {len(raw)} bytes, but dtype {name} and shape {list(shape)} need "
             f"{count * dtype.itemsize} ({count} elements x {dtype.itemsize} bytes)",
         )
     array = from_le_bytes(raw, name).reshape(shape)
     if name == "bool":
-        _check_bool_bytes(raw, shape, data_path)
+        _check_bool_bytes(raw, shape, path)
     return array
 
 
-def _parse_shape(value: object, path: FieldPath) -> tuple[int, ...]:
+def parse_shape(value: object, path: FieldPath) -> tuple[int, ...]:
     if not isinstance(value, list):
-        raise _invalid(path, f"expected an array of non-negative integers, got {_describe(value)}")
+        raise invalid(path, f"expected an array of non-negative integers, got {_describe(value)}")
     if len(value) > MAX_NDIM:
-        raise _invalid(path, f"has {len(value)} dimensions; at most {MAX_NDIM} are supported")
+        raise invalid(path, f"has {len(value)} dimensions; at most {MAX_NDIM} are supported")
     for axis, size in enumerate(value):
         if type(size) is not int or size < 0:
-            raise _invalid(
+            raise invalid(
                 path,
                 f"dimension {axis} is {_describe(size, echo=True)}; "
                 "dimensions must be non-negative integers",
@@ -286,7 +297,7 @@ def _check_bool_bytes(raw: bytes, shape: tuple[int, ...], path: FieldPath) -> No
     bad = octets > 1
     if bad.any():
         flat = int(np.argmax(bad))
-        raise _invalid(
+        raise invalid(
             path,
             f"bool element{_at(_unravel(flat, shape))} is byte {int(octets[flat])}; "
             "bool bytes must be 0 or 1",
@@ -296,7 +307,7 @@ def _check_bool_bytes(raw: bytes, shape: tuple[int, ...], path: FieldPath) -> No
 # --- checks shared by both forms ---------------------------------------------------------------
 
 
-def _check_elements(shape: tuple[int, ...], path: FieldPath, limits: TensorLimits) -> None:
+def check_elements(shape: tuple[int, ...], path: FieldPath, limits: TensorLimits) -> None:
     """LimitExceeded when `shape` has more elements than `limits` allow.
 
     A single dimension over the limit is refused even when another one is 0: such a shape
@@ -318,7 +329,7 @@ def _check_elements(shape: tuple[int, ...], path: FieldPath, limits: TensorLimit
         )
 
 
-def _check_finite(array: NDArray[Any], path: FieldPath, *, allow_neg_inf: bool) -> None:
+def check_finite(array: NDArray[Any], path: FieldPath, *, allow_neg_inf: bool) -> None:
     """InvalidInput naming the first NaN, +inf or (unless allowed) -inf in a floating array."""
     if not is_floating(array.dtype):
         return
@@ -336,13 +347,13 @@ def _check_finite(array: NDArray[Any], path: FieldPath, *, allow_neg_inf: bool) 
     element = array[index]
     kind = "NaN" if np.isnan(element) else ("+inf" if element > 0 else "-inf")
     rule = "finite or -inf (a masked class)" if allow_neg_inf else "finite"
-    raise _invalid(path, f"contains {kind}{_at(index)}; values must be {rule}")
+    raise invalid(path, f"contains {kind}{_at(index)}; values must be {rule}")
 
 
 # --- messages ----------------------------------------------------------------------------------
 
 
-def _invalid(path: FieldPath, reason: str) -> InvalidInput:
+def invalid(path: FieldPath, reason: str) -> InvalidInput:
     return InvalidInput(f"{_dotted(path)}: {reason}", field=path)
 
 

@@ -38,13 +38,16 @@ OutputEncoding = Literal["json", "base64"]
 
 
 def tensor_fields(model: type[BaseModel]) -> dict[str, TensorField]:
-    """The tensor fields of `model`, in declaration order, with their markers."""
+    """The tensor fields of `model` with their markers: the required ones (the inputs) first,
+    each group in declaration order (a mixin's fields would otherwise come first)."""
     found = {}
     for name, info in model.model_fields.items():
         for mark in info.metadata:
             if isinstance(mark, TensorField):
                 found[name] = mark
-    return found
+    return dict(
+        sorted(found.items(), key=lambda item: not model.model_fields[item[0]].is_required())
+    )
 
 
 class Body(BaseModel):

@@ -247,7 +247,6 @@ def describe_loss(name: str, summary: str, reference: str, request: type[LossReq
         )
         for field in tensors
     ]
-    inputs.sort(key=lambda item: not item.required)  # the required inputs first
     own = [
         f for f in request.model_fields if f not in tensors and f not in LossRequest.model_fields
     ]

@@ -1,0 +1,201 @@
+"""Every loss as an Open Inference Protocol v2 model.
+
+A model's inputs are the loss's tensor fields, its options travel in the request `parameters`,
+and its outputs are `loss` ([1], FP64), `per_sample` (with `reduction: none`) and `grad` (or
+`grad_<input>` for losses whose inputs are not logits). Outputs are JSON unless the request asks
+for Triton's binary extension (`binary_data` on an output, or `binary_data_output`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from service import __version__
+from service.api.catalogue import LossSpec
+from service.api.compute import ComputeContext
+from service.api.schemas.common import tensor_fields
+from service.api.schemas.losses import loss_options
+from service.api.schemas.oip import (
+    InferRequest,
+    ModelMetadata,
+    ServerMetadata,
+    TensorMetadata,
+)
+from service.codecs import TensorLimits, oip
+from service.engine import Array, reduce_loss
+from service.errors import FieldPath, InvalidInput
+
+PLATFORM = "loss-service"
+MODEL_VERSION = "1"
+EXTENSIONS = ["binary_tensor_data", "parameters"]
+# Request parameters that belong to the protocol, not to the loss.
+PROTOCOL_PARAMETERS = {"binary_data_output", "priority", "timeout"}
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name=PLATFORM, version=__version__, extensions=EXTENSIONS)
+
+
+def model_metadata(spec: LossSpec) -> ModelMetadata:
+    """Inputs as the loss names them (any numeric datatype is accepted; the usual is listed)."""
+    inputs = [
+        TensorMetadata(name=name, datatype="INT64" if name == "labels" else "FP32", shape=[-1])
+        for name in tensor_fields(spec.request)
+    ]
+    outputs = [
+        TensorMetadata(name="loss", datatype="FP64", shape=[1]),
+        TensorMetadata(name="per_sample", datatype="FP32", shape=[-1]),
+        *(TensorMetadata(name=name, datatype="FP32", shape=[-1]) for name in _grad_outputs(spec)),
+    ]
+    return ModelMetadata(
+        name=spec.name, versions=[MODEL_VERSION], platform=PLATFORM, inputs=inputs, outputs=outputs
+    )
+
+
+def _grad_outputs(spec: LossSpec) -> list[str]:
+    if spec.differentiable == ("logits",):
+        return ["grad"]
+    return [f"grad_{name}" for name in spec.differentiable]
+
+
+def infer(
+    spec: LossSpec, body: bytes, header_length: str | None, compute: ComputeContext
+) -> tuple[bytes, int | None]:
+    """One inference: the response body and, when it carries binary outputs, its JSON length."""
+    header, binary = oip.split_body(body, header_length)
+    request = _validated(InferRequest, header, ())
+    names = [item.name for item in request.inputs]
+    if len(set(names)) != len(names):
+        raise InvalidInput("inputs: an input name appears twice", field="inputs")
+    options = {k: v for k, v in request.parameters.items() if k not in PROTOCOL_PARAMETERS}
+    # The loss's own schema checks the option values and the input names (placeholders here).
+    loss_request = _validated(
+        spec.request,
+        {**options, **{name: [] for name in names}},
+        ("parameters",),
+        inputs=list(tensor_fields(spec.request)),
+    )
+    arrays = _decode_inputs(spec, request, binary, compute)
+    result = spec.function(
+        **arrays, **loss_options(loss_request), compute_dtype=loss_request.compute_dtype
+    )
+    reduced = reduce_loss(result, loss_request.reduction, empty=loss_request.empty)
+
+    available: dict[str, Array] = {"loss": np.array([reduced.loss], dtype=np.float64)}
+    if reduced.per_sample is not None:
+        available["per_sample"] = reduced.per_sample
+    for name, grad in reduced.grads.items():
+        available["grad" if name == "logits" else f"grad_{name}"] = grad
+
+    binary_default = bool(request.parameters.get("binary_data_output", False))
+    if request.outputs is None:
+        wanted = ["loss", *(["per_sample"] if "per_sample" in available else [])]
+        if loss_request.return_grad:
+            wanted += [name for name in available if name.startswith("grad")]
+        requested = [(name, binary_default) for name in wanted]
+    else:
+        requested = [
+            (out.name, bool(out.parameters.get("binary_data", binary_default)))
+            for out in request.outputs
+        ]
+    outputs, chunks = [], []
+    for index, (name, as_binary) in enumerate(requested):
+        if name not in available:
+            raise InvalidInput(
+                f"outputs.{index}.name: {name!r} is not an output of this request; "
+                f"available: {', '.join(available)}",
+                field=("outputs", index, "name"),
+            )
+        array = compute.backend.to_numpy(available[name])
+        entry: dict[str, Any] = {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": oip.oip_datatype(array),
+        }
+        if as_binary:
+            raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = [None if _is_nan(v) else v for v in array.reshape(-1).tolist()]
+        outputs.append(entry)
+    response = {
+        "model_name": spec.name,
+        "model_version": MODEL_VERSION,
+        "id": request.id,
+        "outputs": outputs,
+    }
+    json_part = json.dumps(response, separators=(",", ":")).encode()
+    if not chunks:
+        return json_part, None
+    return json_part + b"".join(chunks), len(json_part)
+
+
+def _decode_inputs(
+    spec: LossSpec, request: InferRequest, binary: bytes, compute: ComputeContext
+) -> dict[str, Array]:
+    marks = tensor_fields(spec.request)
+    limits = TensorLimits(max_elements=compute.settings.max_elements)
+    arrays, offset = {}, 0
+    for index, item in enumerate(request.inputs):
+        field: FieldPath = ("inputs", index)
+        chunk = None
+        size = item.parameters.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    f"inputs.{index}.parameters.binary_data_size: {size!r} is not a byte count "
+                    f"within the {len(binary) - offset} binary bytes left",
+                    field=(*field, "parameters", "binary_data_size"),
+                )
+            chunk, offset = binary[offset : offset + size], offset + size
+        is_logits = marks[item.name].logits
+        array = oip.decode_input(
+            item.shape,
+            item.datatype,
+            item.data,
+            chunk,
+            field=field,
+            limits=limits,
+            allow_neg_inf=is_logits,
+        )
+        if is_logits:
+            compute.check_classes(field, array)
+        arrays[item.name] = compute.backend.asarray(array)
+    if offset != len(binary):
+        raise InvalidInput(
+            f"the body has {len(binary) - offset} binary bytes that no input claims",
+            field="inputs",
+        )
+    return arrays
+
+
+def _validated(
+    model: type[Model],
+    data: dict[str, Any],
+    prefix: FieldPath,
+    inputs: list[str] = (),  # type: ignore[assignment]
+) -> Model:
+    """`model` from `data`; the first problem as an InvalidInput naming the request field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = tuple(first.get("loc", ()))
+        if location[:1] and location[0] in inputs:
+            location = ("inputs", *location)
+        elif prefix:
+            location = (*prefix, *location)
+        dotted = ".".join(str(part) for part in location) or "request"
+        raise InvalidInput(f"{dotted}: {first.get('msg')}", field=location) from None
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)

@@ -1,0 +1,125 @@
+"""The Open Inference Protocol v2 under `/v2`: every loss is a model (`tritonclient.http` works).
+
+Errors on these routes are `{"error": ...}` as the protocol has them (service.api.problems).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.api.catalogue import BY_NAME, LossSpec
+from service.api.deps import ComputeDep, require_api_key
+from service.api.inference import infer, model_metadata, server_metadata
+from service.api.schemas.oip import (
+    InferResponse,
+    ModelMetadata,
+    ModelReady,
+    OipError,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+)
+from service.codecs import oip
+from service.errors import NotFound
+
+router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": OipError} for status in (400, 401, 404, 413, 500, 503)
+}
+
+
+def _spec(model_name: str) -> LossSpec:
+    spec = BY_NAME.get(model_name)
+    if spec is None:
+        raise _UnknownModel(model_name)
+    return spec
+
+
+class _UnknownModel(NotFound):
+    def __init__(self, model_name: str) -> None:
+        super().__init__(
+            f"unknown model {model_name!r}; the models are the losses of GET /v1/losses"
+        )
+
+
+@router.get("", name="oip_server_metadata", responses=_ERRORS)
+async def server() -> ServerMetadata:
+    return server_metadata()
+
+
+@router.get("/health/live", name="oip_server_live", responses=_ERRORS)
+async def live() -> ServerLive:
+    return ServerLive(live=True)
+
+
+@router.get("/health/ready", name="oip_server_ready", responses=_ERRORS)
+async def ready(request: Request) -> ServerReady:
+    return ServerReady(ready=getattr(request.app.state, "backend", None) is not None)
+
+
+@router.get(
+    "/models/{model_name}",
+    name="oip_model_metadata",
+    responses=_ERRORS,
+    dependencies=[Depends(require_api_key)],
+)
+async def model(model_name: str) -> ModelMetadata:
+    return model_metadata(_spec(model_name))
+
+
+@router.get(
+    "/models/{model_name}/ready",
+    name="oip_model_ready",
+    responses=_ERRORS,
+    dependencies=[Depends(require_api_key)],
+)
+async def model_ready(model_name: str) -> ModelReady:
+    return ModelReady(name=_spec(model_name).name, ready=True)
+
+
+_INFER_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "the JSON header (Inference-Header-Content-Length bytes), then "
+                "the binary tensors",
+            },
+        },
+    }
+}
+
+
+async def _infer(model_name: str, request: Request, compute: ComputeDep) -> Response:
+    spec = _spec(model_name)
+    body = await request.body()
+    header_length = request.headers.get(oip.HEADER_LENGTH)
+    content, json_length = await compute.run(infer, spec, body, header_length, compute)
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )
+
+
+for _path, _name in (
+    ("/models/{model_name}/infer", "oip_infer"),
+    ("/models/{model_name}/versions/{model_version}/infer", "oip_infer_version"),
+):
+    router.add_api_route(
+        _path,
+        _infer,
+        methods=["POST"],
+        name=_name,
+        summary="Compute a loss: inputs and parameters in, loss / per_sample / grad out",
+        response_model=InferResponse,
+        responses=_ERRORS,
+        openapi_extra=_INFER_OPENAPI,
+        dependencies=[Depends(require_api_key)],
+    )

@@ -1,0 +1,202 @@
+"""The Open Inference Protocol v2 under /v2, through the real `tritonclient.http` package
+against a real server (JSON and binary tensors), and its error format through the ASGI app."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from service.api.catalogue import BY_NAME, LOSSES
+from service.engine import reduce_loss
+from tests.live_server import running_server
+
+RNG = np.random.default_rng(9)
+LOGITS = (RNG.normal(size=(8, 5)) * 2).astype(np.float32)
+LABELS = np.array([0, 4, 1, 1, -100, 3, 2, 0], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(tmp_path_factory.mktemp("oip") / "server.log") as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def client(server: str) -> Iterator[triton.InferenceServerClient]:
+    connection = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    yield connection
+    connection.close()
+
+
+def _inputs(binary: bool) -> list[triton.InferInput]:
+    logits = triton.InferInput("logits", list(LOGITS.shape), "FP32")
+    logits.set_data_from_numpy(LOGITS, binary_data=binary)
+    labels = triton.InferInput("labels", list(LABELS.shape), "INT64")
+    labels.set_data_from_numpy(LABELS, binary_data=binary)
+    return [logits, labels]
+
+
+def _expected(reduction: str = "mean", **options: Any) -> Any:
+    result = BY_NAME["cross-entropy"].function(LOGITS, LABELS, **options)
+    return reduce_loss(result, reduction)  # type: ignore[arg-type]
+
+
+def test_server_and_models_are_live_and_described(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    metadata = client.get_server_metadata()
+    assert metadata["name"] == "loss-service"
+    assert "binary_tensor_data" in metadata["extensions"]
+    for spec in LOSSES:
+        assert client.is_model_ready(spec.name)
+    model = client.get_model_metadata("cross-entropy")
+    assert [i["name"] for i in model["inputs"]][:2] == ["logits", "labels"]
+    assert {o["name"] for o in model["outputs"]} == {"loss", "per_sample", "grad"}
+    info = client.get_model_metadata("info-nce")
+    assert {o["name"] for o in info["outputs"]} >= {"grad_query", "grad_keys"}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_matches_the_engine(client: triton.InferenceServerClient, binary: bool) -> None:
+    outputs = [
+        triton.InferRequestedOutput(name, binary_data=binary)
+        for name in ("loss", "per_sample", "grad")
+    ]
+    result = client.infer(
+        "cross-entropy",
+        _inputs(binary),
+        outputs=outputs,
+        parameters={"reduction": "none", "label_smoothing": 0.1},
+    )
+    expected = _expected("none", label_smoothing=0.1)
+    np.testing.assert_allclose(result.as_numpy("loss"), [expected.loss], rtol=1e-12)
+    np.testing.assert_array_equal(result.as_numpy("per_sample"), expected.per_sample)
+    np.testing.assert_array_equal(result.as_numpy("grad"), expected.grads["logits"])
+    assert result.as_numpy("grad").dtype == np.float32
+    assert result.get_response()["model_name"] == "cross-entropy"
+
+
+def test_default_outputs_follow_return_grad(client: triton.InferenceServerClient) -> None:
+    plain = client.infer("cross-entropy", _inputs(True))
+    assert plain.as_numpy("loss")[0] == pytest.approx(_expected().loss, rel=1e-12)
+    assert plain.as_numpy("grad") is None
+    with_grad = client.infer("cross-entropy", _inputs(True), parameters={"return_grad": True})
+    np.testing.assert_array_equal(with_grad.as_numpy("grad"), _expected().grads["logits"])
+
+
+def test_other_inputs_and_their_gradients(client: triton.InferenceServerClient) -> None:
+    chosen = np.array([1.0, 0.5, -0.3])
+    rejected = np.array([0.2, 0.9, -1.0])
+    inputs = []
+    for name, values in (("chosen", chosen), ("rejected", rejected)):
+        tensor = triton.InferInput(name, [3], "FP64")
+        tensor.set_data_from_numpy(values, binary_data=True)
+        inputs.append(tensor)
+    result = client.infer(
+        "bradley-terry",
+        inputs,
+        outputs=[triton.InferRequestedOutput(n) for n in ("loss", "grad_chosen", "grad_rejected")],
+        parameters={"beta": 0.5},
+    )
+    expected = reduce_loss(BY_NAME["bradley-terry"].function(chosen, rejected, beta=0.5), "mean")
+    assert result.as_numpy("loss")[0] == expected.loss
+    np.testing.assert_array_equal(result.as_numpy("grad_chosen"), expected.grads["chosen"])
+    np.testing.assert_array_equal(result.as_numpy("grad_rejected"), expected.grads["rejected"])
+
+
+@pytest.mark.parametrize(
+    ("model", "parameters", "fragment"),
+    [
+        ("no-such-loss", {}, "unknown model"),
+        ("cross-entropy", {"label_smothing": 0.1}, "label_smothing"),
+        ("cross-entropy", {"label_smoothing": 2}, "label_smoothing"),
+    ],
+)
+def test_errors_reach_the_client(
+    client: triton.InferenceServerClient, model: str, parameters: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(InferenceServerException, match=fragment):
+        client.infer(model, _inputs(True), parameters=parameters)
+
+
+# --- the protocol's error format, through the ASGI app ----------------------------------------
+
+INFER = "/v2/models/cross-entropy/infer"
+
+
+def _json_input(name: str, array: np.ndarray, datatype: str) -> dict[str, Any]:
+    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.tolist()}
+
+
+LOGITS_IN = _json_input("logits", LOGITS, "FP32")
+LABELS_IN = _json_input("labels", LABELS, "INT64")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"inputs": [LOGITS_IN]}, 400, "inputs.labels: Field required"),
+        (
+            {"inputs": [{**LOGITS_IN, "datatype": "STRING"}, LABELS_IN]},
+            400,
+            "datatype",
+        ),
+        (
+            {"inputs": [LOGITS_IN, {**LABELS_IN, "shape": [3]}]},
+            400,
+            "needs 3",
+        ),
+        ({"inputs": [LOGITS_IN, LABELS_IN], "outputs": [{"name": "nope"}]}, 400, "available"),
+        ({"inputs": "x"}, 400, "inputs"),
+    ],
+)
+async def test_errors_are_oip_errors(
+    client_asgi: httpx.AsyncClient, body: dict[str, Any], status: int, fragment: str
+) -> None:
+    response = await client_asgi.post(INFER, json=body)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert set(error) == {"error"}
+    assert fragment in error["error"]
+
+
+@pytest.mark.anyio
+async def test_unknown_model_is_404(client_asgi: httpx.AsyncClient) -> None:
+    response = await client_asgi.get("/v2/models/nope")
+    assert response.status_code == 404
+    assert "unknown model" in response.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_binary_header_length_is_checked(client_asgi: httpx.AsyncClient) -> None:
+    header = json.dumps({"inputs": []}).encode()
+    response = await client_asgi.post(
+        INFER, content=header, headers={"Inference-Header-Content-Length": "999"}
+    )
+    assert response.status_code == 400
+    assert "Inference-Header-Content-Length" in response.json()["error"]
+
+
+@pytest.fixture
+async def client_asgi(make_client: Any) -> Any:
+    async with make_client() as http:
+        yield http
+
+
+def test_openapi_documents_the_protocol(tmp_path: Path) -> None:
+    from service.api import create_app
+    from service.config import Settings
+
+    spec = create_app(Settings(device="cpu")).openapi()
+    infer = spec["paths"]["/v2/models/{model_name}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert "InferRequest" in spec["components"]["schemas"]
