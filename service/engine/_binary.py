@@ -4,9 +4,9 @@ Binary cross-entropy follows `torch.nn.functional.binary_cross_entropy_with_logi
 with pos_weight p and weight w:
     loss = w * (p y softplus(-x) + (1 - y) softplus(x))      [-log sigmoid(x) = softplus(-x)]
     d loss / dx = w * (sigmoid(x) (p y + 1 - y) - p y)
-softplus(x) = max(x, 0) + log1p(exp(-|x|)) never overflows, and softplus(-x) = softplus(x) - x
-reuses it. A term with zero coefficient is 0 even at x = -inf, where PyTorch returns NaN for a
-label of exactly 0. `mean` divides by the number of elements, as PyTorch.
+softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) never overflows, and the two share the log1p.
+A term with zero coefficient is 0 even at x = -inf, where PyTorch returns NaN for a label of
+exactly 0. `mean` divides by the number of elements, as PyTorch.
 
 The sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", 2017) is that
 cross-entropy times `(1 - p_t)^gamma`, with torchvision's `sigmoid_focal_loss` conventions.
@@ -97,12 +97,13 @@ def sigmoid_focal(
 def softplus_pair(x: Array, *, xp: ModuleType) -> tuple[Array, Array]:
     """(softplus(x), softplus(-x)) = (-log(1 - sigmoid(x)), -log sigmoid(x)), never overflowing.
 
-    sigmoid(x) = exp(-softplus(-x)) and 1 - sigmoid(x) = exp(-softplus(x)) follow from them
-    without cancellation. softplus(-x) is +inf at x = -inf.
+    softplus(x) = max(x, 0) + log1p(exp(-|x|)), and softplus(-x) shares the log1p term: unlike
+    softplus(x) - x it keeps the tiny loss e^-x of a confident x > 0. sigmoid(x) =
+    exp(-softplus(-x)) and 1 - sigmoid(x) = exp(-softplus(x)) follow without cancellation.
+    Both are +inf where their argument is.
     """
-    with errstate(xp, invalid="ignore", over="ignore"):  # x = +inf: NaN, rejected by the caller
-        softplus = xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))  # -log(1 - sigmoid(x))
-        return softplus, softplus - x  # softplus(-x) = softplus(x) - x: -log sigmoid(x)
+    tail = xp.log1p(xp.exp(-xp.abs(x)))  # log(1 + e^-|x|), in (0, log 2]
+    return xp.maximum(x, 0) + tail, xp.maximum(-x, 0) + tail
 
 
 def bce_terms(

@@ -44,7 +44,11 @@ def info_nce(
     """
     xp = array_namespace(query, keys, labels)
     check_finite_option(temperature, "temperature", low=0.0, open_low=True)
-    require(query.ndim == 2, "query", f"expected shape [N, D], got {list(query.shape)}")
+    require(
+        query.ndim == 2 and query.shape[1] >= 1,
+        "query",
+        f"expected shape [N, D] with D >= 1, got {list(query.shape)}",
+    )
     n, dim = query.shape
     require(
         keys.ndim == 2 and keys.shape[1] == dim and keys.shape[0] >= 1,

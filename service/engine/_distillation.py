@@ -20,15 +20,11 @@ from types import ModuleType
 
 import numpy as np
 
-from service.engine._checks import (
-    check_option_range,
-    check_unit_interval,
-    first_position,
-    require,
-)
+from service.engine._checks import check_unit_interval, first_position, require
 from service.engine._cross_entropy import PROBABILITY_SUM_TOLERANCE
 from service.engine._dtypes import ComputeDtype, as_compute
 from service.engine._namespace import Array, array_namespace, errstate
+from service.engine._pairwise import check_finite_option
 from service.engine._reduction import LossResult
 from service.engine._rows import finish_rows, logit_rows
 from service.engine._softmax import ShiftedExp, shifted_exp
@@ -50,7 +46,7 @@ def kl_divergence(
     logits only; the target is a constant.
     """
     xp = array_namespace(logits, target_logits, target_probs)
-    check_option_range(temperature, "temperature", low=0.0, open_low=True)
+    check_finite_option(temperature, "temperature", low=0.0, open_low=True)
     if target_probs is not None and target_logits is None:
         field, target = "target_probs", target_probs
     elif target_logits is not None and target_probs is None:
@@ -67,6 +63,9 @@ def kl_divergence(
     )
     x = logit_rows(logits, compute_dtype, xp=xp)
     dtype = x.dtype
+    with np.errstate(over="ignore"):  # a temperature whose square overflows is rejected
+        t_squared = dtype.type(temperature) ** 2
+    require(bool(np.isfinite(t_squared)), "temperature", f"temperature^2 overflows {dtype}")
     scaled = _soften(x, temperature, "logits", xp=xp)
     student = shifted_exp(scaled, xp=xp)
     if field == "target_logits":
@@ -89,7 +88,7 @@ def kl_divergence(
     log_q = _log_softmax_rows(scaled, student, xp=xp)
     with errstate(xp, invalid="ignore"):  # -inf - -inf where p = 0 and q = 0: masked
         terms = xp.where(p == 0, 0, p * (log_p - log_q))  # 0 log 0 = 0
-    per_sample = xp.sum(terms, axis=-1) * dtype.type(temperature**2)
+    per_sample = xp.sum(terms, axis=-1) * t_squared
     # T^2 d/dx [-sum_c p_c log q_c(x / T)] = T (q sum(p) - p); the entropy of p is a constant
     grad = student.exp
     mass = xp.sum(p, axis=-1, dtype=np.float64)
