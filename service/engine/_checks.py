@@ -6,11 +6,13 @@ Messages start with the field name, as the API reports them to the caller unchan
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import numpy as np
 
-from service.engine._namespace import Array
+from service.engine._dtypes import as_compute
+from service.engine._namespace import Array, errstate
 from service.errors import InvalidInput
 
 
@@ -34,7 +36,8 @@ def check_option_range(
     open_low: bool = False,
     open_high: bool = False,
 ) -> None:
-    """Scalar options: `low <= value <= high` (`>` / `<` for an open end); NaN never passes."""
+    """Scalar options: finite, `low <= value <= high` (`>` / `<` for an open end)."""
+    require(math.isfinite(value), field, f"expected a finite value, got {value}")
     too_low = not (value > low if open_low else value >= low)  # `not` also catches NaN
     too_high = high is not None and (value >= high if open_high else value > high)
     if too_low or too_high:
@@ -70,3 +73,21 @@ def check_broadcastable(shape: tuple[int, ...], target: tuple[int, ...], field: 
         s in (1, t) for s, t in zip(reversed(shape), reversed(target), strict=False)
     )
     require(ok, field, f"shape {list(shape)} does not broadcast to {list(target)}")
+
+
+def finite_input(
+    array: Array, field: str, shape: tuple[int, ...], dtype: np.dtype, *, xp: ModuleType
+) -> Array:
+    """An input of exactly `shape`, finite, in the compute dtype `dtype`."""
+    require(array.shape == shape, field, f"expected shape {list(shape)}, got {list(array.shape)}")
+    with errstate(xp, over="ignore"):  # float64 -> float32 may overflow: rejected just below
+        out = as_compute(array, dtype)
+    bad = ~xp.isfinite(out)
+    if bool(xp.any(bad)):
+        position = first_position(bad, xp)
+        raise InvalidInput(
+            f"{field}: values must be finite in {out.dtype}, got {float(array[position])} at "
+            f"index {position}",
+            field=field,
+        )
+    return out

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from service.engine._checks import first_position, require
+from service.engine._checks import check_option_range, finite_input, first_position, require
 from service.engine._cross_entropy import cross_entropy
 from service.engine._dtypes import ComputeDtype, compute_dtype_for
 from service.engine._namespace import Array, array_namespace, errstate
-from service.engine._pairwise import check_finite_option, finite_input, vector_norm
+from service.engine._pairwise import vector_norm
 from service.engine._reduction import LossResult
 from service.errors import InvalidInput
 
@@ -43,7 +43,7 @@ def info_nce(
     and every counted query needs a non-zero norm. The query's dtype sets the compute dtype.
     """
     xp = array_namespace(query, keys, labels)
-    check_finite_option(temperature, "temperature", low=0.0, open_low=True)
+    check_option_range(temperature, "temperature", low=0.0, open_low=True)
     require(
         query.ndim == 2 and query.shape[1] >= 1,
         "query",

@@ -20,11 +20,10 @@ from types import ModuleType
 
 import numpy as np
 
-from service.engine._checks import check_unit_interval, first_position, require
+from service.engine._checks import check_option_range, check_unit_interval, first_position, require
 from service.engine._cross_entropy import PROBABILITY_SUM_TOLERANCE
 from service.engine._dtypes import ComputeDtype, as_compute
 from service.engine._namespace import Array, array_namespace, errstate
-from service.engine._pairwise import check_finite_option
 from service.engine._reduction import LossResult
 from service.engine._rows import finish_rows, logit_rows
 from service.engine._softmax import ShiftedExp, shifted_exp
@@ -46,7 +45,7 @@ def kl_divergence(
     logits only; the target is a constant.
     """
     xp = array_namespace(logits, target_logits, target_probs)
-    check_finite_option(temperature, "temperature", low=0.0, open_low=True)
+    check_option_range(temperature, "temperature", low=0.0, open_low=True)
     if target_probs is not None and target_logits is None:
         field, target = "target_probs", target_probs
     elif target_logits is not None and target_probs is None:

@@ -16,11 +16,9 @@ from __future__ import annotations
 import math
 from types import ModuleType
 
-import numpy as np
-
 from service.engine._binary import softplus_pair
-from service.engine._checks import check_option_range, first_position, require
-from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
+from service.engine._checks import check_option_range, finite_input, first_position, require
+from service.engine._dtypes import ComputeDtype, compute_dtype_for
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult
 from service.errors import InvalidInput
@@ -43,8 +41,8 @@ def bradley_terry(
     constants. `mean` divides by N.
     """
     xp = array_namespace(chosen, rejected, ref_chosen, ref_rejected)
-    check_finite_option(beta, "beta", low=0.0, open_low=True)
-    check_finite_option(margin, "margin", low=-math.inf)
+    check_option_range(beta, "beta", low=0.0, open_low=True)
+    check_option_range(margin, "margin", low=-math.inf)
     require(chosen.ndim == 1, "chosen", f"expected scores of shape [N], got {list(chosen.shape)}")
     dtype = compute_dtype_for(chosen.dtype, compute_dtype)
     c = finite_input(chosen, "chosen", chosen.shape, dtype, xp=xp)
@@ -90,9 +88,9 @@ def triplet_margin(
     between d(a, n) and d(p, n) (as `minimum`'s backward does). `p` is a finite norm order >= 1.
     """
     xp = array_namespace(anchor, positive, negative)
-    check_finite_option(margin, "margin", low=0.0, open_low=True)
-    check_finite_option(p, "p", low=1.0)
-    check_finite_option(eps, "eps", low=0.0)
+    check_option_range(margin, "margin", low=0.0, open_low=True)
+    check_option_range(p, "p", low=1.0)
+    check_option_range(eps, "eps", low=0.0)
     require(
         anchor.ndim == 2 and anchor.shape[1] >= 1,
         "anchor",
@@ -154,30 +152,6 @@ def _distance(x1: Array, x2: Array, p: float, eps: float, *, xp: ModuleType) -> 
         ratio = xp.abs(d) / safe
         grad = xp.sign(d) if p == 1 else xp.sign(d) * ratio ** (p - 1)
     return norm, xp.where(norm[:, None] > 0, grad, 0)
-
-
-def check_finite_option(value: float, field: str, *, low: float, open_low: bool = False) -> None:
-    """A scalar option that must be finite and >= `low` (> with `open_low`)."""
-    require(math.isfinite(value), field, f"expected a finite value, got {value}")
-    check_option_range(value, field, low=low, open_low=open_low)
-
-
-def finite_input(
-    array: Array, field: str, shape: tuple[int, ...], dtype: np.dtype, *, xp: ModuleType
-) -> Array:
-    """An input of exactly `shape`, finite, in the compute dtype."""
-    require(array.shape == shape, field, f"expected shape {list(shape)}, got {list(array.shape)}")
-    with errstate(xp, over="ignore"):  # float64 -> float32 may overflow: rejected just below
-        out = as_compute(array, dtype)
-    bad = ~xp.isfinite(out)
-    if bool(xp.any(bad)):
-        position = first_position(bad, xp)
-        raise InvalidInput(
-            f"{field}: values must be finite in {out.dtype}, got {float(array[position])} at "
-            f"index {position}",
-            field=field,
-        )
-    return out
 
 
 def _reject_overflow(value: Array, field: str, what: str, *, xp: ModuleType) -> None:

@@ -18,10 +18,9 @@ from collections.abc import Callable
 from types import ModuleType
 
 from service.engine._binary import broadcast_weight
-from service.engine._checks import first_position, require
+from service.engine._checks import check_option_range, first_position, require
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
 from service.engine._namespace import Array, array_namespace, errstate
-from service.engine._pairwise import check_finite_option
 from service.engine._reduction import LossResult
 from service.errors import InvalidInput
 
@@ -69,7 +68,7 @@ def huber(
 ) -> LossResult:
     """Huber loss, quadratic within `delta` (> 0) of the target and linear beyond, as
     `F.huber_loss`; `delta = 1` is also `F.smooth_l1_loss` with `beta = 1`."""
-    check_finite_option(delta, "delta", low=0.0, open_low=True)
+    check_option_range(delta, "delta", low=0.0, open_low=True)
 
     def huberized(d: Array, xp: ModuleType) -> tuple[Array, Array]:
         size = xp.abs(d)
