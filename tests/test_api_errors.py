@@ -135,32 +135,19 @@ async def test_codec_errors(client: httpx.AsyncClient, logits: object, field: st
     assert problem["detail"].startswith(field)
 
 
-@pytest.mark.parametrize(
-    ("literal", "kind"),
-    [("NaN", "NaN"), ("Infinity", "+inf"), ("1e400", "+inf"), ("-Infinity", "-inf")],
-)
-async def test_non_finite_json_literals_are_rejected(
-    client: httpx.AsyncClient, literal: str, kind: str
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+@pytest.mark.parametrize("field", ["logits", "weight"])
+async def test_non_finite_json_numbers_are_invalid_json(
+    client: httpx.AsyncClient, literal: str, field: str
 ) -> None:
-    # -inf is only allowed in logits; labels and weights must be finite.
-    raw = (
-        '{"logits": [[1.0, 2.0, 0.5], [0.0, 1.0, 2.0]], "labels": [1, 2], '
-        f'"weight": [1.0, {literal}, 1.0]}}'
-    )
+    # Bodies are strict JSON (orjson): NaN, Infinity and numbers past float64 are not JSON
+    # numbers. Encoded tensors carry NaN and inf, and are checked by the codec (above).
+    values = {"logits": "[[1.0, 2.0, 0.5], [0.0, 1.0, 2.0]]", "weight": "[1.0, 1.0, 1.0]"}
+    values[field] = values[field].replace("2.0", literal, 1).replace("1.0, 1.0", f"1.0, {literal}")
+    raw = f'{{"logits": {values["logits"]}, "labels": [1, 2], "weight": {values["weight"]}}}'
     response = await client.post(CE, content=raw, headers=JSON_HEADERS)
-    problem = assert_problem(response, 422, field="weight")
-    assert kind in problem["detail"]
-
-
-@pytest.mark.parametrize(("literal", "kind"), [("NaN", "NaN"), ("Infinity", "+inf")])
-async def test_nan_and_plus_inf_logits_in_raw_json_are_rejected(
-    client: httpx.AsyncClient, literal: str, kind: str
-) -> None:
-    raw = f'{{"logits": [[1.0, {literal}, 0.5]], "labels": [1]}}'
-    response = await client.post(CE, content=raw, headers=JSON_HEADERS)
-    problem = assert_problem(response, 422, field="logits")
-    assert kind in problem["detail"]
-    assert "(0, 1)" in problem["detail"]  # the position of the bad element
+    problem = assert_problem(response, 422)
+    assert "not valid JSON" in problem["detail"]
 
 
 async def test_labels_codec_error_names_labels(client: httpx.AsyncClient) -> None:

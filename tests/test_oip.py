@@ -200,3 +200,27 @@ def test_openapi_documents_the_protocol(tmp_path: Path) -> None:
     infer = spec["paths"]["/v2/models/{model_name}/infer"]["post"]
     assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
     assert "InferRequest" in spec["components"]["schemas"]
+
+
+def test_half_precision_in_half_precision_gradient_out(
+    client: triton.InferenceServerClient,
+) -> None:
+    logits = triton.InferInput("logits", list(LOGITS.shape), "FP16")
+    logits.set_data_from_numpy(LOGITS.astype(np.float16), binary_data=True)
+    labels = triton.InferInput("labels", list(LABELS.shape), "INT64")
+    labels.set_data_from_numpy(LABELS, binary_data=True)
+    result = client.infer(
+        "cross-entropy",
+        [logits, labels],
+        outputs=[triton.InferRequestedOutput("grad", binary_data=True)],
+        parameters={"grad_dtype": "input"},
+    )
+    grad = result.as_numpy("grad")
+    assert grad.dtype == np.float16
+    expected = _expected_from(LOGITS.astype(np.float16))
+    np.testing.assert_array_equal(grad, expected.grads["logits"].astype(np.float16))
+
+
+def _expected_from(logits: np.ndarray) -> Any:
+    result = BY_NAME["cross-entropy"].function(logits, LABELS)
+    return reduce_loss(result, "mean")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import numpy as np
 from pydantic import BaseModel
 
 from service import engine
@@ -21,6 +22,7 @@ from service.api.schemas.common import tensor_fields
 from service.api.schemas.evaluate import EvaluateRequest, EvaluateResponse
 from service.api.schemas.losses import LossOptions, loss_options
 from service.codecs import DecodedTensor, TensorForm, TensorLimits, decode_tensor, encode_tensor
+from service.codecs._dtypes import numpy_dtype
 from service.config import Settings
 from service.engine import Array, Backend, LossResult, reduce_loss
 from service.errors import (
@@ -56,9 +58,11 @@ class ComputeContext:
 
     def loss(self, spec: LossSpec, body: LossRequest) -> LossResponse:
         """Decode `body`'s tensors, call the loss's engine function once, build the response."""
-        inputs, form = self.decode_tensors(body)
+        inputs, first = self.decode_tensors(body)
         result = spec.function(**inputs, **loss_options(body), compute_dtype=body.compute_dtype)
-        return self.respond(spec.name, result, body, body.output_encoding or form)
+        form = body.output_encoding or (first.form if first else "json")
+        input_dtype = first.array.dtype if first else None
+        return self.respond(spec.name, result, body, form, input_dtype)
 
     def evaluate(self, body: EvaluateRequest) -> EvaluateResponse:
         """Every requested loss on one upload, sharing the softmax (`engine.shared_softmax`)."""
@@ -86,23 +90,24 @@ class ComputeContext:
                     )
                 except InvalidInput as error:
                     raise _within(error, path) from None
-                responses.append(self.respond(spec.name, result, item, form))
+                responses.append(self.respond(spec.name, result, item, form, logits.array.dtype))
         return EvaluateResponse(losses=responses)
 
     def decode_tensors(
         self, body: BaseModel, path: FieldPath = ()
-    ) -> tuple[dict[str, Array], TensorForm]:
-        """Every tensor field of `body` that is set, on the backend, and the first one's form."""
+    ) -> tuple[dict[str, Array], DecodedTensor | None]:
+        """Every tensor field of `body` that is set, on the backend, and the first one as sent
+        (its form and dtype are the defaults of the outputs')."""
         arrays: dict[str, Array] = {}
-        forms: list[TensorForm] = []
+        first = None
         for name, mark in tensor_fields(type(body)).items():
             value = getattr(body, name)
             if value is None:
                 continue
             decoded = self.decode((*path, name), value, logits=mark.logits)
-            forms.append(decoded.form)
+            first = first or decoded
             arrays[name] = self.backend.asarray(decoded.array)
-        return arrays, forms[0] if forms else "json"
+        return arrays, first
 
     def decode(self, field: FieldPath, value: object, *, logits: bool = False) -> DecodedTensor:
         """Logits may hold -inf (a masked class); their class axis is capped by `max_classes`."""
@@ -122,13 +127,21 @@ class ComputeContext:
             )
 
     def respond(
-        self, name: str, result: LossResult, options: LossOptions, form: TensorForm
+        self,
+        name: str,
+        result: LossResult,
+        options: LossOptions,
+        form: TensorForm,
+        input_dtype: np.dtype | None,
     ) -> LossResponse:
         """Reduce `result` as `options` ask and encode its tensors in `form`."""
         reduced = reduce_loss(result, options.reduction, empty=options.empty)
-        grads = dict(reduced.grads)
+        grads = {
+            key: grad_in_dtype(grad, options.grad_dtype, input_dtype)
+            for key, grad in reduced.grads.items()
+        }
         logits_grad = grads.pop("logits", None)
-        dtype = next(iter(reduced.grads.values())).dtype
+        dtype = next(iter(reduced.grads.values())).dtype  # the compute dtype, before any cast
         return LossResponse(
             name=name,
             loss=None if math.isnan(reduced.loss) else reduced.loss,
@@ -155,3 +168,16 @@ def _within(error: InvalidInput, path: FieldPath) -> InvalidInput:
         return error  # the shared inputs: their names are already right
     dotted = ".".join(str(part) for part in path)
     return type(error)(f"{dotted}.{error.detail}", field=(*path, *error.field))
+
+
+def grad_in_dtype(grad: Array, grad_dtype: str | None, input_dtype: np.dtype | None) -> Array:
+    """The gradient as `grad_dtype` asks: the compute dtype (None), `input`, or a float dtype.
+
+    A float16 or bfloat16 upload can get its gradient back at half the bytes of float32.
+    """
+    if grad_dtype is None or (grad_dtype == "input" and input_dtype is None):
+        return grad
+    target = input_dtype if grad_dtype == "input" else numpy_dtype(grad_dtype)
+    if target is None or target.kind not in "fV":  # integer inputs: keep the float gradient
+        return grad
+    return grad.astype(target, copy=False)

@@ -8,16 +8,16 @@ for Triton's binary extension (`binary_data` on an output, or `binary_data_outpu
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from service import __version__
 from service.api.catalogue import LossSpec
-from service.api.compute import ComputeContext
+from service.api.compute import ComputeContext, grad_in_dtype
 from service.api.schemas.common import tensor_fields
 from service.api.schemas.losses import loss_options
 from service.api.schemas.oip import (
@@ -91,7 +91,9 @@ def infer(
     available: dict[str, Array] = {"loss": np.array([reduced.loss], dtype=np.float64)}
     if reduced.per_sample is not None:
         available["per_sample"] = reduced.per_sample
+    input_dtype = next(iter(arrays.values())).dtype if arrays else None
     for name, grad in reduced.grads.items():
+        grad = grad_in_dtype(grad, loss_request.grad_dtype, input_dtype)
         available["grad" if name == "logits" else f"grad_{name}"] = grad
 
     binary_default = bool(request.parameters.get("binary_data_output", False))
@@ -132,7 +134,7 @@ def infer(
         "id": request.id,
         "outputs": outputs,
     }
-    json_part = json.dumps(response, separators=(",", ":")).encode()
+    json_part = orjson.dumps(response)
     if not chunks:
         return json_part, None
     return json_part + b"".join(chunks), len(json_part)

@@ -73,10 +73,15 @@ def from_le_bytes(raw: bytes, name: str) -> NDArray[Any]:
     return swapped.view(native)
 
 
-def to_le_bytes(array: NDArray[Any]) -> tuple[str, bytes]:
-    """The wire name of `array`'s dtype and its elements as little-endian, row-major bytes."""
+def to_le_bytes(array: NDArray[Any]) -> tuple[str, memoryview]:
+    """The wire name of `array`'s dtype and its elements as little-endian, row-major bytes.
+
+    The bytes are a view of `array` itself when it is already little-endian and C-contiguous
+    (the usual case): a 262 MB gradient is not copied before it is base64-encoded.
+    """
     name = wire_name(array.dtype)
     native, storage = _TABLE[name]
     # Native byte order first (swaps a '>f4' array), then the same bits as the storage dtype.
     bits = array.astype(native, copy=False).view(storage.newbyteorder("="))
-    return name, bits.astype(storage, copy=False).tobytes(order="C")
+    little = np.ascontiguousarray(bits.astype(storage, copy=False))
+    return name, little.reshape(-1).view(np.uint8).data

@@ -9,10 +9,10 @@ exact byte counts, finiteness.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from service.codecs._dtypes import numpy_dtype, wire_name
@@ -57,8 +57,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             )
         json_part, binary = body[: int(header_length)], body[int(header_length) :]
     try:
-        header = json.loads(json_part)
-    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        header = orjson.loads(json_part)
+    except orjson.JSONDecodeError as error:  # also bad UTF-8 and nesting past orjson's limit
         raise InvalidInput(f"the inference request header is not valid JSON ({error})") from None
     if not isinstance(header, dict):
         raise InvalidInput("the inference request must be a JSON object")

@@ -18,7 +18,6 @@ inputs.
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from itertools import chain
 from typing import Any, Literal, cast
 
 import numpy as np
+import pybase64
 from numpy.typing import NDArray
 
 from service.codecs._dtypes import (
@@ -116,7 +116,7 @@ def encode_tensor(
         return {
             "dtype": name,
             "shape": list(array.shape),
-            "data": base64.b64encode(raw).decode("ascii"),
+            "data": pybase64.b64encode_as_string(raw),
         }
     raise ValueError(f"unknown tensor form {form!r}; expected 'json' or 'base64'")
 
@@ -248,7 +248,8 @@ def _decode_encoded(value: dict[Any, Any], path: FieldPath, limits: TensorLimits
     if not isinstance(data, str):
         raise invalid(data_path, f"expected a base64 string, got {_describe(data)}")
     try:
-        raw = base64.b64decode(data, validate=True)
+        # pybase64: the same strict decoding as the standard library's, with SIMD, ~10x faster.
+        raw = pybase64.b64decode(data, validate=True)
     except ValueError as error:  # binascii.Error, or non-ASCII characters in a str
         raise invalid(data_path, f"is not valid standard base64 ({error})") from None
     return array_from_bytes(raw, name, shape, data_path)

@@ -6,10 +6,12 @@ from fastapi import APIRouter, Depends
 
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
+from service.api.routing import OrjsonRoute
 from service.api.schemas.evaluate import EvaluateRequest, EvaluateResponse
 
 router = APIRouter(
     prefix="/v1",
+    route_class=OrjsonRoute,
     tags=["evaluate"],
     dependencies=[Depends(require_api_key)],
     responses=problem_responses(401, 413, 422, 500, 503),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from service.api.catalogue import BY_NAME, LOSSES, LossSpec
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
+from service.api.routing import OrjsonRoute
 from service.api.schemas import (
     LossCatalogue,
     LossRequest,
@@ -19,6 +20,7 @@ from service.api.schemas import (
 
 router = APIRouter(
     prefix="/v1/losses",
+    route_class=OrjsonRoute,
     tags=["losses"],
     dependencies=[Depends(require_api_key)],
     responses=problem_responses(401, 500),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -17,6 +17,8 @@ from service.api.schemas.common import (
 )
 from service.engine import ComputeDtype, EmptyPolicy, Reduction
 
+GradDtype = Literal["input", "float16", "bfloat16", "float32", "float64"]
+
 
 class LossOptions(Body):
     """How a loss's result is reduced and returned."""
@@ -27,6 +29,11 @@ class LossOptions(Body):
         "zero",
         description="`mean` with nothing to average (all labels ignored, empty batch): "
         "`zero` gives loss 0 and a zero gradient, `nan` gives PyTorch's NaN (as `loss: null`)",
+    )
+    grad_dtype: GradDtype | None = Field(
+        None,
+        description="dtype of returned gradients: default the compute dtype; `input` the dtype "
+        "of the first input (a float16 upload gets a float16 gradient)",
     )
 
 

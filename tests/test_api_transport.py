@@ -1,0 +1,87 @@
+"""What travels: gradients in a requested dtype, strict JSON, and base64 both ways."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import ml_dtypes
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+CE = "/v1/losses/cross-entropy"
+RNG = np.random.default_rng(2)
+LOGITS = RNG.normal(size=(4, 6)) * 3
+LABELS = [0, 5, 2, 3]
+
+
+def encoded(array: np.ndarray, name: str) -> dict[str, Any]:
+    data = base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()
+    return {"dtype": name, "shape": list(array.shape), "data": data}
+
+
+def decoded(value: dict[str, Any]) -> np.ndarray:
+    dtype = ml_dtypes.bfloat16 if value["dtype"] == "bfloat16" else np.dtype(value["dtype"])
+    return np.frombuffer(base64.b64decode(value["data"]), dtype=dtype).reshape(value["shape"])
+
+
+@pytest.mark.parametrize(
+    ("wire", "dtype", "grad_dtype", "expected"),
+    [
+        ("float16", np.float16, "input", "float16"),
+        ("bfloat16", ml_dtypes.bfloat16, "input", "bfloat16"),
+        ("float16", np.float16, None, "float32"),
+        ("float32", np.float32, "float64", "float64"),
+        ("float64", np.float64, "float32", "float32"),
+    ],
+)
+async def test_grad_dtype(
+    client: httpx.AsyncClient, wire: str, dtype: Any, grad_dtype: str | None, expected: str
+) -> None:
+    logits = LOGITS.astype(dtype)
+    body = {"logits": encoded(logits, wire), "labels": LABELS, "return_grad": True}
+    reference = await client.post(CE, json=body)
+    response = await client.post(CE, json={**body, "grad_dtype": grad_dtype})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["grad"]["dtype"] == expected
+    # The compute dtype is unchanged; only the returned gradient is cast.
+    assert result["dtype"] == reference.json()["dtype"]
+    assert result["loss"] == reference.json()["loss"]
+    full = decoded(reference.json()["grad"]).astype(np.float64)
+    np.testing.assert_array_equal(
+        decoded(result["grad"]), full.astype(decoded(result["grad"]).dtype)
+    )
+
+
+async def test_grad_dtype_input_on_json_logits_is_float64(client: httpx.AsyncClient) -> None:
+    body = {"logits": LOGITS.tolist(), "labels": LABELS, "return_grad": True, "grad_dtype": "input"}
+    response = await client.post(CE, json={**body, "output_encoding": "base64"})
+    assert response.json()["grad"]["dtype"] == "float64"
+
+
+async def test_unknown_grad_dtype_is_422(client: httpx.AsyncClient) -> None:
+    body = {"logits": LOGITS.tolist(), "labels": LABELS, "grad_dtype": "int8"}
+    response = await client.post(CE, json=body)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "grad_dtype"
+
+
+async def test_base64_output_round_trips_exactly(client: httpx.AsyncClient) -> None:
+    logits = LOGITS.astype(np.float32)
+    body = {"logits": encoded(logits, "float32"), "labels": LABELS, "return_grad": True}
+    as_json = await client.post(CE, json={**body, "output_encoding": "json"})
+    as_base64 = await client.post(CE, json=body)
+    np.testing.assert_array_equal(
+        decoded(as_base64.json()["grad"]), np.array(as_json.json()["grad"], dtype=np.float32)
+    )
+
+
+async def test_deeply_nested_json_is_422_not_a_crash(client: httpx.AsyncClient) -> None:
+    raw = '{"logits": ' + "[" * 5000 + "]" * 5000 + ', "labels": [0]}'
+    response = await client.post(CE, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
