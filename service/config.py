@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_elements: int = Field(2**27, gt=0, description="per tensor")
     max_classes: int = Field(2**20, gt=0, description="size of the class axis")
     request_timeout_s: float = Field(120.0, gt=0)
+    max_bootstrap: int = Field(
+        1000, ge=0, description="bootstrap resamples per calibration request"
+    )
     api_keys: CommaSeparated = Field(default_factory=list, description="comma-separated")
     cors_origins: CommaSeparated = Field(default_factory=list, description="comma-separated")
 

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from service import __version__
 from service.api import openapi, problems
 from service.api.body_limit import BodyLimitMiddleware
-from service.api.routes import evaluate, health, losses, oip
+from service.api.routes import calibration, evaluate, health, losses, oip
 from service.config import Settings, get_settings
 from service.engine import select_backend
 
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(losses.router)
     app.include_router(evaluate.router)
+    app.include_router(calibration.router)
     app.include_router(oip.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:

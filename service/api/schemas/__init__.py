@@ -1,5 +1,13 @@
 """Request and response bodies, one module per resource, with DESIGN.md's names."""
 
+from service.api.schemas.calibration import (
+    CalibrationMergeRequest,
+    CalibrationOptions,
+    CalibrationRequest,
+    CalibrationResponse,
+    CalibrationState,
+    ReliabilityDiagramRequest,
+)
 from service.api.schemas.common import (
     Body,
     Logits,
@@ -25,6 +33,11 @@ from service.api.schemas.losses import (
 __all__ = [
     "BinaryCrossEntropyRequest",
     "Body",
+    "CalibrationMergeRequest",
+    "CalibrationOptions",
+    "CalibrationRequest",
+    "CalibrationResponse",
+    "CalibrationState",
     "CrossEntropyRequest",
     "Health",
     "Logits",
@@ -36,6 +49,7 @@ __all__ = [
     "OptionalTensor",
     "OutputEncoding",
     "Readiness",
+    "ReliabilityDiagramRequest",
     "Tensor",
     "TensorField",
     "common_options",

@@ -1,0 +1,152 @@
+"""`POST /v1/calibration`, `/v1/calibration/merge` and `/v1/calibration/reliability-diagram`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from service.api.compute import ComputeContext
+from service.api.deps import ComputeDep, require_api_key
+from service.api.problems import problem_responses
+from service.api.routing import OrjsonRoute
+from service.api.schemas.calibration import (
+    CalibrationInputs,
+    CalibrationMergeRequest,
+    CalibrationRequest,
+    CalibrationResponse,
+    ReliabilityDiagramRequest,
+)
+from service.engine import calibration
+from service.plots import MEDIA_TYPES, ImageFormat, reliability_diagram
+
+router = APIRouter(
+    prefix="/v1/calibration",
+    tags=["calibration"],
+    route_class=OrjsonRoute,  # bodies of float arrays: parsed by orjson, as the loss routes
+    dependencies=[Depends(require_api_key)],
+    responses=problem_responses(401, 413, 422, 500, 503),
+)
+
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The reliability diagram",
+        "content": {
+            media_type: {"schema": {"type": "string", "format": "binary"}}
+            for media_type in MEDIA_TYPES.values()
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    name="calibration",
+    summary="Calibration report (ECE, MCE, Brier, NLL, ...) with a mergeable state",
+)
+async def calibration_report(body: CalibrationRequest, compute: ComputeDep) -> CalibrationResponse:
+    return await compute.run(_calibration_report, body, compute)
+
+
+def _calibration_report(body: CalibrationRequest, compute: ComputeContext) -> CalibrationResponse:
+    report = calibration.calibration_report(
+        **_decode_inputs(body, compute),
+        n_bins=body.n_bins,
+        binning=body.binning,
+        top_k=body.top_k,
+        fit_temperature=body.fit_temperature,
+        n_bootstrap=body.n_bootstrap,
+        confidence_level=body.confidence_level,
+        seed=body.seed,
+        smooth_ece=body.smooth_ece,
+        max_bootstrap=compute.settings.max_bootstrap,
+    )
+    return _response(report, compute)
+
+
+@router.post(
+    "/merge",
+    name="calibration_merge",
+    summary="Calibration report of the union of shards, from their states",
+)
+async def calibration_merge(
+    body: CalibrationMergeRequest, compute: ComputeDep
+) -> CalibrationResponse:
+    return await compute.run(_calibration_merge, body, compute)
+
+
+def _calibration_merge(
+    body: CalibrationMergeRequest, compute: ComputeContext
+) -> CalibrationResponse:
+    states = [
+        calibration.CalibrationState.from_dict(state.model_dump(), ("states", i))
+        for i, state in enumerate(body.states)
+    ]
+    return _response(calibration.merge_report(states), compute)
+
+
+@router.post(
+    "/reliability-diagram",
+    name="reliability_diagram",
+    summary="The reliability diagram, as PNG or SVG",
+    response_class=Response,
+    responses=IMAGE_RESPONSES,
+)
+async def reliability_diagram_image(
+    body: ReliabilityDiagramRequest,
+    compute: ComputeDep,
+    image_format: Annotated[
+        ImageFormat, Query(alias="format", description="`png` (600 x 700 px) or `svg`")
+    ] = "png",
+) -> Response:
+    image = await compute.run(_reliability_diagram, body, compute, image_format)
+    return Response(content=image, media_type=MEDIA_TYPES[image_format])
+
+
+def _reliability_diagram(
+    body: ReliabilityDiagramRequest, compute: ComputeContext, image_format: ImageFormat
+) -> bytes:
+    report = calibration.calibration_report(
+        **_decode_inputs(body, compute), n_bins=body.n_bins, binning=body.binning
+    )
+    return reliability_diagram(report.metrics, image_format)
+
+
+def _decode_inputs(body: CalibrationInputs, compute: ComputeContext) -> dict[str, Any]:
+    """`logits` or `probs`, and `labels`, on the backend; `probs` counts against max_classes."""
+    arrays, _ = compute.decode_tensors(body)
+    if "probs" in arrays:
+        compute.check_classes(("probs",), arrays["probs"])
+    return arrays
+
+
+def _response(
+    report: calibration.CalibrationReport, compute: ComputeContext
+) -> CalibrationResponse:
+    m = report.metrics
+    return CalibrationResponse.model_validate(
+        {
+            "task": m.task,
+            "n": m.n,
+            "n_classes": m.n_classes,
+            "n_bins": m.n_bins,
+            "binning": m.binning,
+            "ece": m.ece,
+            "mce": m.mce,
+            "rmsce": m.rmsce,
+            "ece_debiased": m.ece_debiased,
+            "classwise_ece": m.classwise_ece,
+            "brier": m.brier,
+            "nll": m.nll,
+            "accuracy": m.accuracy,
+            "mean_confidence": m.mean_confidence,
+            "top_k_accuracy": [{"k": k, "accuracy": value} for k, value in m.top_k_accuracy],
+            "bins": [asdict(b) for b in m.bins],
+            "temperature": None if report.temperature is None else asdict(report.temperature),
+            "bootstrap": None if report.bootstrap is None else asdict(report.bootstrap),
+            "smooth_ece": None if report.smooth_ece is None else asdict(report.smooth_ece),
+            "state": report.state.to_dict(),
+            "backend": compute.backend.name,
+        }
+    )
