@@ -1,16 +1,38 @@
-"""`loss-service serve` starts the server; `loss-service openapi` prints the OpenAPI document."""
+"""`loss-service serve` starts the server; `loss-service openapi` prints the OpenAPI document;
+`loss-service compute` computes a loss over .npy / .npz files, offline."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.api import create_app
-from service.config import get_settings
+from service.api.catalogue import BY_NAME, LOSSES
+from service.api.compute import ComputeContext
+from service.api.routing import OrjsonResponse
+from service.api.schemas.common import tensor_fields
+from service.config import Settings, get_settings
+from service.engine import select_backend
+from service.errors import LossServiceError
+from service.logs import logging_config
+from service.offline import compute_loss, load_arrays
+
+COMPUTE_EPILOG = """\
+Inputs are named as in the HTTP API: --logits a.npy --labels b.npy; --NAME file.npz takes the
+array NAME from the file (or its only array) and --NAME file.npz:KEY the array KEY; positional
+.npz files give every array they hold, by name. Options are KEY=VALUE with a JSON value
+(-o label_smoothing=0.1 -o reduction=none -o weight=[1,2,0.5]); a value that is not JSON is a
+string. The output is the JSON of POST /v1/losses/NAME.
+Exit status: 0, 1 (invalid input), 2 (usage).
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -20,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--host", help="default: LOSS_SERVICE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: LOSS_SERVICE_PORT or 8000")
     commands.add_parser("openapi", help="print the OpenAPI document as JSON")
+    _add_compute(commands)
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -27,12 +50,149 @@ def main(argv: Sequence[str] | None = None) -> None:
         json.dump(create_app(settings).openapi(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
+    if args.command == "compute":
+        sys.exit(_compute(args, settings))
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.host,
         port=args.port or settings.port,
-        log_level="info",
+        log_config=logging_config(settings.log_level, settings.log_format),
+        log_level=settings.log_level,
+        access_log=False,  # the app logs one line per request itself (service.api.observe)
     )
+
+
+def _add_compute(commands: Any) -> None:
+    compute = commands.add_parser(
+        "compute",
+        help="compute a loss over .npy / .npz files, offline",
+        description="Compute a loss over arrays in files with the service's engine, no server.",
+        epilog=COMPUTE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compute.add_argument("loss", choices=list(BY_NAME), metavar="LOSS", help="e.g. cross-entropy")
+    compute.add_argument("npz", nargs="*", metavar="FILE.npz", help="arrays named as inputs")
+    inputs = compute.add_argument_group("inputs (each a .npy, .npz or .npz:KEY)")
+    for name in sorted({name for spec in LOSSES for name in tensor_fields(spec.request)}):
+        inputs.add_argument(f"--{name}", metavar="PATH", dest=f"input_{name}")
+    compute.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a request field: reduction, return_grad, label_smoothing, ...",
+    )
+    compute.add_argument(
+        "--out", type=Path, metavar="PATH", help="write the JSON here instead of stdout"
+    )
+    compute.add_argument(
+        "--chunk-rows",
+        type=int,
+        metavar="N",
+        help="rows per chunk (default: about 64 MiB of the per-sample inputs)",
+    )
+    compute.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress line on stderr (default: when stderr is a terminal)",
+    )
+
+
+def _compute(args: argparse.Namespace, settings: Settings) -> int:
+    def fail(message: str) -> int:
+        print(f"loss-service compute: error: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        options = dict(_option(item) for item in args.option)
+        arrays: dict[str, Any] = {}
+        for path in args.npz:
+            arrays.update(load_arrays(path))
+        for key, path in vars(args).items():
+            if key.startswith("input_") and path is not None:
+                name = key.removeprefix("input_")
+                arrays.update(load_arrays(path, default_key=name))
+    except (OSError, ValueError) as error:
+        return fail(str(error))
+    if args.chunk_rows is not None and args.chunk_rows < 1:
+        return fail("--chunk-rows must be at least 1")
+
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = _ProgressLine(args.loss) if show else None
+    compute = ComputeContext(backend=select_backend(settings.device), settings=settings)
+    try:
+        response = compute_loss(
+            BY_NAME[args.loss],
+            arrays,
+            options,
+            compute,
+            chunk_rows=args.chunk_rows,
+            progress=progress,
+        )
+    except ValidationError as error:
+        return fail("; ".join(_validation_message(e) for e in error.errors()))
+    except LossServiceError as error:
+        return fail(error.detail)
+    finally:
+        if progress is not None:
+            progress.close()
+    # Rendered by the HTTP route's own response class: the same bytes the API would send.
+    text = bytes(OrjsonResponse(response).body) + b"\n"
+    if args.out is None:
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+    else:
+        args.out.write_bytes(text)
+    return 0
+
+
+def _option(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw  # reduction=none: a bare string
+
+
+def _validation_message(error: Any) -> str:
+    """As the HTTP API words a request validation error: `field: message`."""
+    name = ".".join(str(part) for part in error.get("loc", ())) or "request"
+    return f"{name}: {error.get('msg', 'invalid value')}"
+
+
+class _ProgressLine:
+    """`cross-entropy:  40% (393216/983040 rows, 3 chunks, 2.1 s)`, redrawn on stderr."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.start = time.monotonic()
+        self.chunks = 0
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        self.chunks += 1
+        now = time.monotonic()
+        if done < total and now - self.last < 0.1:  # redrawn at most ten times a second
+            return
+        self.last = now
+        percent = 100 * done // max(total, 1)
+        elapsed = now - self.start
+        sys.stderr.write(
+            f"\r{self.label}: {percent:3d}% ({done}/{total} rows, "
+            f"{self.chunks} chunks, {elapsed:.1f} s)"
+        )
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 if __name__ == "__main__":

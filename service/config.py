@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.engine import DeviceChoice
+from service.logs import LogFormat, LogLevel
 
 MiB = 2**20
 
@@ -35,6 +36,13 @@ class Settings(BaseSettings):
     )
     api_keys: CommaSeparated = Field(default_factory=list, description="comma-separated")
     cors_origins: CommaSeparated = Field(default_factory=list, description="comma-separated")
+    log_level: LogLevel = "info"
+    log_format: LogFormat = Field("json", description="`json`: one object per line; `text`")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from tests.engine_helpers import ENGINE_PATHS, use_engine_path
+
 if TYPE_CHECKING:  # the engine tests run where FastAPI is not installed (a GPU box), so lazily
     import httpx
 
@@ -39,6 +41,16 @@ def xp(request: pytest.FixtureRequest) -> ModuleType:
     """The array namespace an engine test runs on (SciPy's `xp` fixture, in small)."""
     module: ModuleType = request.param
     return module
+
+
+@pytest.fixture(params=ENGINE_PATHS)
+def engine_path(
+    request: pytest.FixtureRequest, xp: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Each implementation of the softmax losses: the reference array code, the fused kernels."""
+    path: str = request.param
+    use_engine_path(path, xp, monkeypatch)
+    return path
 
 
 def to_numpy(array: object) -> np.ndarray:

@@ -1,10 +1,15 @@
-"""Helpers for engine tests: central finite differences of a scalar loss."""
+"""Helpers for engine tests: central finite differences of a scalar loss, the engine path."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 import numpy as np
+import pytest
+
+# The two implementations of the softmax losses (service/engine/_engine_path.py).
+ENGINE_PATHS = ("reference", "fused")
 
 
 def finite_difference_grad(
@@ -20,3 +25,10 @@ def finite_difference_grad(
         minus[index] -= step
         grad[index] = (loss(plus) - loss(minus)) / (2 * step)
     return grad
+
+
+def use_engine_path(path: str, xp: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the rest of the test on `path`; the fused kernels only take NumPy arrays."""
+    if path == "fused" and xp is not np:
+        pytest.skip("the fused kernels run on NumPy arrays only")
+    monkeypatch.setenv("LOSS_SERVICE_ENGINE", path)

@@ -12,6 +12,9 @@ from service.engine import cross_entropy, focal, reduce_loss
 from service.errors import InvalidInput
 from tests.conftest import to_numpy
 
+# Every test runs on both implementations (the reference array code and the fused kernels).
+pytestmark = pytest.mark.usefixtures("engine_path")
+
 RNG = np.random.default_rng(3)
 LOGITS = RNG.normal(size=(8, 4))
 LABELS = np.array([0, 1, 2, 3, 3, 2, 1, 0])

@@ -18,6 +18,9 @@ from service.errors import InvalidInput
 from tests.conftest import to_numpy
 from tests.engine_helpers import finite_difference_grad
 
+# Every test runs on both implementations (the reference array code and the fused kernels).
+pytestmark = pytest.mark.usefixtures("engine_path")
+
 RNG = np.random.default_rng(20261126)
 
 

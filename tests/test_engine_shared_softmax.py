@@ -6,6 +6,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import pytest
 
 from service import engine
 from service.engine import _softmax
@@ -15,6 +16,14 @@ RNG = np.random.default_rng(11)
 LOGITS = RNG.normal(size=(6, 5)) * 3
 LABELS = np.array([0, 4, -100, 2, 1, 3])
 T = np.full((5, 5), 0.05) + np.eye(5) * 0.75
+
+
+@pytest.fixture(autouse=True)
+def reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sharing is the reference code's: the fused kernels (cross-entropy, focal, poly-1) have
+    no softmax to share. Pinning the reference makes these losses use the shared one."""
+    monkeypatch.setenv("LOSS_SERVICE_ENGINE", "reference")
+
 
 LOSSES: list[tuple[Any, dict[str, Any]]] = [
     (engine.cross_entropy, {"label_smoothing": 0.2, "weight": np.arange(1.0, 6.0)}),

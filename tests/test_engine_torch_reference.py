@@ -16,6 +16,7 @@ import pytest
 
 from service.engine import binary_cross_entropy, cross_entropy, reduce_loss
 from tests.conftest import to_numpy
+from tests.engine_helpers import ENGINE_PATHS, use_engine_path
 from tests.reference import as_array, load_cases
 
 CASES = load_cases()
@@ -28,6 +29,15 @@ DELIBERATE = {
     for case in CASES
     if case["id"].startswith(("bce-edge-neginf", "ce-edge-allzeroweight"))
 }
+
+
+def on_each_path(cases: list[dict[str, Any]]) -> list[Any]:
+    """Cross-entropy cases on both implementations (reference, fused kernels); BCE has one."""
+    return [
+        pytest.param(case, path, id=case["id"] if path == "reference" else f"{case['id']}-{path}")
+        for case in cases
+        for path in (ENGINE_PATHS if case["loss"] == "cross-entropy" else ("reference",))
+    ]
 
 
 def tolerances(dtype: str) -> dict[str, float]:
@@ -53,9 +63,12 @@ def run_case(case: dict[str, Any], xp: ModuleType, empty: str = "nan") -> Any:
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in CASES if c["id"] not in DELIBERATE], ids=lambda c: c["id"]
+    ("case", "path"), on_each_path([c for c in CASES if c["id"] not in DELIBERATE])
 )
-def test_matches_pytorch(case: dict[str, Any], xp: ModuleType) -> None:
+def test_matches_pytorch(
+    case: dict[str, Any], path: str, xp: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_engine_path(path, xp, monkeypatch)
     out = run_case(case, xp)
     expected = case["expected"]
     tol = tolerances(case["dtype"])
@@ -71,10 +84,13 @@ def test_matches_pytorch(case: dict[str, Any], xp: ModuleType) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in CASES if c["id"].startswith("ce-edge-allign")], ids=lambda c: c["id"]
+    ("case", "path"), on_each_path([c for c in CASES if c["id"].startswith("ce-edge-allign")])
 )
-def test_all_ignored_is_zero_not_nan(case: dict[str, Any], xp: ModuleType) -> None:
+def test_all_ignored_is_zero_not_nan(
+    case: dict[str, Any], path: str, xp: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PyTorch's mean over no labels is NaN; ours is 0 with a zero gradient (empty="zero")."""
+    use_engine_path(path, xp, monkeypatch)
     out = run_case(case, xp, empty="zero")
     assert out.loss == 0.0
     assert out.n_valid == 0

@@ -157,6 +157,11 @@ LABELS_IN = _json_input("labels", LABELS, "INT64")
         ),
         ({"inputs": [LOGITS_IN, LABELS_IN], "outputs": [{"name": "nope"}]}, 400, "available"),
         ({"inputs": "x"}, 400, "inputs"),
+        (
+            {"inputs": [LOGITS_IN, LABELS_IN], "parameters": {"weight": [1, 2, 3, 4, 5]}},
+            400,
+            "send it as an input",
+        ),
     ],
 )
 async def test_errors_are_oip_errors(

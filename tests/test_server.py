@@ -97,7 +97,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {forbidden!
         pytest.param("service.api, service.cli", {"cupy", "cupyx"}, id="service.api"),
         pytest.param(
             "service.engine",
-            {"cupy", "cupyx", "fastapi", "pydantic", "pydantic_settings", "starlette"},
+            {"cupy", "cupyx", "fastapi", "pydantic", "pydantic_settings", "starlette", "numba"},
             id="service.engine",
         ),
     ],

@@ -11,8 +11,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from service import __version__
-from service.api import openapi, problems
+from service.api import docs, metrics, openapi, problems
 from service.api.body_limit import BodyLimitMiddleware
+from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, losses, oip
 from service.config import Settings, get_settings
 from service.engine import select_backend
@@ -46,10 +47,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None,  # served from the package's own files: service.api.docs
+        redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = metrics.Metrics(backend=lambda: getattr(app.state, "backend", None))
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(losses.router)
     app.include_router(evaluate.router)
     app.include_router(calibration.router)
@@ -60,7 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER],
         )
+    # Outermost: it times, counts and logs every answer, the middleware's own 413s included.
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
+    docs.install(app)
     openapi.install(app)
     return app

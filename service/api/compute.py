@@ -17,11 +17,19 @@ from pydantic import BaseModel
 
 from service import engine
 from service.api.catalogue import BY_NAME
+from service.api.metrics import count_elements
 from service.api.schemas import LossRequest, LossResponse
 from service.api.schemas.common import tensor_fields
 from service.api.schemas.evaluate import EvaluateRequest, EvaluateResponse
 from service.api.schemas.losses import LossOptions, loss_options
-from service.codecs import DecodedTensor, TensorForm, TensorLimits, decode_tensor, encode_tensor
+from service.codecs import (
+    DecodedTensor,
+    TensorForm,
+    TensorLimits,
+    decode_tensor,
+    encode_tensor,
+    json_array,
+)
 from service.codecs._dtypes import numpy_dtype
 from service.config import Settings
 from service.engine import Array, Backend, LossResult, reduce_loss
@@ -113,6 +121,7 @@ class ComputeContext:
         """Logits may hold -inf (a masked class); their class axis is capped by `max_classes`."""
         limits = TensorLimits(max_elements=self.settings.max_elements)
         decoded = decode_tensor(value, field=field, limits=limits, allow_neg_inf=logits)
+        count_elements(decoded.array.size)
         if logits:
             self.check_classes(field, decoded.array)
         return decoded
@@ -159,7 +168,12 @@ class ComputeContext:
         )
 
     def _encode(self, array: Array | None, form: TensorForm) -> object:
-        return None if array is None else encode_tensor(self.backend.to_numpy(array), form)
+        """An output tensor for the response: base64 objects, or, for JSON, an array that
+        `OrjsonResponse` writes as nested lists without building them in Python."""
+        if array is None:
+            return None
+        host = self.backend.to_numpy(array)
+        return json_array(host) if form == "json" else encode_tensor(host, form)
 
 
 def _within(error: InvalidInput, path: FieldPath) -> InvalidInput:

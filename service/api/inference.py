@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from service import __version__
 from service.api.catalogue import LossSpec
 from service.api.compute import ComputeContext, grad_in_dtype
+from service.api.metrics import count_elements
 from service.api.schemas.common import tensor_fields
 from service.api.schemas.losses import loss_options
 from service.api.schemas.oip import (
@@ -75,6 +76,11 @@ def infer(
     if len(set(names)) != len(names):
         raise InvalidInput("inputs: an input name appears twice", field="inputs")
     options = {k: v for k, v in request.parameters.items() if k not in PROTOCOL_PARAMETERS}
+    for name in options.keys() & tensor_fields(spec.request).keys():
+        raise InvalidInput(
+            f"parameters.{name}: {name} is a tensor; send it as an input, not a parameter",
+            field=("parameters", name),
+        )
     # The loss's own schema checks the option values and the input names (placeholders here).
     loss_request = _validated(
         spec.request,
@@ -170,6 +176,7 @@ def _decode_inputs(
         )
         if is_logits:
             compute.check_classes(field, array)
+        count_elements(array.size)
         arrays[item.name] = compute.backend.asarray(array)
     if offset != len(binary):
         raise InvalidInput(

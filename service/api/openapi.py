@@ -21,11 +21,18 @@ TENSOR_SCHEMAS: dict[str, Any] = {
             {"$ref": "#/components/schemas/EncodedTensor"},
         ],
     },
+    # Not recursive (an array of NestedNumbers) on purpose: openapi-python-client, among other
+    # generators, drops every operation whose body refers to a recursive schema. Two levels are
+    # spelt out; deeper ones are arrays of anything, which the service checks.
     "NestedNumbers": {
-        "description": "A number, or an array of NestedNumbers; every level rectangular.",
+        "description": "A number, or nested arrays of numbers: row-major, every level "
+        "rectangular, at most 64 levels deep.",
         "anyOf": [
             {"type": "number"},
-            {"type": "array", "items": {"$ref": "#/components/schemas/NestedNumbers"}},
+            {
+                "type": "array",
+                "items": {"anyOf": [{"type": "number"}, {"type": "array", "items": {}}]},
+            },
         ],
     },
     "EncodedTensor": {

@@ -175,9 +175,21 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    # Sent from outside the observability middleware (service.api.observe), so the request id
+    # is added here, to the log line and the answer: it is what finds the logged traceback.
+    request_id = request.scope.get("state", {}).get("request_id")
+    logger.exception(
+        "unhandled error on %s %s",
+        request.method,
+        request.url.path,
+        extra={"request_id": request_id} if request_id else None,
+    )
+    detail = "an unexpected error occurred; it has been logged"
     return problem_response(
-        500, detail="an unexpected error occurred; it has been logged", path=request.url.path
+        500,
+        detail=f"{detail} (request id {request_id})" if request_id else detail,
+        headers={"X-Request-ID": request_id} if request_id else None,
+        path=request.url.path,
     )
 
 

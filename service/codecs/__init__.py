@@ -12,6 +12,7 @@ from service.codecs._tensors import (
     TensorLimits,
     decode_tensor,
     encode_tensor,
+    json_array,
 )
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "TensorLimits",
     "decode_tensor",
     "encode_tensor",
+    "json_array",
     "oip",
 ]

@@ -29,6 +29,7 @@ import pybase64
 from numpy.typing import NDArray
 
 from service.codecs._dtypes import (
+    _BFLOAT16,
     MAX_NDIM,
     WIRE_DTYPES,
     from_le_bytes,
@@ -106,10 +107,7 @@ def encode_tensor(
     """
     array = np.asarray(array)
     if form == "json":
-        wire_name(array.dtype)  # the same dtypes as the base64 form: TypeError for others
-        # float16 and ml_dtypes' bfloat16 items are Python floats already (their getitem widens
-        # to double), so no cast is needed for any JSON encoder to take them.
-        values: list[Any] | float | int = array.tolist()
+        values: list[Any] | float | int = json_array(array).tolist()
         return values
     if form == "base64":
         name, raw = to_le_bytes(array)
@@ -119,6 +117,15 @@ def encode_tensor(
             "data": pybase64.b64encode_as_string(raw),
         }
     raise ValueError(f"unknown tensor form {form!r}; expected 'json' or 'base64'")
+
+
+def json_array(array: NDArray[Any] | np.generic) -> NDArray[Any]:
+    """`array` in a dtype that JSON encoders take: orjson serialises it natively and fast
+    (`OPT_SERIALIZE_NUMPY`), `.tolist()` gives Python numbers. bfloat16, which neither knows,
+    is widened to float32 (exactly). A dtype without a wire name raises TypeError."""
+    array = np.asarray(array)
+    wire_name(array.dtype)  # the same dtypes as the base64 form: TypeError for others
+    return array.astype(np.float32) if array.dtype == _BFLOAT16 else array
 
 
 # --- JSON form ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from service.engine._contrastive import info_nce
 from service.engine._cross_entropy import cross_entropy
 from service.engine._distillation import kl_divergence
 from service.engine._dtypes import ComputeDtype, to_compute_dtype
+from service.engine._engine_path import EnginePath, engine_path, warm_up
 from service.engine._namespace import Array, array_namespace
 from service.engine._pairwise import bradley_terry, triplet_margin
 from service.engine._reduction import EmptyPolicy, LossResult, ReducedLoss, Reduction, reduce_loss
@@ -32,6 +33,7 @@ __all__ = [
     "ComputeDtype",
     "DeviceChoice",
     "EmptyPolicy",
+    "EnginePath",
     "LossResult",
     "ReducedLoss",
     "Reduction",
@@ -39,6 +41,7 @@ __all__ = [
     "binary_cross_entropy",
     "bradley_terry",
     "cross_entropy",
+    "engine_path",
     "focal",
     "forward_corrected_cross_entropy",
     "generalized_cross_entropy",
@@ -58,4 +61,5 @@ __all__ = [
     "symmetric_cross_entropy",
     "to_compute_dtype",
     "triplet_margin",
+    "warm_up",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 from service.engine._checks import check_option_range, check_unit_interval, first_position
 from service.engine._class_balance import resolve_class_weight
 from service.engine._dtypes import ComputeDtype, as_compute
+from service.engine._engine_path import fused_kernels
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult
 from service.engine._rows import class_indices, finish_rows, logit_rows
@@ -74,6 +75,9 @@ def cross_entropy(
     elif labels.shape == logits.shape[:-1]:
         y, valid = class_indices(labels, n_classes, ignore_index, xp=xp)
         target = class_index_target(y, valid, w, label_smoothing, n_classes, x.dtype, xp=xp)
+        fused = fused_kernels(xp)
+        if fused is not None:
+            return _fused_cross_entropy(fused, logits, x, target, label_smoothing, z_loss, xp=xp)
     else:
         raise InvalidInput(
             f"labels: shape {list(labels.shape)} is neither logits.shape[:-1] = "
@@ -85,15 +89,47 @@ def cross_entropy(
     per_sample = cross_entropy_rows(x, parts, target, xp=xp)
     scale = target.total
     if z_loss:
-        lse = parts.lse
-        with errstate(xp, over="ignore"):  # checked just below
-            z_term = z_loss * lse * lse
-        if bool(xp.any(xp.isposinf(z_term) & xp.isfinite(lse))):
-            raise InvalidInput(f"z_loss: z_loss * logsumexp^2 overflows {x.dtype}", field="z_loss")
-        per_sample = per_sample + z_term
-        scale = scale + (2 * z_loss) * lse
+        per_sample = per_sample + z_loss_term(z_loss, parts.lse, x.dtype, xp=xp)
+        scale = scale + (2 * z_loss) * parts.lse
     grad = softmax_gradient(parts, scale, target, xp=xp)
     return finish_rows(logits, per_sample, grad, target.valid, target.divisor, xp=xp)
+
+
+def _fused_cross_entropy(
+    fused: ModuleType,
+    logits: Array,
+    x: Array,
+    target: TargetMass,
+    label_smoothing: float,
+    z_loss: float,
+    *,
+    xp: ModuleType,
+) -> LossResult:
+    """The same loss from the fused kernel (`_fused`): one pass over each row."""
+    assert target.at_label is not None  # class-index targets
+    y, at_label = target.at_label
+    per_sample, lse, grad = fused.softmax_rows(
+        x,
+        y,
+        target.valid,
+        kind=fused.CROSS_ENTROPY,
+        at_label=at_label,
+        total=target.total,
+        spread=target.spread if label_smoothing else None,  # else zeros: nothing to spread
+        z_loss=z_loss,
+    )
+    if z_loss:
+        per_sample += z_loss_term(z_loss, lse, x.dtype, xp=xp)
+    return finish_rows(logits, per_sample, grad, target.valid, target.divisor, xp=xp)
+
+
+def z_loss_term(z_loss: float, lse: Array, dtype: np.dtype, *, xp: ModuleType) -> Array:
+    """`z_loss * lse^2` per row (PaLM's z-loss); an overflow from a finite `lse` is an error."""
+    with errstate(xp, over="ignore"):  # checked just below
+        z_term = z_loss * lse * lse
+    if bool(xp.any(xp.isposinf(z_term) & xp.isfinite(lse))):
+        raise InvalidInput(f"z_loss: z_loss * logsumexp^2 overflows {dtype}", field="z_loss")
+    return z_term
 
 
 def class_index_target(

@@ -31,6 +31,7 @@ from service.engine._checks import check_nonnegative, check_option_range, requir
 from service.engine._class_balance import resolve_class_weight
 from service.engine._cross_entropy import TargetMass, cross_entropy, softmax_gradient
 from service.engine._dtypes import ComputeDtype, as_compute
+from service.engine._engine_path import fused_kernels
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult
 from service.engine._rows import class_indices, class_weight, finish_rows, logit_rows
@@ -74,7 +75,14 @@ def focal(
     """
     xp = array_namespace(logits, labels, alpha, class_counts)
     check_option_range(gamma, "gamma", low=0.0)
-    rows = label_rows(logits, labels, ignore_index, compute_dtype, xp=xp)
+    x, y, valid = index_rows(logits, labels, ignore_index, compute_dtype, xp=xp)
+    a = resolve_class_weight(
+        alpha, "alpha", class_counts, class_balance_beta, x.shape[1], x.dtype, xp=xp
+    )
+    fused = fused_kernels(xp)
+    if fused is not None:
+        return _fused_label_loss(fused, fused.FOCAL, gamma, a, logits, x, y, valid, xp=xp)
+    rows = softmax_label_rows(x, y, valid, xp=xp)
     log_p = rows.log_p
     p = xp.exp(log_p)
     one_minus_p = -xp.expm1(log_p)  # exact for p near 1, where 1 - p would cancel
@@ -88,9 +96,6 @@ def focal(
     #   = -(1 - p)^g (1 + g p r), so s = alpha_y (1 - p)^g (1 + g p r)
     s = modulator * (1 + gamma * p_r)
     per_sample = modulator * -log_p
-    a = resolve_class_weight(
-        alpha, "alpha", class_counts, class_balance_beta, rows.x.shape[1], rows.x.dtype, xp=xp
-    )
     if a is not None:
         a_y = a[rows.y]
         s = a_y * s
@@ -110,7 +115,11 @@ def poly1(
     """Poly-1 loss `-log p_y + epsilon (1 - p_y)`; `epsilon >= -1` keeps it decreasing in p_y."""
     xp = array_namespace(logits, labels)
     check_option_range(epsilon, "epsilon", low=-1.0)
-    rows = label_rows(logits, labels, ignore_index, compute_dtype, xp=xp)
+    x, y, valid = index_rows(logits, labels, ignore_index, compute_dtype, xp=xp)
+    fused = fused_kernels(xp)
+    if fused is not None:
+        return _fused_label_loss(fused, fused.POLY1, epsilon, None, logits, x, y, valid, xp=xp)
+    rows = softmax_label_rows(x, y, valid, xp=xp)
     per_sample = -rows.log_p - epsilon * xp.expm1(rows.log_p)
     # d/du [-u + eps (1 - e^u)] = -1 - eps p, so s = 1 + eps p
     s = 1 + epsilon * xp.exp(rows.log_p)
@@ -258,14 +267,50 @@ def label_rows(
     *,
     xp: ModuleType,
 ) -> LabelRows:
-    """Checked rows, class indices and `log p_y = (x_y - shift) - log_sum` from one softmax."""
+    """Checked rows, class indices and `log p_y` from one softmax."""
+    x, y, valid = index_rows(logits, labels, ignore_index, compute_dtype, xp=xp)
+    return softmax_label_rows(x, y, valid, xp=xp)
+
+
+def index_rows(
+    logits: Array,
+    labels: Array,
+    ignore_index: int,
+    compute_dtype: ComputeDtype | None,
+    *,
+    xp: ModuleType,
+) -> tuple[Array, Array, Array]:
+    """Checked rows [M, C] in the compute dtype, class indices [M] (0 where ignored), valid [M]."""
     x = logit_rows(logits, compute_dtype, xp=xp)
     _require_index_labels(logits, labels)
     y, valid = class_indices(labels, x.shape[1], ignore_index, xp=xp)
+    return x, y, valid
+
+
+def softmax_label_rows(x: Array, y: Array, valid: Array, *, xp: ModuleType) -> LabelRows:
+    """`log p_y = (x_y - shift) - log_sum` of checked rows, from one softmax."""
     parts = shifted_exp(x, xp=xp)
     with errstate(xp, invalid="ignore"):  # -inf - -inf only on an all -inf row
         log_p = (x[xp.arange(x.shape[0]), y] - parts.shift) - parts.log_sum
     return LabelRows(x, y, valid, parts, xp.where(valid, log_p, 0))
+
+
+def _fused_label_loss(
+    fused: ModuleType,
+    kind: int,
+    param: float,
+    alpha: Array | None,
+    logits: Array,
+    x: Array,
+    y: Array,
+    valid: Array,
+    *,
+    xp: ModuleType,
+) -> LossResult:
+    """Focal or poly-1 from the fused kernel. Its `_fused._label_loss` repeats the formulas of
+    `focal` and `poly1` above: change them together (tests/test_engine_fused.py compares)."""
+    per_sample, _, grad = fused.softmax_rows(x, y, valid, kind=kind, param=param, alpha=alpha)
+    return finish_rows(logits, per_sample, grad, valid, float(xp.count_nonzero(valid)), xp=xp)
 
 
 def _finish(

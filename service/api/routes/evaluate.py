@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
-from service.api.routing import OrjsonRoute
+from service.api.routing import OrjsonResponse, OrjsonRoute
 from service.api.schemas.evaluate import EvaluateRequest, EvaluateResponse
 
 router = APIRouter(
@@ -22,6 +22,7 @@ router = APIRouter(
     "/evaluate",
     name="evaluate",
     summary="Several losses from one upload; the softmax is computed once",
+    response_model=EvaluateResponse,
 )
-async def evaluate(body: EvaluateRequest, compute: ComputeDep) -> EvaluateResponse:
-    return await compute.run(compute.evaluate, body)
+async def evaluate(body: EvaluateRequest, compute: ComputeDep) -> Response:
+    return OrjsonResponse(await compute.run(compute.evaluate, body))

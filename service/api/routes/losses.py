@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from service.api.catalogue import BY_NAME, LOSSES, LossSpec
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
-from service.api.routing import OrjsonRoute
+from service.api.routing import OrjsonResponse, OrjsonRoute
 from service.api.schemas import (
     LossCatalogue,
     LossRequest,
@@ -37,10 +37,10 @@ async def list_losses() -> LossCatalogue:
     )
 
 
-def _endpoint(spec: LossSpec) -> Callable[..., Awaitable[LossResponse]]:
-    async def endpoint(body: LossRequest, compute: ComputeDep) -> LossResponse:
+def _endpoint(spec: LossSpec) -> Callable[..., Awaitable[Response]]:
+    async def endpoint(body: LossRequest, compute: ComputeDep) -> Response:
         # Looked up per request, so that tests can stand a spec in for another.
-        return await compute.run(compute.loss, BY_NAME[spec.name], body)
+        return OrjsonResponse(await compute.run(compute.loss, BY_NAME[spec.name], body))
 
     # FastAPI reads the body's model from the annotation: each loss has its own.
     endpoint.__annotations__["body"] = spec.request
@@ -54,6 +54,7 @@ for _spec in LOSSES:
         methods=["POST"],
         name=_spec.operation_id,
         summary=_spec.summary,
+        response_model=LossResponse,
         description=f"Reference: {_spec.reference}.",
         responses=problem_responses(413, 422, 503),
     )

@@ -108,13 +108,23 @@ async def _infer(model_name: str, request: Request, compute: ComputeDep) -> Resp
     )
 
 
-for _path, _name in (
-    ("/models/{model_name}/infer", "oip_infer"),
-    ("/models/{model_name}/versions/{model_version}/infer", "oip_infer_version"),
+async def _infer_version(
+    model_name: str, model_version: str, request: Request, compute: ComputeDep
+) -> Response:
+    """Every model has the one version `MODEL_VERSION`; the versioned path answers the same.
+
+    Its own function so that the OpenAPI document declares `model_version` (a path parameter
+    left undeclared makes client generators drop the operation)."""
+    return await _infer(model_name, request, compute)
+
+
+for _path, _name, _endpoint in (
+    ("/models/{model_name}/infer", "oip_infer", _infer),
+    ("/models/{model_name}/versions/{model_version}/infer", "oip_infer_version", _infer_version),
 ):
     router.add_api_route(
         _path,
-        _infer,
+        _endpoint,
         methods=["POST"],
         name=_name,
         summary="Compute a loss: inputs and parameters in, loss / per_sample / grad out",

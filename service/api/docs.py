@@ -1,0 +1,85 @@
+"""`/docs` (Swagger UI) and `/redoc`, served from files shipped in the package: no CDN.
+
+The files under `static/` are the npm packages `swagger-ui-dist` and `redoc`, byte for byte
+(`scripts/update_docs_assets.sh` fetches them; `static/VERSIONS` says which). The pages are
+FastAPI's own, pointed at those files, with Swagger UI's online validator badge and ReDoc's Google
+Fonts turned off, so that a browser with no network sees the same pages.
+
+Both pages carry a Content-Security-Policy that keeps the browser on the service: ReDoc 2's
+sidebar footer loads the Redocly logo from Redocly's CDN whatever its options say; under the
+policy that request is never made and ReDoc leaves the logo out (it hides the image on error).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_PATH = "/static"
+
+router = APIRouter(include_in_schema=False)
+
+# 'unsafe-inline' scripts: Swagger UI's page starts it from an inline script (FastAPI's page);
+# inline styles: both UIs style with them; blob: workers: ReDoc's search index.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self' data:",
+        "worker-src 'self' blob:",
+        "connect-src 'self'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'self'",
+    ]
+)
+
+
+def _root(request: Request) -> str:
+    """The prefix a proxy serves the app under (`--root-path`), so the pages' links work there."""
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
+
+
+@router.get("/docs")
+async def swagger_ui(request: Request) -> HTMLResponse:
+    root = _root(request)
+    assets = f"{root}{STATIC_PATH}/swagger-ui"
+    page = get_swagger_ui_html(
+        openapi_url=f"{root}{request.app.openapi_url}",
+        title=f"{request.app.title} - Swagger UI",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+        swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon-32x32.png",
+        # null: no badge fetched from validator.swagger.io
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return page
+
+
+@router.get("/redoc")
+async def redoc(request: Request) -> HTMLResponse:
+    root = _root(request)
+    page = get_redoc_html(
+        openapi_url=f"{root}{request.app.openapi_url}",
+        title=f"{request.app.title} - ReDoc",
+        redoc_js_url=f"{root}{STATIC_PATH}/redoc/redoc.standalone.js",
+        redoc_favicon_url=f"{root}{STATIC_PATH}/swagger-ui/favicon-32x32.png",
+        with_google_fonts=False,
+    )
+    page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return page
+
+
+def install(app: FastAPI) -> None:
+    """The two pages and the static files they load (create the app with `docs_url=None`)."""
+    app.include_router(router)
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")

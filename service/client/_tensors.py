@@ -1,0 +1,130 @@
+"""NumPy arrays <-> the service's wire forms: encoded tensor objects, JSON lists, OIP binary."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from service.client._exceptions import ResponseError
+from service.client._types import Array, ArrayLike, Encoding
+
+WIRE_DTYPES = (
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "bool",
+)
+OIP_DATATYPES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "bfloat16": "BF16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+_WIRE_OF_OIP = {oip: wire for wire, oip in OIP_DATATYPES.items()}
+
+
+def is_array(value: object) -> bool:
+    """Whether `value` is sent as a tensor: an ndarray or anything with `__array__` (a CPU torch
+    tensor, a JAX array), but not a NumPy scalar, which is an option's value."""
+    return isinstance(value, np.ndarray) or (
+        hasattr(value, "__array__") and not isinstance(value, np.generic)
+    )
+
+
+def as_array(value: ArrayLike, name: str) -> Array:
+    """`value` as a NumPy array with a wire dtype; lists are read as NumPy reads them."""
+    array = np.asarray(value)
+    if array.dtype.name not in WIRE_DTYPES:
+        raise TypeError(
+            f"{name}: dtype {array.dtype} cannot be sent; cast to one of {', '.join(WIRE_DTYPES)}"
+        )
+    return array
+
+
+def le_bytes(array: Array) -> bytes:
+    """The raw little-endian, row-major bytes of `array`."""
+    little = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    return np.ascontiguousarray(array, dtype=little).tobytes()
+
+
+def encode(value: ArrayLike, name: str, encoding: Encoding) -> Any:
+    """A tensor field's value: an encoded tensor object, or nested JSON lists."""
+    array = as_array(value, name)
+    if encoding == "json":
+        if array.dtype.name == "bfloat16":
+            array = array.astype(np.float32)
+        return array.tolist()
+    return {
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "data": base64.b64encode(le_bytes(array)).decode("ascii"),
+    }
+
+
+def numpy_dtype(name: str) -> np.dtype[Any]:
+    if name == "bfloat16":
+        import ml_dtypes  # only needed for bfloat16, like the service
+
+        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    return np.dtype(name).newbyteorder("<")
+
+
+def decode(value: Any, name: str) -> Array | None:
+    """An output tensor as sent (an encoded object, nested lists, a number, or null)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        try:
+            dtype = numpy_dtype(str(value["dtype"]))
+            raw = base64.b64decode(value["data"], validate=True)
+            shape = tuple(int(n) for n in value["shape"])
+            return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ResponseError(f"{name}: not an encoded tensor ({error})") from None
+    return np.asarray(value, dtype=np.float64)
+
+
+def oip_input(name: str, value: ArrayLike) -> tuple[dict[str, Any], bytes]:
+    """An OIP input entry for the binary extension, and its bytes."""
+    array = as_array(value, name)
+    raw = le_bytes(array)
+    entry = {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": OIP_DATATYPES[array.dtype.name],
+        "parameters": {"binary_data_size": len(raw)},
+    }
+    return entry, raw
+
+
+def oip_output(entry: Mapping[str, Any], binary: memoryview, offset: int) -> tuple[Array, int]:
+    """An OIP output as an array, from its binary bytes at `offset` or its JSON `data`."""
+    try:
+        shape = tuple(int(n) for n in entry["shape"])
+        dtype = numpy_dtype(_WIRE_OF_OIP[str(entry["datatype"])])
+        size = (entry.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            chunk = binary[offset : offset + int(size)]
+            if len(chunk) != int(size):
+                raise ValueError(f"{size} bytes announced, {len(chunk)} left")
+            return np.frombuffer(chunk, dtype=dtype).reshape(shape), offset + int(size)
+        data = [np.nan if v is None else v for v in entry.get("data", [])]
+        return np.asarray(data, dtype=dtype).reshape(shape), offset
+    except (KeyError, TypeError, ValueError) as error:
+        raise ResponseError(f"an output of the inference answer is malformed ({error})") from None

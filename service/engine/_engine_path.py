@@ -1,0 +1,79 @@
+"""Which code computes a softmax loss: the fused kernels (`_fused`, numba) or the reference code.
+
+The reference is the array-namespace code of each loss: it runs on NumPy and CuPy alike and states
+the conventions. The fused kernels compute the same numbers for the cross-entropy family on NumPy
+arrays with class-index labels, several times faster and without `[M, C]` temporaries.
+
+`LOSS_SERVICE_ENGINE` chooses, read at every call (tests and the benchmark switch it):
+
+- `auto` (default): fused where it applies and numba imports, the reference elsewhere;
+- `reference`: always the reference;
+- `fused`: fused where it applies, and an error if numba does not import.
+
+"Where it applies": NumPy arrays, class-index labels, and a loss with a fused form
+(cross-entropy, focal, poly-1). Inside a `shared_softmax()` block too: the kernel costs less than
+the copy of the shared exponentials a reference loss starts from, and `/v1/evaluate` then gives
+bit for bit the numbers of `/v1/losses/{name}`; the other losses still share one softmax there.
+numba is imported on first use, never by `import service.engine`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+from typing import Literal, cast, get_args
+
+import numpy as np
+
+EnginePath = Literal["auto", "reference", "fused"]
+ENGINE_ENV = "LOSS_SERVICE_ENGINE"
+
+
+def engine_path() -> EnginePath:
+    """The path `LOSS_SERVICE_ENGINE` asks for (`auto` when unset); ValueError if unknown."""
+    value = os.environ.get(ENGINE_ENV, "").strip().lower() or "auto"
+    if value not in get_args(EnginePath):
+        raise ValueError(
+            f"{ENGINE_ENV}={value!r}: expected one of {', '.join(get_args(EnginePath))}"
+        )
+    return cast(EnginePath, value)
+
+
+def fused_kernels(xp: ModuleType) -> ModuleType | None:
+    """The `_fused` module when a loss on `xp` arrays is to run there, else None (reference)."""
+    path = engine_path()
+    if path == "reference" or xp is not np:
+        return None
+    return _load(required=path == "fused")
+
+
+def warm_up() -> bool:
+    """Compile the fused kernels now, or load them from numba's cache, so no request waits.
+
+    The first compile takes seconds, loading a cached one well under one. Returns whether
+    the fused kernels are in use (False on `LOSS_SERVICE_ENGINE=reference` or without numba).
+    """
+    path = engine_path()
+    module = None if path == "reference" else _load(required=path == "fused")
+    if module is None:
+        return False
+    module.warm_up()
+    return True
+
+
+def _load(*, required: bool) -> ModuleType | None:
+    module, failure = _import_fused()
+    if module is None and required:
+        raise RuntimeError(f"{ENGINE_ENV}=fused, but the fused kernels do not load: {failure}")
+    return module
+
+
+@functools.cache
+def _import_fused() -> tuple[ModuleType | None, str]:
+    """The `_fused` module, or None and why not (tried once per process)."""
+    try:
+        return importlib.import_module("service.engine._fused"), ""
+    except ImportError as error:  # numba missing, or built for another NumPy
+        return None, f"{type(error).__name__}: {error}"

@@ -1,0 +1,481 @@
+"""Cross-entropy, focal and poly-1 with their gradients: one compiled kernel (numba).
+
+The reference code (`_cross_entropy.py`, `_softmax_family.py`) makes about ten passes over `[M, C]`
+arrays and allocates temporaries of that size; NumPy's `exp` bounds it. This kernel runs over the
+rows in parallel (`prange`) and, for each row:
+
+1. finds the maximum (`shift`) through integer keys of the floats, a reduction that LLVM
+   vectorises without fast-math flags (it reads the row from memory);
+2. writes `exp(x - shift)` into the row of the gradient and sums it in float64;
+3. computes the loss of the row, and turns the exponentials into `k * exp - spread` in place,
+   then `grad[y] -= mass`.
+
+Steps 2 and 3 find the row and its gradient row in the core's cache (a 128k-class float32 row and
+its gradient take 1 MB of a 2 MB L2): each row is read from memory once and its gradient written
+once, the floor of any CE + gradient. The cost left is the exp (0.43 ns per element per core).
+
+The numbers are the reference's, operation for operation: float32 rows compute in float32 with
+a float64 row sum, `log_sum = log1p(sum - 1)` (the largest term is exactly 1), per-sample values
+from the shifted logit `x_y - shift`, no contribution (and no gradient) from a -inf logit of a
+class without target mass, focal's and poly-1's `s = -dL/d log p_y` as `_softmax_family`. What
+differs, within 1e-7 relative for float32 rows and 1e-15 for float64 ones:
+
+- float32 rows use `_exp_f32` (Cephes' `expf`, a polynomial the compiler vectorises, within 1 ulp;
+  NumPy's float32 `exp` is within 2 ulp): numba's library `exp` is not vectorised, and so only
+  1.0-1.5x faster than NumPy (PERF-NOTES.md). float64 rows use the C library's `exp`.
+- the row sums and the label-smoothing dot product are added in another order, in float64.
+
+Ignored rows are skipped (`finish_rows` zeroes their gradient rows), except that with a z-loss
+their log-sum-exp is computed, as the reference checks the z-loss term of every row for overflow.
+
+Everything is compiled once per process for float32 and float64 rows, or loaded from numba's
+on-disk cache (`cache=True`, see `_compiled`): seconds to compile, under one to load;
+`warm_up()` does it ahead of the first request. This module imports numba: reach it only
+through `_engine_path`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
+
+CROSS_ENTROPY: Final = 0
+FOCAL: Final = 1
+POLY1: Final = 2
+
+
+def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """`numba.njit(cache=True, **options)`, or without the cache where numba finds no writable
+    directory for it (a read-only install and home; NUMBA_CACHE_DIR names one): the kernels then
+    compile in every process instead of failing to import."""
+
+    def decorate(function: Callable[..., Any]) -> Any:
+        try:
+            return numba.njit(cache=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(cache=False, **options)(function)
+
+    return decorate
+
+
+# --- bit-level helpers (LLVM IR): numba has no scalar bitcast --------------------------------
+
+
+def _intrinsic(typer: Callable[..., Any]) -> Any:
+    """numba's `intrinsic`; the result is called without the typer's first argument."""
+    return intrinsic(typer)
+
+
+def _flip_negatives(builder: ir.IRBuilder, bits: ir.Value, width: int) -> ir.Value:
+    """`bits ^ ((bits >> (width - 1)) & 0x7f..f)`: reverses the order of negative floats."""
+    sign = builder.ashr(bits, ir.Constant(bits.type, width - 1))
+    return builder.xor(bits, builder.and_(sign, ir.Constant(bits.type, (1 << (width - 1)) - 1)))
+
+
+@_intrinsic
+def _ordered_key(typingctx: Any, value: Any) -> Any:
+    """An integer whose signed order is the order of the float `value` (-inf lowest, no NaN).
+
+    LLVM vectorises integer max reductions; a float max it vectorises only under fast-math
+    no-NaN flags, which this module does not use.
+    """
+    if not isinstance(value, types.Float):
+        return None
+    width = value.bitwidth
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> ir.Value:
+        return _flip_negatives(builder, builder.bitcast(args[0], ir.IntType(width)), width)
+
+    return types.Integer.from_bitwidth(width)(value), codegen
+
+
+@_intrinsic
+def _from_ordered_key(typingctx: Any, key: Any, like: Any) -> Any:
+    """The float (of `like`'s type) whose `_ordered_key` is `key`."""
+    if not isinstance(like, types.Float):
+        return None
+    width = like.bitwidth
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> ir.Value:
+        bits = _flip_negatives(builder, args[0], width)
+        return builder.bitcast(bits, context.get_value_type(like))
+
+    return like(key, like), codegen
+
+
+@_intrinsic
+def _pow2_f32(typingctx: Any, n: Any) -> Any:
+    """2**n as a float32 for an integral float32 n in [-126, 127]: the exponent bits `n + 127`."""
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> ir.Value:
+        i32 = ir.IntType(32)
+        biased = builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127))
+        return builder.bitcast(builder.shl(biased, ir.Constant(i32, 23)), ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+@_intrinsic
+def _cast(typingctx: Any, value: Any, like: Any) -> Any:
+    """`value` converted to the type of `like` (the compute dtype of a row), as NumPy's astype."""
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> ir.Value:
+        return context.cast(builder, args[0], signature.args[0], signature.return_type)
+
+    return like(value, like), codegen
+
+
+# --- exp -------------------------------------------------------------------------------------
+
+_F32 = np.float32
+_LOG2E = _F32(1.44269504088896341)
+_LN2_HI = _F32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO, _LN2_HI with 9 significant bits: n * it
+_LN2_LO = _F32(-2.12194440e-4)  # is exact for |n| < 2^15 (Cody & Waite range reduction)
+_EXP_P = tuple(
+    _F32(c)
+    for c in (
+        1.9875691500e-4,
+        1.3981999507e-3,
+        8.3334519073e-3,
+        4.1665795894e-2,
+        1.6666665459e-1,
+        5.0000001201e-1,
+    )
+)
+# Below this, exp is under 1.7e-38 and returned as 0 (no subnormals: they are slow and the
+# reference's subnormal values change no loss or gradient beyond 1e-37 absolute).
+EXP_F32_FLUSH: Final = _F32(-87.0)
+_HALF = _F32(0.5)
+_ONE = _F32(1.0)
+_ZERO = _F32(0.0)
+
+
+@numba.njit(inline="always")
+def _exp_f32(t: Any) -> Any:
+    """exp(t) for float32 t <= 0 (-inf included): Cephes `expf`, relative error < 1.2e-7.
+
+    t = n ln2 + r with n = round(t / ln 2), |r| <= ln2 / 2 (r computed exactly in two steps),
+    exp(r) from Cephes' degree-7 minimax polynomial (peak relative error 4.2e-9 in theory),
+    2^n from the exponent bits. Measured against float64 `np.exp` over [-87, 0]: < 1 ulp.
+    """
+    small = t < EXP_F32_FLUSH  # also -inf; the clamp keeps n >= -126 (a normal 2^n)
+    t = EXP_F32_FLUSH if small else t
+    n = _F32(np.int32(t * _LOG2E - _HALF))  # round(t * log2 e) for t <= 0 (truncation + 1/2)
+    r = t - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p0, p1, p2, p3, p4, p5 = _EXP_P
+    p = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * (r * r) + r + _ONE
+    value = p * _pow2_f32(n)
+    return _ZERO if small else value
+
+
+def _exp_nonpositive(t: Any) -> Any:
+    """exp(t) for t <= 0 in the type of t: resolved by numba per type (see the overload)."""
+    raise NotImplementedError("compiled only")  # pragma: no cover
+
+
+@overload(_exp_nonpositive, inline="always")
+def _exp_nonpositive_impl(t: Any) -> Callable[[Any], Any] | None:
+    # numba requires the implementation's parameters to match this function's, annotations too
+    if t == types.float32:
+
+        def polynomial(t: Any) -> Any:
+            return _exp_f32(t)
+
+        return polynomial
+    if t == types.float64:
+
+        def library(t: Any) -> Any:
+            return math.exp(t)  # the C library: accurate to < 1 ulp
+
+        return library
+    return None
+
+
+# --- passes over row i of a matrix ----------------------------------------------------------
+# They index the matrix, not a row view: a view takes a reference (an atomic count shared by the
+# threads) per row, which costs more than a 10-class row. Strict ones are inlined into the kernel.
+
+
+@numba.njit(inline="always")
+def _row_max(x: Any, i: int) -> Any:
+    top = _ordered_key(x[i, 0])
+    for c in range(x.shape[1]):
+        key = _ordered_key(x[i, c])
+        top = key if key > top else top
+    return _from_ordered_key(top, x[i, 0])
+
+
+@numba.njit(inline="always")
+def _scale(out: Any, i: int, factor: Any) -> None:
+    for c in range(out.shape[1]):
+        out[i, c] = out[i, c] * factor
+
+
+@numba.njit(inline="always")
+def _scale_minus(out: Any, i: int, factor: Any, spread: Any) -> None:
+    for c in range(out.shape[1]):
+        out[i, c] = out[i, c] * factor - spread[c]
+
+
+# Not inlined: these keep their own fast-math flags (LLVM still inlines them, flags and all).
+# `contract` fuses the multiply-adds of the exp polynomial (0.7 -> 0.43 ns per element): each
+# rounds once instead of twice, well inside the error bound of `_exp_f32`.
+@_compiled(fastmath={"contract"}, error_model="numpy")
+def _store_exp(x: Any, i: int, shift: Any, out: Any) -> None:
+    for c in range(x.shape[1]):
+        out[i, c] = _exp_nonpositive(x[i, c] - shift)
+
+
+# `reassoc` lets LLVM split these float64 sums into vector lanes: another summation order, no
+# other change (they only add, and multiply by exact products).
+@_compiled(fastmath={"reassoc"}, error_model="numpy")
+def _row_sum(values: Any, i: int) -> float:
+    total = 0.0
+    for c in range(values.shape[1]):
+        total += np.float64(values[i, c])
+    return total
+
+
+@_compiled(fastmath={"reassoc"}, error_model="numpy")
+def _shifted_dot(x: Any, i: int, shift: Any, weights: Any) -> float:
+    """sum_c w_c (x_c - shift) of row i; a zero weight adds 0 even where x_c = -inf."""
+    total = 0.0
+    for c in range(x.shape[1]):
+        w = weights[c]
+        shifted = x[i, c] - shift  # in the row's dtype, as the reference
+        total += 0.0 if w == 0 else np.float64(w) * np.float64(shifted)
+    return total
+
+
+# --- the loss of one row from log p_y --------------------------------------------------------
+
+
+@_compiled(fastmath=False, error_model="numpy")
+def _label_loss(kind: int, param: float, log_p: float) -> tuple[float, float]:
+    """(loss, s = -dL/d log p_y) of focal or poly-1, as `_softmax_family.focal` / `poly1`."""
+    if kind == FOCAL:
+        gamma = param
+        p = math.exp(log_p)
+        one_minus_p = -math.expm1(log_p)  # exact for p near 1
+        modulator = one_minus_p**gamma  # 0^0 = 1
+        r = -log_p / one_minus_p if one_minus_p > 0 else 1.0  # -log p / (1 - p) -> 1 at p = 1
+        p_r = 0.0 if p == 0 else p * r  # 0 * inf at p = 0: the limit 0
+        return modulator * -log_p, modulator * (1 + gamma * p_r)
+    epsilon = param  # POLY1
+    return -log_p - epsilon * math.expm1(log_p), 1 + epsilon * math.exp(log_p)
+
+
+# --- the kernel ------------------------------------------------------------------------------
+
+
+# One kernel, one set of argument types per compute dtype (absent options are empty arrays):
+# a process compiles, or loads from the cache, exactly two versions.
+@_compiled(parallel=True, fastmath=False, error_model="numpy", nogil=True)
+def _softmax_rows(
+    x: Any,
+    y: Any,
+    valid: Any,
+    kind: int,
+    at_label: Any,
+    total: Any,
+    spread: Any,
+    z_loss: float,
+    param: float,
+    alpha: Any,
+    per_sample: Any,
+    lse: Any,
+    grad: Any,
+) -> None:
+    """Per row: `per_sample` (float64, before any z-loss term), `lse` and `grad` (see module).
+
+    CROSS_ENTROPY: target mass `at_label` at y plus `spread` (empty: none), of total `total`;
+    FOCAL / POLY1: the loss of log p_y with `param` gamma / epsilon, focal's `alpha` (empty:
+    none). Rows with `valid` False get neither loss nor gradient, nor `lse` unless z_loss > 0.
+    """
+    smoothing = spread.shape[0] > 0
+    weighted = alpha.shape[0] > 0
+    for i in prange(x.shape[0]):
+        if not valid[i] and z_loss == 0:
+            continue
+        shift = _row_max(x, i)
+        if not math.isfinite(shift):  # every logit -inf: exp is 0 everywhere, no inf - inf
+            shift = _cast(0.0, shift)
+        _store_exp(x, i, shift, grad)
+        exp_sum = _row_sum(grad, i)  # >= 1: the largest term is exactly 1
+        log_sum = math.log1p(exp_sum - 1)  # -inf when every logit is -inf
+        lse[i] = shift + log_sum
+        if not valid[i]:
+            continue
+        label = y[i]
+        shifted_at_label = x[i, label] - shift
+        if kind == CROSS_ENTROPY:
+            mass = at_label[i]
+            loss = total[i] * log_sum
+            if smoothing:
+                loss -= _shifted_dot(x, i, shift, spread)
+            loss -= 0.0 if mass == 0 else mass * shifted_at_label  # no mass on -inf: 0
+            scale = np.float64(total[i])
+            if z_loss:
+                scale += (2 * z_loss) * lse[i]
+        else:
+            loss, s = _label_loss(kind, param, np.float64(shifted_at_label) - log_sum)
+            if weighted:
+                alpha_y = alpha[label]
+                s = alpha_y * s
+                loss = 0.0 if alpha_y == 0 else alpha_y * loss  # alpha_y = 0 at -inf: 0
+            mass = _cast(s, shift)
+            scale = mass
+        factor = _cast(scale / exp_sum, shift)
+        if smoothing:
+            _scale_minus(grad, i, factor, spread)
+        else:
+            _scale(grad, i, factor)
+        grad[i, label] -= mass
+        per_sample[i] = loss
+
+
+# --- the Python side -------------------------------------------------------------------------
+
+# Numba's default threading layer ("workqueue" where neither TBB nor OpenMP is installed) must not
+# be entered from two threads at once; the service runs requests on a thread pool. Both cores
+# work on one call anyway, so calls take turns.
+_LAUNCH = threading.Lock()
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only view: numba compiles separately for writable and read-only arrays, and the
+    logits of a request are often read-only (`np.frombuffer`). One type, one compile."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def softmax_rows(
+    x: np.ndarray,
+    y: np.ndarray,
+    valid: np.ndarray,
+    *,
+    kind: int,
+    at_label: np.ndarray | None = None,
+    total: np.ndarray | None = None,
+    spread: np.ndarray | None = None,
+    z_loss: float = 0.0,
+    param: float = 0.0,
+    alpha: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the kernel on rows `x` [M, C]: (per_sample [M] float64, lse [M] float64, grad [M, C]).
+
+    Where `valid` is False: `per_sample` is 0, `lse` 0 unless `z_loss` > 0, `grad` unspecified.
+    """
+    dtype = x.dtype
+    empty = _frozen(np.empty(0, dtype=dtype))  # an absent option: read-only like the others
+
+    def vector(array: np.ndarray | None) -> np.ndarray:
+        if array is None:
+            return empty
+        return _frozen(np.ascontiguousarray(array, dtype=dtype))
+
+    n_rows = x.shape[0]
+    per_sample = np.zeros(n_rows, dtype=np.float64)
+    lse = np.zeros(n_rows, dtype=np.float64)
+    grad = GRADIENTS.empty(x.shape, dtype)
+    with _LAUNCH:
+        _softmax_rows(
+            _frozen(np.ascontiguousarray(x)),
+            _frozen(np.ascontiguousarray(y, dtype=np.int64)),
+            _frozen(np.ascontiguousarray(valid, dtype=np.bool_)),
+            kind,
+            vector(at_label),
+            vector(total),
+            vector(spread),
+            float(z_loss),
+            float(param),
+            vector(alpha),
+            per_sample,
+            lse,
+            grad,
+        )
+    return per_sample, lse, grad
+
+
+class BufferPool:
+    """Gradient buffers kept between calls and handed out again once no one else refers to them.
+
+    On this kind of machine (a VM that returns freed memory to its host) a fresh 262 MB buffer
+    costs 40-100 ms of page faults, more than the kernel that fills it (PERF-NOTES.md). A buffer
+    is idle when the pool holds the only reference to it: every array handed out, and every view
+    of one, refers to it through `.base`. Buffers under `min_bytes` come from `np.empty`; idle
+    buffers are dropped, oldest first, to keep the pool under `max_bytes`.
+    """
+
+    def __init__(self, *, min_bytes: int, max_bytes: int) -> None:
+        self.min_bytes = min_bytes
+        self.max_bytes = max_bytes
+        self._buffers: list[np.ndarray] = []  # uint8, least recently handed out first
+        self._idle_refs: int | None = None
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.min_bytes:
+            return np.empty(shape, dtype=dtype)
+        with self._lock:
+            buffer = self._take(nbytes)
+        return buffer.view(dtype).reshape(shape)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buffers.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(buffer.nbytes for buffer in self._buffers)
+
+    def _refs(self, index: int) -> int:
+        return sys.getrefcount(self._buffers[index])
+
+    def _idle(self, index: int) -> bool:
+        return self._refs(index) == self._idle_refs
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        for index in range(len(self._buffers)):
+            if self._buffers[index].nbytes == nbytes and self._idle(index):
+                buffer = self._buffers.pop(index)
+                self._buffers.append(buffer)
+                return buffer
+        index = 0
+        while self.nbytes + nbytes > self.max_bytes and index < len(self._buffers):
+            if self._idle(index):
+                del self._buffers[index]
+            else:
+                index += 1
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        if self.nbytes + nbytes <= self.max_bytes:
+            self._buffers.append(buffer)
+            if self._idle_refs is None:  # the count `_idle` sees with nothing handed out
+                self._idle_refs = self._refs(len(self._buffers) - 1) - 1  # less `buffer`
+        return buffer
+
+
+# Gradients of at least 1 MiB; up to 1 GiB of them kept (four 2048 x 32000 float32 ones).
+GRADIENTS = BufferPool(min_bytes=1 << 20, max_bytes=1 << 30)
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the kernel for float32 and float64 rows."""
+    for dtype in (np.float32, np.float64):
+        x = np.zeros((2, 3), dtype=dtype)
+        labels = np.zeros(2, dtype=np.int64)
+        valid = np.ones(2, dtype=np.bool_)
+        ones = np.ones(2, dtype=dtype)
+        softmax_rows(x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones)

@@ -1,0 +1,159 @@
+"""The offline docs in a real headless Chromium: /docs runs a cross-entropy request from the page.
+
+The browser is Debian's `chromium` package, driven through Playwright's Python package with
+`executable_path` (Playwright's own browser download is never used). When it is missing, the
+module installs it with `scripts/install_browser.sh` (apt-get, as root); the tests are skipped,
+with the script's own words as the reason, only where that cannot be done. Every request the
+pages make is checked to stay on the service: a request elsewhere (a CDN) is aborted and fails
+the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+
+from tests.live_server import running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL = ROOT / "scripts" / "install_browser.sh"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 30_000
+
+# apt-get may take minutes the first time.
+pytestmark = pytest.mark.timeout(900)
+
+
+def _runs(executable: str) -> bool:
+    try:
+        subprocess.run([executable, "--version"], capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if _runs(CHROMIUM):
+        return CHROMIUM
+    completed = subprocess.run(
+        ["bash", str(INSTALL)],
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+        env={**os.environ, "CHROMIUM": CHROMIUM},
+    )
+    if completed.returncode != 0 or not _runs(CHROMIUM):
+        reason = (completed.stderr.strip() or completed.stdout.strip())[-500:]
+        pytest.skip(f"chromium is missing and could not be installed ({INSTALL.name}): {reason}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("docs-server") / "server.log"
+    with running_server(log) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    """A fresh page whose requests may only go to the service."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1600})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    outside: list[str] = []
+
+    def only_the_service(route: Route) -> None:
+        url = route.request.url
+        if url.startswith(server) or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    page.route("**/*", only_the_service)
+    yield page
+    context.close()
+    assert outside == [], f"the page tried to load from outside the service: {outside}"
+
+
+def test_swagger_ui_executes_a_cross_entropy_request(
+    page: Page, server: str, tmp_path: Path
+) -> None:
+    page.goto(f"{server}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Loss service")
+    # The operations are listed: one per loss, the health probes, /metrics, /v2.
+    operation = page.locator("#operations-losses-cross_entropy")
+    expect(operation).to_be_visible()
+    expect(page.locator("#operations-health-readyz")).to_be_visible()
+    expect(page.locator("#operations-observability-metrics")).to_be_visible()
+    assert page.locator(".opblock").count() >= 20
+
+    operation.locator(".opblock-summary").click()
+    operation.get_by_role("button", name="Try it out").click()
+    body = {"logits": [[2.0, 0.5, -1.0], [0.1, 3.0, 0.2]], "labels": [0, 2], "return_grad": True}
+    editor = operation.locator("textarea.body-param__text")
+    editor.fill(json.dumps(body))
+    operation.get_by_role("button", name="Execute").click()
+
+    live = operation.locator(".live-responses-table .response")
+    expect(live.locator(".response-col_status")).to_contain_text("200")
+    answer = live.locator(".response-col_description pre").first
+    expect(answer).to_contain_text('"loss"')
+    result = json.loads(answer.inner_text())
+    logits = np.array(body["logits"])
+    expected = np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[[0, 1], [0, 2]])
+    assert result["name"] == "cross-entropy"
+    assert result["loss"] == pytest.approx(expected, rel=1e-12)
+    assert result["n_valid"] == 2
+    assert len(result["grad"]) == 2
+    page.screenshot(path=tmp_path / "docs.png", full_page=True)
+    assert (tmp_path / "docs.png").stat().st_size > 10_000
+
+
+def test_swagger_ui_shows_a_problem(page: Page, server: str) -> None:
+    page.goto(f"{server}/docs#/losses/cross_entropy")
+    operation = page.locator("#operations-losses-cross_entropy")
+    expect(operation.get_by_role("button", name="Try it out")).to_be_visible()
+    operation.get_by_role("button", name="Try it out").click()
+    editor = operation.locator("textarea.body-param__text")
+    editor.fill(json.dumps({"logits": [[1.0, 2.0]], "labels": [7]}))
+    operation.get_by_role("button", name="Execute").click()
+    live = operation.locator(".live-responses-table .response")
+    expect(live.locator(".response-col_status")).to_contain_text("422")
+    expect(live.locator(".response-col_description pre").first).to_contain_text("is outside [0, 2)")
+
+
+def test_redoc_renders_the_operations(page: Page, server: str, tmp_path: Path) -> None:
+    page.goto(f"{server}/redoc")
+    expect(page.locator(".api-info h1")).to_contain_text("Loss service")
+    heading = page.locator("h2", has_text="Softmax cross-entropy with class weights")
+    expect(heading).to_be_visible()
+    expect(page.locator("h2", has_text="Prometheus metrics")).to_be_visible()
+    page.screenshot(path=tmp_path / "redoc.png")
