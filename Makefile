@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest openapi clean
+.PHONY: run test lint typecheck pytest openapi clean ci container-check deploy-check
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,18 @@ pytest: $(BIN)/activate
 
 openapi: $(BIN)/activate
 	mkdir -p openapi && $(BIN)/loss-service openapi > openapi/openapi.json.tmp && mv openapi/openapi.json.tmp openapi/openapi.json
+
+# CI (.ci/run) adds two checks to `make test`; both need root and network access to Debian's
+# packages and PyPI, and install what they use (see the README's "Deploy" section).
+ci: test deploy-check container-check
+
+# Lints the Dockerfile and deploy/, renders deploy/k8s and validates it offline (a few seconds).
+deploy-check:
+	bash scripts/deploy_check.sh
+
+# Builds the image with buildah against a locally made Debian base and serves requests from it.
+container-check:
+	bash scripts/container_check.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

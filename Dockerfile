@@ -1,0 +1,94 @@
+# The loss service as a container image. Two targets:
+#
+#   docker build -t loss-service .                          # CPU (NumPy): the last stage, `runtime`
+#   docker build --target cuda -t loss-service:cuda .       # CUDA (CuPy: the `gpu` extra)
+#   docker run --rm -p 8000:8000 loss-service
+#
+# PYTHON_IMAGE is any image with `python3` (3.11+) and its `venv` module: the official slim image
+# by default; scripts/container_check.sh passes a Debian bookworm image it builds locally.
+# CUDA_IMAGE is an NVIDIA CUDA *runtime* image (no compilers); the cuda target adds the
+# distribution's python3 to it.
+ARG PYTHON_IMAGE=python:3.12-slim
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
+
+# Both builders: dependencies first, read from pyproject.toml alone, so that a change to the code
+# reuses that layer; then the project as a wheel; then pip, setuptools and wheel leave the venv, so
+# the runtime stages carry no build tools. `loss-service --help` proves the entry point imports.
+
+# ---- target `cuda`: the `gpu` extra on the CUDA runtime image -------------------------------
+FROM ${CUDA_IMAGE} AS cuda-base
+# Ubuntu's python3 moves with the CUDA image's release: pinning it would break every rebuild.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+FROM cuda-base AS cuda-builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml scripts/requirements_from_pyproject.py ./
+RUN python3 -m venv /opt/venv \
+    && python3 requirements_from_pyproject.py gpu > /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
+COPY service ./service
+RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/dist . \
+    && /opt/venv/bin/pip install --no-cache-dir "$(echo /tmp/dist/*.whl)[gpu]" \
+    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel \
+    && /opt/venv/bin/loss-service --help > /dev/null
+
+FROM cuda-base AS cuda
+RUN groupadd --gid 10001 loss \
+    && useradd --uid 10001 --gid loss --no-create-home --home-dir /tmp --shell /usr/sbin/nologin loss
+COPY --from=cuda-builder /opt/venv /opt/venv
+# As in the CPU target below; CuPy also writes its kernel cache at import.
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    CUPY_CACHE_DIR=/tmp/cupy-cache \
+    LOSS_SERVICE_DEVICE=gpu
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+CMD ["loss-service", "serve", "--host", "0.0.0.0", "--port", "8000"]
+
+# ---- the default target: CPU -------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml scripts/requirements_from_pyproject.py ./
+RUN python3 -m venv /opt/venv \
+    && python3 requirements_from_pyproject.py > /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
+COPY service ./service
+RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/dist . \
+    && /opt/venv/bin/pip install --no-cache-dir /tmp/dist/*.whl \
+    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel \
+    && /opt/venv/bin/loss-service --help > /dev/null
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --gid 10001 loss \
+    && useradd --uid 10001 --gid loss --no-create-home --home-dir /tmp --shell /usr/sbin/nologin loss
+COPY --from=builder /opt/venv /opt/venv
+# matplotlib (the reliability diagram) and numba (the fused kernels) want writable caches, and
+# other libraries write under $HOME: /tmp is the one writable place when the root filesystem is
+# read-only (deploy/k8s mounts an emptyDir there, compose a tmpfs).
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8000
+# No curl in a slim image: the interpreter checks liveness itself.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+CMD ["loss-service", "serve", "--host", "0.0.0.0", "--port", "8000"]
