@@ -7,9 +7,10 @@ the service at startup rather than at the first request.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.engine import DeviceChoice
@@ -21,7 +22,10 @@ CommaSeparated = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LOSS_SERVICE_", frozen=True)
+    # Errors name the setting, never its value: a rejected value may be an API key.
+    model_config = SettingsConfigDict(
+        env_prefix="LOSS_SERVICE_", frozen=True, hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -29,12 +33,26 @@ class Settings(BaseSettings):
     # 512 MiB holds a 2048 x 32000 float32 batch as base64 (350 MB) with room to spare.
     max_body_bytes: int = Field(512 * MiB, gt=0)
     max_elements: int = Field(2**27, gt=0, description="per tensor")
+    max_request_elements: int = Field(
+        2**28, gt=0, description="all the tensors of one request together"
+    )
     max_classes: int = Field(2**20, gt=0, description="size of the class axis")
     request_timeout_s: float = Field(120.0, gt=0)
+    # Each computation holds its decoded tensors and their temporaries: this many at once bound
+    # the memory a burst can take (SECURITY.md). A computation past its timeout keeps its slot
+    # until its thread ends.
+    max_concurrent: int = Field(4, ge=1, description="computations running at once")
+    queue_timeout_s: float = Field(
+        30.0, ge=0, description="how long a request waits for a compute slot before a 503"
+    )
+    retry_after_s: int = Field(5, ge=0, description="`Retry-After` of the 503 answers")
     max_bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples per calibration request"
     )
     api_keys: CommaSeparated = Field(default_factory=list, description="comma-separated")
+    api_keys_file: Path | None = Field(
+        None, description="one API key per line, added to `api_keys`; read once at startup"
+    )
     cors_origins: CommaSeparated = Field(default_factory=list, description="comma-separated")
     log_level: LogLevel = "info"
     log_format: LogFormat = Field("json", description="`json`: one object per line; `text`")
@@ -47,9 +65,45 @@ class Settings(BaseSettings):
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+        return _split(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_api_keys_file(cls, data: Any) -> Any:
+        """The keys of `api_keys_file` join `api_keys`. A file that cannot be read, or that
+        holds no key, stops the service: it must not start open by mistake."""
+        if not isinstance(data, dict) or data.get("api_keys_file") in (None, ""):
+            return data
+        path = Path(data["api_keys_file"])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"api_keys_file: cannot read {path}: {error}") from None
+        keys = [key for key in map(str.strip, lines) if key and not key.startswith("#")]
+        if not keys:
+            raise ValueError(f"api_keys_file: {path} holds no key")
+        inline = _split(data.get("api_keys") or [])
+        if not isinstance(inline, list):
+            raise ValueError("api_keys: expected a comma-separated string or a list")
+        return {**data, "api_keys": [*inline, *keys]}
+
+    @field_validator("api_keys")
+    @classmethod
+    def _printable_keys(cls, keys: list[str]) -> list[str]:
+        """A key must fit in an HTTP header as it is: visible ASCII, no spaces."""
+        for index, key in enumerate(keys):
+            if not key.isascii() or not key.isprintable() or " " in key:
+                raise ValueError(
+                    f"API key {index + 1} holds a space or a character that is not visible ASCII"
+                )
+        return keys
+
+
+def _split(value: object) -> object:
+    """A comma-separated string as the list of its items; anything else as it is."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
 
 @lru_cache

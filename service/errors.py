@@ -5,11 +5,12 @@ The API maps each class to one HTTP status and an RFC 9457 problem type, in one 
 
     LossServiceError
      ├── InvalidInput       a value breaks the contract: bad shape, NaN, label out of range (422)
-     │    └── UnsupportedInput   well-formed but asks for what this build cannot do (422)
      ├── LimitExceeded      a body or tensor over a configured size limit (413)
      ├── NotFound           no such model (the Open Inference Protocol's 404)
      ├── Unauthorized       API keys are configured and the request has none of them (401)
-     └── ComputeTimeout     the computation outlived the request timeout (503)
+     └── ServiceUnavailable  try again later: the answer carries `Retry-After` (503)
+          ├── ComputeTimeout     the computation outlived the request timeout
+          └── Overloaded         every compute slot stayed busy past the queue timeout
 """
 
 from __future__ import annotations
@@ -36,11 +37,6 @@ class InvalidInput(LossServiceError):
     title = "Invalid input"
 
 
-class UnsupportedInput(InvalidInput):
-    slug = "unsupported-input"
-    title = "Unsupported input"
-
-
 class LimitExceeded(LossServiceError):
     slug = "limit-exceeded"
     title = "Payload exceeds a configured limit"
@@ -56,6 +52,22 @@ class Unauthorized(LossServiceError):
     title = "Missing or invalid API key"
 
 
-class ComputeTimeout(LossServiceError):
+class ServiceUnavailable(LossServiceError):
+    """The request may succeed later; `retry_after_s` is the wait suggested to the client."""
+
+    slug = "unavailable"
+    title = "Service unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class ComputeTimeout(ServiceUnavailable):
     slug = "timeout"
     title = "The computation exceeded the request timeout"
+
+
+class Overloaded(ServiceUnavailable):
+    slug = "overloaded"
+    title = "Every compute slot is busy"

@@ -205,12 +205,21 @@ async def test_evaluate_errors_point_into_the_losses_list(client: httpx.AsyncCli
     assert stray.status_code == 422
 
 
-async def test_evaluate_rejects_calibration_until_it_exists(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/v1/evaluate", json={"logits": LOGITS.tolist(), "labels": LABELS, "calibration": {}}
+async def test_evaluate_calibration_equals_the_calibration_endpoint(
+    client: httpx.AsyncClient,
+) -> None:
+    labels = [0, 3, 1, 1, 2, 2]
+    options = {"n_bins": 5, "top_k": [2], "fit_temperature": True}
+    body = {"logits": LOGITS.tolist(), "labels": labels, "calibration": options}
+    response = await client.post("/v1/evaluate", json={**body, "losses": [{"name": "poly1"}]})
+    assert response.status_code == 200, response.text
+    alone = await client.post(
+        "/v1/calibration", json={"logits": LOGITS.tolist(), "labels": labels, **options}
     )
-    assert response.status_code == 422
-    assert response.json()["errors"][0]["field"] == "calibration"
+    assert response.json()["calibration"] == alone.json()
+    bad = await client.post("/v1/evaluate", json={**body, "calibration": {"n_bins": 0}})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["pointer"] == "#/calibration/n_bins"
 
 
 async def test_evaluate_with_no_losses_answers_an_empty_list(client: httpx.AsyncClient) -> None:

@@ -36,6 +36,7 @@ def test_server_end_to_end(server: str) -> None:
         assert readiness["status"] == "ready"
         assert readiness["backend"] == "numpy"
         assert readiness["device"] == "cpu"
+        assert readiness["engine"] == "fused"  # numba is a dependency; warmed up at startup
         assert isinstance(readiness["version"], str)
 
         body = {"logits": [[0.0, 0.0]], "labels": [1], "return_grad": True}

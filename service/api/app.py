@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
@@ -16,7 +17,7 @@ from service.api.body_limit import BodyLimitMiddleware
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, losses, oip
 from service.config import Settings, get_settings
-from service.engine import select_backend
+from service.engine import select_backend, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Chosen once: every request of this process computes on the same backend.
         app.state.backend = select_backend(settings.device)
-        logger.info("backend %s on %s", app.state.backend.name, app.state.backend.device)
+        # The fused CPU kernels compile (seconds) or load from numba's cache (well under one)
+        # here, in each worker process, so that no request waits for them.
+        fused = await anyio.to_thread.run_sync(warm_up)
+        app.state.engine = "fused" if fused else "reference"
+        logger.info(
+            "backend %s on %s, %s engine",
+            app.state.backend.name,
+            app.state.backend.device,
+            app.state.engine,
+        )
         yield
 
     app = FastAPI(

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-import anyio
 import numpy as np
 from pydantic import BaseModel
 
 from service import engine
+from service.api import calibration_reports
 from service.api.catalogue import BY_NAME
+from service.api.concurrency import ComputeGate
 from service.api.metrics import count_elements
 from service.api.schemas import LossRequest, LossResponse
 from service.api.schemas.common import tensor_fields
@@ -29,16 +30,15 @@ from service.codecs import (
     decode_tensor,
     encode_tensor,
     json_array,
+    request_elements,
 )
 from service.codecs._dtypes import numpy_dtype
 from service.config import Settings
 from service.engine import Array, Backend, LossResult, reduce_loss
 from service.errors import (
-    ComputeTimeout,
     FieldPath,
     InvalidInput,
     LimitExceeded,
-    UnsupportedInput,
 )
 
 if TYPE_CHECKING:
@@ -51,18 +51,16 @@ T = TypeVar("T")
 class ComputeContext:
     backend: Backend
     settings: Settings
+    # The app's compute slots (service.api.deps); without them, `run` makes its own.
+    gate: ComputeGate | None = None
 
     async def run(self, work: Callable[..., T], *args: object) -> T:
-        timeout = self.settings.request_timeout_s
-        try:
-            with anyio.fail_after(timeout):
-                # The thread cannot be interrupted: on timeout the caller gets 503 and the
-                # thread's result is discarded when it finishes.
-                return await anyio.to_thread.run_sync(work, *args, abandon_on_cancel=True)
-        except TimeoutError:
-            raise ComputeTimeout(
-                f"the computation took longer than request_timeout_s = {timeout}"
-            ) from None
+        """`work(*args)` on a worker thread, once one of the `max_concurrent` compute slots is
+        free (`service.api.concurrency`), within `request_timeout_s`; the tensors it decodes
+        hold at most `max_request_elements` together."""
+        gate = self.gate or ComputeGate.from_settings(self.settings)
+        with request_elements(self.settings.max_request_elements):
+            return await gate.run(work, *args, timeout_s=self.settings.request_timeout_s)
 
     def loss(self, spec: LossSpec, body: LossRequest) -> LossResponse:
         """Decode `body`'s tensors, call the loss's engine function once, build the response."""
@@ -74,12 +72,6 @@ class ComputeContext:
 
     def evaluate(self, body: EvaluateRequest) -> EvaluateResponse:
         """Every requested loss on one upload, sharing the softmax (`engine.shared_softmax`)."""
-        if body.calibration is not None:
-            raise UnsupportedInput(
-                "calibration: calibration statistics are not available in this version; "
-                "send calibration: null",
-                field="calibration",
-            )
         logits = self.decode(("logits",), body.logits, logits=True)
         labels = self.decode(("labels",), body.labels)
         # Cast once: every loss then sees the same array, and the softmax cache recognises it.
@@ -99,7 +91,10 @@ class ComputeContext:
                 except InvalidInput as error:
                     raise _within(error, path) from None
                 responses.append(self.respond(spec.name, result, item, form, logits.array.dtype))
-        return EvaluateResponse(losses=responses)
+        report = None
+        if body.calibration is not None:
+            report = calibration_reports.report({"logits": x, "labels": y}, body.calibration, self)
+        return EvaluateResponse(losses=responses, calibration=report)
 
     def decode_tensors(
         self, body: BaseModel, path: FieldPath = ()

@@ -1,18 +1,24 @@
-"""Dependencies shared by the routes: settings, API keys, and the compute context."""
+"""Dependencies shared by the routes: settings, API keys, and the compute context.
+
+All are coroutines: FastAPI runs a plain function dependency on the thread pool, a thread hop
+per request for nothing.
+"""
 
 from __future__ import annotations
 
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.compute import ComputeContext
+from service.api.concurrency import ComputeGate
 from service.config import Settings
 from service.errors import Unauthorized
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -20,29 +26,58 @@ def _settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-def _compute(request: Request, settings: SettingsDep) -> ComputeContext:
-    return ComputeContext(backend=request.app.state.backend, settings=settings)
+def _gate(request: Request, settings: Settings) -> ComputeGate:
+    """The app's compute slots, made on its first computation (within its event loop)."""
+    gate: ComputeGate | None = getattr(request.app.state, "compute_gate", None)
+    if gate is None:
+        gate = request.app.state.compute_gate = ComputeGate.from_settings(settings)
+    return gate
+
+
+async def _compute(request: Request, settings: SettingsDep) -> ComputeContext:
+    return ComputeContext(
+        backend=request.app.state.backend, settings=settings, gate=_gate(request, settings)
+    )
 
 
 ComputeDep = Annotated[ComputeContext, Depends(_compute)]
 
+# Both schemes appear in the OpenAPI document on every operation that requires a key; either
+# one is enough. auto_error=False: the check below answers 401 in the service's own form.
+_KEYS_ONLY_WHEN_CONFIGURED = (
+    "Required only when the service is configured with API keys (LOSS_SERVICE_API_KEYS or "
+    "LOSS_SERVICE_API_KEYS_FILE)."
+)
+_bearer = HTTPBearer(
+    scheme_name="bearerAuth",
+    description=f"`Authorization: Bearer <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
+    auto_error=False,
+)
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name="apiKeyAuth",
+    description=f"`X-API-Key: <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
+    auto_error=False,
+)
 
-def _presented_key(request: Request) -> str | None:
-    authorization = request.headers.get("authorization", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token:
-        return token.strip()
-    return request.headers.get("x-api-key")
 
-
-async def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """With `api_keys` configured, require one of them as a Bearer token or `X-API-Key`."""
+async def require_api_key(
+    settings: SettingsDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    api_key: Annotated[str | None, Security(_api_key_header)],
+) -> None:
+    """With `api_keys` configured, require one of them as a Bearer token or as `X-API-Key`."""
     if not settings.api_keys:
         return
-    presented = _presented_key(request)
-    # compare_digest against every key: the time taken does not reveal which prefix matched.
-    matches = [hmac.compare_digest(presented or "", key) for key in settings.api_keys]
-    if presented is None or not any(matches):
+    presented = [key for key in (bearer and bearer.credentials, api_key) if key]
+    # Bytes, not str: compare_digest refuses non-ASCII text, which any client can send. Each
+    # candidate is compared with every key: the time taken does not tell which prefix matched.
+    matches = [
+        hmac.compare_digest(candidate.encode(), key.encode())
+        for candidate in presented
+        for key in settings.api_keys
+    ]
+    if not any(matches):
         raise Unauthorized(
             "send a configured API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
         )

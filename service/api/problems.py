@@ -17,14 +17,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.errors import (
-    ComputeTimeout,
     FieldPath,
     InvalidInput,
     LimitExceeded,
     LossServiceError,
     NotFound,
+    ServiceUnavailable,
     Unauthorized,
 )
 
@@ -56,7 +57,14 @@ STATUS_OF: dict[type[LossServiceError], int] = {
     LimitExceeded: 413,
     Unauthorized: 401,
     NotFound: 404,
-    ComputeTimeout: 503,
+    ServiceUnavailable: 503,  # a compute timeout, or no compute slot within the queue timeout
+}
+
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 0},
+    }
 }
 
 
@@ -66,6 +74,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {
             "description": HTTPStatus(status).phrase,
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            **({"headers": RETRY_AFTER_HEADER} if status == 503 else {}),
         }
         for status in statuses
     }
@@ -118,7 +127,11 @@ def _status_of(exc: LossServiceError) -> int:
 
 async def _on_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LossServiceError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    headers = None
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, ServiceUnavailable):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return problem_response(
         _status_of(exc),
         detail=exc.detail,
@@ -174,6 +187,16 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    # The client went away while its body was being read: nobody reads this answer, but the
+    # access log and the metrics record a client error, not a server one.
+    return problem_response(
+        400,
+        detail="the client disconnected before its request body arrived",
+        path=request.url.path,
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Sent from outside the observability middleware (service.api.observe), so the request id
     # is added here, to the log line and the answer: it is what finds the logged traceback.
@@ -197,4 +220,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(LossServiceError, _on_service_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -45,8 +46,13 @@ class OrjsonResponse(JSONResponse):
         return orjson.dumps(content, default=_fields, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _fields(value: object) -> dict[str, Any]:
-    """A response model as its fields, shallowly: their values are JSON-ready already."""
+def _fields(value: object) -> dict[str, Any] | list[Any] | float | int | bool:
+    """A response model as its fields, shallowly: their values are JSON-ready already. The
+    arrays orjson does not write natively, 0-d (a scalar loss's gradient) and non-contiguous
+    ones, become Python numbers and lists."""
     if isinstance(value, BaseModel):
         return dict(value)
+    if isinstance(value, np.ndarray):
+        items: list[Any] | float | int | bool = value.tolist()
+        return items
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")

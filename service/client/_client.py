@@ -229,7 +229,7 @@ class LossClient:
         return Health(**_Requests.json(self._http.get("/healthz")))
 
     def readyz(self) -> Readiness:
-        return Readiness(**_Requests.json(self._http.get("/readyz")))
+        return Readiness.from_json(_Requests.json(self._http.get("/readyz")))
 
     def close(self) -> None:
         if self._owns_http:
@@ -313,7 +313,7 @@ class AsyncLossClient:
         return Health(**_Requests.json(await self._http.get("/healthz")))
 
     async def readyz(self) -> Readiness:
-        return Readiness(**_Requests.json(await self._http.get("/readyz")))
+        return Readiness.from_json(_Requests.json(await self._http.get("/readyz")))
 
     async def aclose(self) -> None:
         if self._owns_http:

@@ -120,6 +120,12 @@ class Readiness:
     backend: str
     device: str
     version: str
+    engine: str = ""  # `fused` or `reference`; empty from servers that do not say
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Readiness:
+        """Fields this client knows; a newer server's extra fields are ignored."""
+        return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from service.codecs._tensors import (
     decode_tensor,
     encode_tensor,
     json_array,
+    request_elements,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "encode_tensor",
     "json_array",
     "oip",
+    "request_elements",
 ]

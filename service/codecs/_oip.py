@@ -21,6 +21,7 @@ from service.codecs._tensors import (
     array_from_bytes,
     check_elements,
     check_finite,
+    counted_already,
     decode_tensor,
     invalid,
     parse_shape,
@@ -49,7 +50,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # isdigit() alone takes "²" and other Unicode digits (a latin-1 header byte) that
+        # int() refuses: only ASCII digits are a byte count.
+        digits = header_length.isascii() and header_length.isdigit()
+        if not digits or int(header_length) > len(body):
             raise InvalidInput(
                 f"Inference-Header-Content-Length: {header_length!r} is not a byte count within "
                 f"the body's {len(body)} bytes",
@@ -89,7 +93,8 @@ def decode_input(
     else:
         if data is None:
             raise invalid((*field, "data"), "missing: give data or parameters.binary_data_size")
-        flat = decode_tensor(data, field=(*field, "data"), limits=limits, allow_neg_inf=True)
+        with counted_already():  # from `shape`, above
+            flat = decode_tensor(data, field=(*field, "data"), limits=limits, allow_neg_inf=True)
         values = flat.array.reshape(-1)
         if values.size != int(np.prod(dims)):
             raise invalid(

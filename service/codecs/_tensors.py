@@ -10,7 +10,8 @@ A tensor field arrives as whatever the JSON parser produced for it, in one of tw
 
 Both forms end in the same checks (`check_elements`, `check_finite`). Every error is an
 `InvalidInput` (422) or a `LimitExceeded` (413) whose message starts with the dotted field path
-and whose `field` is that path as a tuple.
+and whose `field` is that path as a tuple. Within `request_elements(limit)`, every tensor decoded
+also counts against one budget for the whole request.
 
 Decoded arrays may be read-only views of the decoded bytes: the engine never writes into its
 inputs.
@@ -18,8 +19,10 @@ inputs.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Literal, cast
@@ -55,6 +58,39 @@ class TensorLimits:
     def __post_init__(self) -> None:
         if self.max_elements < 0:
             raise ValueError(f"max_elements must be >= 0, got {self.max_elements}")
+
+
+@dataclass
+class _ElementBudget:
+    limit: int
+    used: int = 0
+
+
+_REQUEST_BUDGET: ContextVar[_ElementBudget | None] = ContextVar("request_elements", default=None)
+
+
+@contextlib.contextmanager
+def request_elements(limit: int) -> Iterator[None]:
+    """Within the block, the tensors decoded hold at most `limit` elements together.
+
+    Each tensor is counted as its shape is checked (`check_elements`): an encoded tensor before
+    its base64 is decoded. The budget follows the context, into `anyio.to_thread` workers too.
+    """
+    token = _REQUEST_BUDGET.set(_ElementBudget(limit))
+    try:
+        yield
+    finally:
+        _REQUEST_BUDGET.reset(token)
+
+
+@contextlib.contextmanager
+def counted_already() -> Iterator[None]:
+    """Tensors decoded within the block are not counted again (their shape was)."""
+    token = _REQUEST_BUDGET.set(None)
+    try:
+        yield
+    finally:
+        _REQUEST_BUDGET.reset(token)
 
 
 @dataclass(frozen=True)
@@ -316,7 +352,8 @@ def _check_bool_bytes(raw: bytes, shape: tuple[int, ...], path: FieldPath) -> No
 
 
 def check_elements(shape: tuple[int, ...], path: FieldPath, limits: TensorLimits) -> None:
-    """LimitExceeded when `shape` has more elements than `limits` allow.
+    """LimitExceeded when `shape` has more elements than `limits` allow, or than are left to
+    the request (`request_elements`), which the tensor's elements are then counted against.
 
     A single dimension over the limit is refused even when another one is 0: such a shape
     holds nothing useful, and NumPy cannot build dimensions past its index range.
@@ -335,6 +372,15 @@ def check_elements(shape: tuple[int, ...], path: FieldPath, limits: TensorLimits
             f"{limits.max_elements} elements per tensor",
             field=path,
         )
+    budget = _REQUEST_BUDGET.get()
+    if budget is not None:
+        budget.used += count
+        if budget.used > budget.limit:
+            raise LimitExceeded(
+                f"{_dotted(path)}: with this tensor the request holds {budget.used} elements, "
+                f"over the limit of {budget.limit} elements per request",
+                field=path,
+            )
 
 
 def check_finite(array: NDArray[Any], path: FieldPath, *, allow_neg_inf: bool) -> None:

@@ -1,20 +1,24 @@
-"""Which code computes a softmax loss: the fused kernels (`_fused`, numba) or the reference code.
+"""Which code computes a softmax loss: the fused kernels or the reference code.
 
 The reference is the array-namespace code of each loss: it runs on NumPy and CuPy alike and states
-the conventions. The fused kernels compute the same numbers for the cross-entropy family on NumPy
-arrays with class-index labels, several times faster and without `[M, C]` temporaries.
+the conventions. The fused kernels compute the same numbers for the cross-entropy family with
+class-index labels, several times faster and without `[M, C]` temporaries: `_fused` (numba) on
+NumPy arrays, `_fused_cupy` (a CUDA kernel) on CuPy arrays. Both modules have one interface
+(`softmax_rows` and the `kind` constants), so a loss calls whichever `fused_kernels` returns.
 
 `LOSS_SERVICE_ENGINE` chooses, read at every call (tests and the benchmark switch it):
 
-- `auto` (default): fused where it applies and numba imports, the reference elsewhere;
+- `auto` (default): fused where it applies (on NumPy: where numba imports), the reference
+  elsewhere;
 - `reference`: always the reference;
-- `fused`: fused where it applies, and an error if numba does not import.
+- `fused`: fused where it applies, and an error if numba does not import (NumPy arrays).
 
-"Where it applies": NumPy arrays, class-index labels, and a loss with a fused form
+"Where it applies": NumPy or CuPy arrays, class-index labels, and a loss with a fused form
 (cross-entropy, focal, poly-1). Inside a `shared_softmax()` block too: the kernel costs less than
 the copy of the shared exponentials a reference loss starts from, and `/v1/evaluate` then gives
 bit for bit the numbers of `/v1/losses/{name}`; the other losses still share one softmax there.
-numba is imported on first use, never by `import service.engine`.
+numba is imported on first use, never by `import service.engine`; `_fused_cupy` imports nothing
+but NumPy (it reaches CuPy only when a CuPy array reached it).
 """
 
 from __future__ import annotations
@@ -42,11 +46,21 @@ def engine_path() -> EnginePath:
 
 
 def fused_kernels(xp: ModuleType) -> ModuleType | None:
-    """The `_fused` module when a loss on `xp` arrays is to run there, else None (reference)."""
+    """The fused kernels' module for a loss on `xp` arrays, or None for the reference code:
+    `_fused` (numba) for NumPy, `_fused_cupy` for CuPy, None for any other namespace."""
     path = engine_path()
-    if path == "reference" or xp is not np:
+    if path == "reference":
         return None
-    return _load(required=path == "fused")
+    if xp is np:
+        return _load(required=path == "fused")
+    if is_cupy(xp):
+        return importlib.import_module("service.engine._fused_cupy")
+    return None
+
+
+def is_cupy(xp: ModuleType) -> bool:
+    """Whether `xp` is CuPy, by name: looking never imports it."""
+    return xp.__name__ == "cupy"
 
 
 def warm_up() -> bool:

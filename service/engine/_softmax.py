@@ -88,7 +88,8 @@ def shared_softmax(logits: Array) -> Iterator[None]:
     since it writes its gradient into them. Losses see `logits` through `logit_rows`, a view
     with the same memory, as long as `logits` is already in the compute dtype.
     """
-    rows = logits.reshape(-1, logits.shape[-1]) if logits.ndim else logits
+    # No classes (shape [..., 0]) cannot be viewed as rows; the losses refuse such logits.
+    rows = logits.reshape(-1, logits.shape[-1]) if logits.ndim and logits.shape[-1] else logits
     token = _SHARED.set(_Shared(rows=rows, key=_identity(rows)))
     try:
         yield

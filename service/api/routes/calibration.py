@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from service.api import calibration_reports
 from service.api.compute import ComputeContext
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
@@ -50,19 +50,7 @@ async def calibration_report(body: CalibrationRequest, compute: ComputeDep) -> C
 
 
 def _calibration_report(body: CalibrationRequest, compute: ComputeContext) -> CalibrationResponse:
-    report = calibration.calibration_report(
-        **_decode_inputs(body, compute),
-        n_bins=body.n_bins,
-        binning=body.binning,
-        top_k=body.top_k,
-        fit_temperature=body.fit_temperature,
-        n_bootstrap=body.n_bootstrap,
-        confidence_level=body.confidence_level,
-        seed=body.seed,
-        smooth_ece=body.smooth_ece,
-        max_bootstrap=compute.settings.max_bootstrap,
-    )
-    return _response(report, compute)
+    return calibration_reports.report(_decode_inputs(body, compute), body, compute)
 
 
 @router.post(
@@ -83,7 +71,7 @@ def _calibration_merge(
         calibration.CalibrationState.from_dict(state.model_dump(), ("states", i))
         for i, state in enumerate(body.states)
     ]
-    return _response(calibration.merge_report(states), compute)
+    return calibration_reports.response(calibration.merge_report(states), compute)
 
 
 @router.post(
@@ -119,34 +107,3 @@ def _decode_inputs(body: CalibrationInputs, compute: ComputeContext) -> dict[str
     if "probs" in arrays:
         compute.check_classes(("probs",), arrays["probs"])
     return arrays
-
-
-def _response(
-    report: calibration.CalibrationReport, compute: ComputeContext
-) -> CalibrationResponse:
-    m = report.metrics
-    return CalibrationResponse.model_validate(
-        {
-            "task": m.task,
-            "n": m.n,
-            "n_classes": m.n_classes,
-            "n_bins": m.n_bins,
-            "binning": m.binning,
-            "ece": m.ece,
-            "mce": m.mce,
-            "rmsce": m.rmsce,
-            "ece_debiased": m.ece_debiased,
-            "classwise_ece": m.classwise_ece,
-            "brier": m.brier,
-            "nll": m.nll,
-            "accuracy": m.accuracy,
-            "mean_confidence": m.mean_confidence,
-            "top_k_accuracy": [{"k": k, "accuracy": value} for k, value in m.top_k_accuracy],
-            "bins": [asdict(b) for b in m.bins],
-            "temperature": None if report.temperature is None else asdict(report.temperature),
-            "bootstrap": None if report.bootstrap is None else asdict(report.bootstrap),
-            "smooth_ece": None if report.smooth_ece is None else asdict(report.smooth_ece),
-            "state": report.state.to_dict(),
-            "backend": compute.backend.name,
-        }
-    )

@@ -19,4 +19,9 @@ async def healthz() -> Health:
 @router.get("/readyz", name="readyz", summary="Readiness, with the backend in use")
 async def readyz(request: Request) -> Readiness:
     backend = request.app.state.backend
-    return Readiness(backend=backend.name, device=backend.device, version=__version__)
+    return Readiness(
+        backend=backend.name,
+        device=backend.device,
+        engine=request.app.state.engine,
+        version=__version__,
+    )

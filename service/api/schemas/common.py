@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
 
 TENSOR_REF = {"$ref": "#/components/schemas/Tensor"}
 
@@ -30,9 +30,19 @@ class TensorField:
 _REQUIRED = WithJsonSchema({"allOf": [TENSOR_REF]})
 _OPTIONAL = WithJsonSchema({"anyOf": [TENSOR_REF, {"type": "null"}]})
 
-Tensor = Annotated[Any, TensorField(), _REQUIRED]
+
+def _present(value: Any) -> Any:
+    """A required tensor is not null (the codecs decode what is there; null is absence)."""
+    if value is None:
+        raise ValueError("a tensor is required here, got null")
+    return value
+
+
+_NOT_NULL = AfterValidator(_present)
+
+Tensor = Annotated[Any, TensorField(), _REQUIRED, _NOT_NULL]
 OptionalTensor = Annotated[Any, TensorField(), _OPTIONAL]
-Logits = Annotated[Any, TensorField(logits=True), _REQUIRED]
+Logits = Annotated[Any, TensorField(logits=True), _REQUIRED, _NOT_NULL]
 OptionalLogits = Annotated[Any, TensorField(logits=True), _OPTIONAL]
 OutputEncoding = Literal["json", "base64"]
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field, create_model
 
 from service.api.catalogue import LOSSES, LossSpec
+from service.api.schemas.calibration import CalibrationOptions, CalibrationResponse
 from service.api.schemas.common import Body, Logits, OutputEncoding, Tensor, tensor_fields
 from service.api.schemas.losses import LossOptions, LossResponse
 from service.engine import ComputeDtype
@@ -59,8 +60,8 @@ class EvaluateRequest(Body):
     losses: list[EvaluateLoss] = Field(
         default_factory=list, description="each with its name and options, in the order answered"
     )
-    calibration: dict[str, Any] | None = Field(
-        None, description="calibration options; not available in this version (422 if set)"
+    calibration: CalibrationOptions | None = Field(
+        None, description="the calibration report's options, as /v1/calibration takes them"
     )
     output_encoding: OutputEncoding | None = Field(
         None, description="form of output tensors; default: the form of `logits`"
@@ -70,4 +71,4 @@ class EvaluateRequest(Body):
 
 class EvaluateResponse(BaseModel):
     losses: list[LossResponse]
-    calibration: dict[str, Any] | None = None
+    calibration: CalibrationResponse | None = None

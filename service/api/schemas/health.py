@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Health(BaseModel):
@@ -15,4 +15,5 @@ class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     backend: str
     device: str
+    engine: str = Field(description="`fused` (compiled CPU kernels) or `reference` (array code)")
     version: str
