@@ -8,7 +8,6 @@ NumPy's, the dispatch rules, and the gradient buffers the kernel writes into.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,13 +30,18 @@ from service.engine import (
 )
 from service.engine._fused import EXP_F32_FLUSH, BufferPool
 from service.errors import InvalidInput
-
-RNG = np.random.default_rng(20261128)
-C = 7
-TOLERANCES: dict[Any, dict[str, Any]] = {
-    np.float64: {"rtol": 1e-13, "atol": 1e-15},  # measured: 3e-16 of the largest value
-    np.float32: {"rtol": 1e-5, "atol": 1e-6},
-}
+from tests.fused_cases import (
+    FAMILY,
+    FAMILY_IDS,
+    GRID,
+    GRID_IDS,
+    RNG,
+    C,
+    assert_same,
+    batch,
+    grid_options,
+    masked_logits,
+)
 
 
 def on_path(path: str, function: Callable[..., LossResult], *args: Any, **kwargs: Any) -> Any:
@@ -61,48 +65,10 @@ def both_paths(
     return results[0], results[1]
 
 
-def assert_same(reference: ReducedLoss, fused: ReducedLoss, dtype: Any) -> None:
-    tol = TOLERANCES[dtype]
-    np.testing.assert_allclose(fused.loss, reference.loss, **tol)
-    assert fused.n_valid == reference.n_valid
-    assert fused.weight_sum == reference.weight_sum
-    grad, reference_grad = fused.grads["logits"], reference.grads["logits"]
-    assert grad.dtype == reference_grad.dtype and grad.shape == reference_grad.shape
-    np.testing.assert_allclose(grad, reference_grad, **tol)
-    if reference.per_sample is not None:
-        assert fused.per_sample is not None
-        assert fused.per_sample.dtype == reference.per_sample.dtype
-        np.testing.assert_allclose(fused.per_sample, reference.per_sample, **tol)
-
-
-def batch(shape: tuple[int, ...], dtype: Any, *, ignored: bool) -> tuple[np.ndarray, np.ndarray]:
-    logits = (RNG.normal(size=(*shape, C)) * 3).astype(dtype)
-    labels = RNG.integers(0, C, size=shape)
-    if ignored:
-        labels.reshape(-1)[::3] = -100
-    return logits, labels
-
-
-GRID = list(
-    itertools.product(
-        [None, "weight", "zero-weight"],
-        [False, True],  # some labels ignored
-        [0.0, 0.2],  # label smoothing
-        [0.0, 1e-3],  # z-loss
-        ["mean", "sum", "none"],
-        [(9,), (3, 4)],
-        [np.float32, np.float64],
-    )
-)
-
-
 @pytest.mark.parametrize(
     ("weight", "ignored", "smoothing", "z_loss", "reduction", "shape", "dtype"),
     GRID,
-    ids=[
-        f"{w}-ign{int(i)}-ls{s}-z{z}-{r}-{len(shape) + 1}d-{np.dtype(d).name}"
-        for w, i, s, z, r, shape, d in GRID
-    ],
+    ids=GRID_IDS,
 )
 def test_cross_entropy_paths_agree(
     weight: str | None,
@@ -114,26 +80,9 @@ def test_cross_entropy_paths_agree(
     dtype: Any,
 ) -> None:
     logits, labels = batch(shape, dtype, ignored=ignored)
-    options: dict[str, Any] = {"label_smoothing": smoothing, "z_loss": z_loss}
-    if weight is not None:
-        w = RNG.uniform(0.1, 3.0, size=C).astype(dtype)
-        if weight == "zero-weight":
-            w[[1, 4]] = 0
-        options["weight"] = w
+    options = grid_options(weight, smoothing, z_loss, dtype)
     reference, fused = both_paths(cross_entropy, logits, labels, reduction=reduction, **options)
     assert_same(reference, fused, dtype)
-
-
-FAMILY = [
-    (focal, {"gamma": 0.0}),
-    (focal, {"gamma": 0.5}),
-    (focal, {"gamma": 2.0}),
-    (focal, {"gamma": 1.5, "alpha": np.array([0.25, 1.0, 0.0, 2.0, 0.5, 1.0, 3.0])}),
-    (focal, {"gamma": 2.0, "class_counts": np.arange(1.0, C + 1), "class_balance_beta": 0.9}),
-    (poly1, {"epsilon": 1.0}),
-    (poly1, {"epsilon": -1.0}),
-    (poly1, {"epsilon": 2.5}),
-]
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -141,16 +90,7 @@ FAMILY = [
 @pytest.mark.parametrize(
     ("function", "options"),
     FAMILY,
-    ids=[
-        "focal-0",
-        "focal-0.5",
-        "focal-2",
-        "focal-alpha",
-        "focal-class-balanced",
-        "poly1-1",
-        "poly1-minus-1",
-        "poly1-2.5",
-    ],
+    ids=FAMILY_IDS,
 )
 def test_focal_and_poly1_paths_agree(
     function: Callable[..., LossResult], options: dict[str, Any], dtype: Any, reduction: str
@@ -158,16 +98,6 @@ def test_focal_and_poly1_paths_agree(
     logits, labels = batch((4, 5), dtype, ignored=True)
     reference, fused = both_paths(function, logits, labels, reduction=reduction, **options)
     assert_same(reference, fused, dtype)
-
-
-def masked_logits(dtype: Any, *, smoothing: bool) -> tuple[np.ndarray, np.ndarray]:
-    logits = (RNG.normal(size=(5, C)) * 2).astype(dtype)
-    labels = np.array([0, 3, -100, 6, 2])
-    logits[:, 5] = -np.inf  # a masked class no label names (and of weight 0 when smoothing)
-    if not smoothing:
-        logits[1, [0, 1, 2]] = -np.inf
-    logits[2, :] = -np.inf  # a fully masked row, ignored
-    return logits, labels
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
