@@ -50,7 +50,7 @@ def binary_cross_entropy(
     p = broadcast_weight(pos_weight, "pos_weight", logits.shape, x.dtype, xp=xp)
     positive = y if p is None else p * y  # coefficient of -log sigmoid(x)
     per_element, grad = bce_terms(*softplus_pair(x, xp=xp), positive, 1 - y, xp=xp)
-    return _finish_elements(per_element, grad, w, xp=xp)
+    return finish_elements(per_element, grad, w, xp=xp)
 
 
 def sigmoid_focal(
@@ -91,7 +91,7 @@ def sigmoid_focal(
             alpha_t = alpha * y + (1 - alpha) * (1 - y)
             per_element = xp.where(alpha_t == 0, 0, alpha_t * per_element)
             grad = xp.where(alpha_t == 0, 0, alpha_t * grad)
-    return _finish_elements(per_element, grad, w, xp=xp)
+    return finish_elements(per_element, grad, w, xp=xp)
 
 
 def softplus_pair(x: Array, *, xp: ModuleType) -> tuple[Array, Array]:
@@ -153,22 +153,32 @@ def _logits_and_targets(
     return as_compute(logits, dtype), as_compute(labels, dtype), w
 
 
-def _finish_elements(
-    per_element: Array, grad: Array, w: Array | None, *, xp: ModuleType
+def finish_elements(
+    per_element: Array,
+    grad: Array,
+    w: Array | None,
+    *,
+    field: str = "logits",
+    reason: str = "a positive target meets a -inf logit",
+    xp: ModuleType,
 ) -> LossResult:
-    """Apply the weight, reject infinite losses; `mean` divides by the number of elements."""
-    if w is not None:
-        per_element = per_element * w
-        grad = grad * w
-    infinite = ~xp.isfinite(per_element)
-    if bool(xp.any(infinite)):
-        position = first_position(infinite, xp)
+    """The result of an elementwise loss: weighted, checked finite, `mean` over elements.
+
+    `field` is the differentiated input (the key of `grads`, and the field an error names);
+    `reason` says how a loss can fail to be finite.
+    """
+    with errstate(xp, over="ignore", invalid="ignore"):  # non-finite results are rejected below
+        if w is not None:
+            per_element = per_element * w
+            grad = grad * w
+        bad = ~(xp.isfinite(per_element) & xp.isfinite(grad))
+    if bool(xp.any(bad)):
+        position = first_position(bad, xp)
         raise InvalidInput(
-            f"logits: the loss at index {position} is infinite: a positive target meets a "
-            "-inf logit",
-            field="logits",
+            f"{field}: the loss at index {position} is not finite in {per_element.dtype}: {reason}",
+            field=field,
         )
     numel = per_element.size
     return LossResult(
-        per_sample=per_element, grads={"logits": grad}, n_valid=numel, divisor=float(numel)
+        per_sample=per_element, grads={field: grad}, n_valid=numel, divisor=float(numel)
     )

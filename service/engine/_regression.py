@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import ModuleType
 
-from service.engine._binary import broadcast_weight
-from service.engine._checks import check_option_range, first_position, require
+from service.engine._binary import broadcast_weight, finish_elements
+from service.engine._checks import check_option_range, require
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult
-from service.errors import InvalidInput
 
 # (d, xp) -> (loss, d loss / d d), elementwise
 Elementwise = Callable[[Array, ModuleType], tuple[Array, Array]]
@@ -99,21 +98,11 @@ def _elementwise(
     with errstate(xp, over="ignore", invalid="ignore"):  # non-finite results are rejected below
         d = as_compute(predictions, dtype) - as_compute(targets, dtype)
         per_element, grad = loss_of(d, xp)
-        if w is not None:
-            per_element = per_element * w
-            grad = grad * w
-    bad = ~(xp.isfinite(per_element) & xp.isfinite(grad))
-    if bool(xp.any(bad)):
-        position = first_position(bad, xp)
-        raise InvalidInput(
-            f"predictions: the loss at index {position} is not finite in {dtype.name}: an input "
-            "is infinite, or the error overflows",
-            field="predictions",
-        )
-    numel = per_element.size
-    return LossResult(
-        per_sample=per_element,
-        grads={"predictions": grad},
-        n_valid=numel,
-        divisor=float(numel),
+    return finish_elements(
+        per_element,
+        grad,
+        w,
+        field="predictions",
+        reason="an input is infinite, or the error overflows",
+        xp=xp,
     )
