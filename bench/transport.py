@@ -12,7 +12,6 @@ medians and ratios; quote ratios, not times.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ from contextlib import contextmanager
 import httpx
 import numpy as np
 import orjson
+import pybase64
 
 from service.engine import cross_entropy, reduce_loss
 
@@ -69,7 +69,9 @@ def _json_lists(client: httpx.Client, logits: np.ndarray, labels: np.ndarray) ->
 
 
 def _encoded(array: np.ndarray) -> dict[str, object]:
-    data = base64.b64encode(np.ascontiguousarray(array)).decode()
+    # The client encodes as the service does (pybase64, SIMD): the standard library's base64
+    # would add ~0.3 s to this row, on the client.
+    data = pybase64.b64encode_as_string(np.ascontiguousarray(array))
     return {"dtype": array.dtype.name, "shape": list(array.shape), "data": data}
 
 
@@ -81,7 +83,7 @@ def _base64(client: httpx.Client, logits: np.ndarray, labels: np.ndarray) -> np.
         "/v1/losses/cross-entropy", content=body, headers={"content-type": "application/json"}
     )
     grad = orjson.loads(response.content)["grad"]
-    return np.frombuffer(base64.b64decode(grad["data"]), np.float32).reshape(grad["shape"])
+    return np.frombuffer(pybase64.b64decode(grad["data"]), np.float32).reshape(grad["shape"])
 
 
 def _oip_binary(client: httpx.Client, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -128,7 +128,9 @@ def infer(
             "datatype": oip.oip_datatype(array),
         }
         if as_binary:
-            raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+            little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            # A byte view: the only copy is the one into the body below.
+            raw = np.ascontiguousarray(little).reshape(-1).view(np.uint8).data
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -143,11 +145,11 @@ def infer(
     json_part = orjson.dumps(response)
     if not chunks:
         return json_part, None
-    return json_part + b"".join(chunks), len(json_part)
+    return b"".join([json_part, *chunks]), len(json_part)
 
 
 def _decode_inputs(
-    spec: LossSpec, request: InferRequest, binary: bytes, compute: ComputeContext
+    spec: LossSpec, request: InferRequest, binary: bytes | memoryview, compute: ComputeContext
 ) -> dict[str, Array]:
     marks = tensor_fields(spec.request)
     limits = TensorLimits(max_elements=compute.settings.max_elements)

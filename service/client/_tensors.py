@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pybase64
 
 from service.client._exceptions import ResponseError
 from service.client._types import Array, ArrayLike, Encoding
@@ -72,7 +72,7 @@ def encode(value: ArrayLike, name: str, encoding: Encoding) -> Any:
     return {
         "dtype": array.dtype.name,
         "shape": list(array.shape),
-        "data": base64.b64encode(le_bytes(array)).decode("ascii"),
+        "data": pybase64.b64encode_as_string(le_bytes(array)),
     }
 
 
@@ -92,7 +92,7 @@ def decode(value: Any, name: str) -> Array | None:
     if isinstance(value, Mapping):
         try:
             dtype = numpy_dtype(str(value["dtype"]))
-            raw = base64.b64decode(value["data"], validate=True)
+            raw = pybase64.b64decode(value["data"], validate=True)
             shape = tuple(int(n) for n in value["shape"])
             return np.frombuffer(raw, dtype=dtype).reshape(shape)
         except (KeyError, TypeError, ValueError) as error:

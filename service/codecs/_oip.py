@@ -45,8 +45,10 @@ _OIP_OF_WIRE = {wire: oip for oip, wire in OIP_DATATYPES.items()}
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes | memoryview]:
     """The JSON header of an infer request and the binary tensor data that follows it."""
+    json_part: bytes | memoryview
+    binary: bytes | memoryview
     if header_length is None:
         json_part, binary = body, b""
     else:
@@ -59,7 +61,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
                 f"the body's {len(body)} bytes",
                 field="Inference-Header-Content-Length",
             )
-        json_part, binary = body[: int(header_length)], body[int(header_length) :]
+        # A view, not a copy: the tensors are most of the body.
+        view = memoryview(body)
+        json_part, binary = view[: int(header_length)], view[int(header_length) :]
     try:
         header = orjson.loads(json_part)
     except orjson.JSONDecodeError as error:  # also bad UTF-8 and nesting past orjson's limit
@@ -73,7 +77,7 @@ def decode_input(
     shape: object,
     datatype: object,
     data: object,
-    binary: bytes | None,
+    binary: bytes | memoryview | None,
     *,
     field: FieldPath,
     limits: TensorLimits,

@@ -299,7 +299,7 @@ def _decode_encoded(value: dict[Any, Any], path: FieldPath, limits: TensorLimits
 
 
 def array_from_bytes(
-    raw: bytes, name: str, shape: tuple[int, ...], path: FieldPath
+    raw: bytes | memoryview, name: str, shape: tuple[int, ...], path: FieldPath
 ) -> NDArray[Any]:
     """Little-endian, row-major bytes of wire dtype `name` as an array of `shape`.
 
@@ -335,7 +335,7 @@ def parse_shape(value: object, path: FieldPath) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _check_bool_bytes(raw: bytes, shape: tuple[int, ...], path: FieldPath) -> None:
+def _check_bool_bytes(raw: bytes | memoryview, shape: tuple[int, ...], path: FieldPath) -> None:
     """bool tensors hold one byte per element, and that byte must be 0 or 1."""
     octets = np.frombuffer(raw, dtype=np.uint8)
     bad = octets > 1
