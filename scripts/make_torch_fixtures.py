@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -474,11 +474,16 @@ def write(doc: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+def main(
+    make: Callable[[], dict[str, Any]] | None = None,
+    default_output: Path = DEFAULT_OUTPUT,
+    description: str | None = __doc__,
+) -> None:
+    """Build the cases (`make`, this module's `build` by default) and write them."""
+    parser = argparse.ArgumentParser(description=(description or "").splitlines()[0])
+    parser.add_argument("--output", type=Path, default=default_output)
     args = parser.parse_args()
-    doc = build()
+    doc = (make or build)()
     write(doc, args.output)
     # sanity: the file parses with the standard library and round-trips
     if json.loads(args.output.read_text(encoding="utf-8")) != json.loads(json.dumps(doc)):

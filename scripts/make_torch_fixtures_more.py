@@ -46,7 +46,6 @@ Layout of a case (see the fixture file's ``cases``):
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -59,12 +58,12 @@ from make_torch_fixtures import (
     NP_DTYPES,
     REDUCTIONS,
     fmt_float,
+    main,
     randn,
     rng_for,
     softmax_rows,
     to_json,
     uniform,
-    write,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -584,17 +583,5 @@ def build() -> dict[str, Any]:
     return {"generator": GENERATOR, "torch_version": str(torch.__version__), "cases": cases}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args()
-    doc = build()
-    write(doc, args.output)
-    # sanity: the file parses with the standard library and round-trips
-    if json.loads(args.output.read_text(encoding="utf-8")) != json.loads(json.dumps(doc)):
-        raise RuntimeError("fixture file does not round-trip")
-    print(f"wrote {len(doc['cases'])} cases, {args.output.stat().st_size} bytes to {args.output}")
-
-
 if __name__ == "__main__":
-    main()
+    main(build, DEFAULT_OUTPUT, __doc__)
