@@ -115,6 +115,20 @@ def bce_shape(shape: str) -> tuple[int, ...]:
     return (N_BCE_2D, C) if shape == "2d" else (*SHAPE_3D, C)
 
 
+def backpropagate(loss: torch.Tensor, reduction: str) -> dict[str, Any]:
+    """The expected loss (for 'none': the sum, and `per_sample`), after `backward()` of it."""
+    expected: dict[str, Any] = {}
+    if reduction == "none":
+        total = loss.sum()
+        expected["loss"] = fmt_float(total.item())
+        expected["per_sample"] = to_json(loss)
+    else:
+        total = loss
+        expected["loss"] = fmt_float(loss.item())
+    total.backward()
+    return expected
+
+
 def finish(
     case_id: str,
     loss_name: str,
@@ -125,16 +139,7 @@ def finish(
     logits: torch.Tensor,
 ) -> dict[str, Any]:
     """Backpropagate and assemble a case. ``loss`` is class-last already for 'none'."""
-    reduction = options["reduction"]
-    expected: dict[str, Any] = {}
-    if reduction == "none":
-        total = loss.sum()
-        expected["loss"] = fmt_float(total.item())
-        expected["per_sample"] = to_json(loss)
-    else:
-        total = loss
-        expected["loss"] = fmt_float(loss.item())
-    total.backward()
+    expected = backpropagate(loss, options["reduction"])
     assert logits.grad is not None
     expected["grad"] = to_json(logits.grad)
     return {

@@ -57,7 +57,7 @@ from make_torch_fixtures import (
     DTYPES,
     NP_DTYPES,
     REDUCTIONS,
-    fmt_float,
+    backpropagate,
     main,
     randn,
     rng_for,
@@ -96,16 +96,7 @@ def finish(
     leaves: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     """Backpropagate and assemble a case; ``leaves`` are the inputs that get gradients."""
-    reduction = options["reduction"]
-    expected: dict[str, Any] = {}
-    if reduction == "none":
-        total = loss.sum()
-        expected["loss"] = fmt_float(total.item())
-        expected["per_sample"] = to_json(loss)
-    else:
-        total = loss
-        expected["loss"] = fmt_float(loss.item())
-    total.backward()
+    expected = backpropagate(loss, options["reduction"])
     grads = {}
     for name, leaf in leaves.items():
         assert leaf.grad is not None
