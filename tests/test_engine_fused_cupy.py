@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -140,9 +141,9 @@ template <typename... A> static void launch(void (*kernel)(A...), unsigned grid,
         unsigned grid, unsigned block, const T* x, const long long* y, const bool* valid,     \
         long long n_classes, int kind, const T* at_label, const T* total, const T* spread,    \
         int smoothing, double z_loss, double param, const T* alpha, int weighted,             \
-        double* per_sample, double* lse, T* grad) {                                           \
+        double grad_scale, double* per_sample, double* lse, T* grad) {                        \
         launch(NAME, grid, block, x, y, valid, n_classes, kind, at_label, total, spread,      \
-               smoothing, z_loss, param, alpha, weighted, per_sample, lse, grad);             \
+               smoothing, z_loss, param, alpha, weighted, grad_scale, per_sample, lse, grad); \
     }
 EMULATE(softmax_rows_f32, float)
 EMULATE(softmax_rows_f64, double)
@@ -284,6 +285,67 @@ def test_emulated_kernel_errors_and_empty_batches(emulated: dict[str, EmulatedKe
         assert empty.loss == 0.0 and empty.n_valid == 0
         ignored = on_path("fused", function, np.ones((2, C)), np.full(2, -100), reduction="mean")
         assert ignored.loss == 0.0 and not np.any(ignored.grads["logits"])
+
+
+def class_index_rows(
+    x: np.ndarray, labels: np.ndarray, **options: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`softmax_rows` for plain cross-entropy with class-index `labels` (-1: ignored)."""
+    valid = labels >= 0
+    mass = valid.astype(np.float64 if x.dtype == np.float64 else np.float32)
+    y = np.where(valid, labels, 0)
+    kind = _fused_cupy.CROSS_ENTROPY
+    per_sample, lse, grad = _fused_cupy.softmax_rows(
+        x, y, valid, kind=kind, at_label=mass, total=mass, **options
+    )
+    return per_sample, lse, grad
+
+
+def sixteen_bit_inputs(x32: np.ndarray) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """float16 and bfloat16 versions of `x32` (bfloat16 twice: ml_dtypes, and uint16 bits)."""
+    bfloat16 = x32.astype(ml_dtypes.bfloat16)
+    return {
+        "float16": (x32.astype(np.float16), {}),
+        "bfloat16": (bfloat16, {}),
+        "bfloat16-bits": (bfloat16.view(np.uint16), {"bfloat16_bits": True}),
+    }
+
+
+@pytest.mark.parametrize("input_dtype", ["float16", "bfloat16", "bfloat16-bits"])
+def test_emulated_kernel_reads_16_bit_rows(
+    emulated: dict[str, EmulatedKernel], input_dtype: str
+) -> None:
+    """16-bit rows give the numbers of the same values widened to float32, gradient float32."""
+    x32 = (RNG.normal(size=(5, 300)) * 4).astype(np.float32)
+    x32[1, ::5] = -np.inf
+    labels = np.array([3, 2, -1, 299, 0])
+    x, options = sixteen_bit_inputs(x32)[input_dtype]
+    widened = x.view(ml_dtypes.bfloat16) if input_dtype == "bfloat16-bits" else x
+    expected = class_index_rows(widened.astype(np.float32), labels)
+    for got, want in zip(class_index_rows(x, labels, **options), expected, strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    assert {"float16", "bfloat16", "float32", "float64"} <= _fused_cupy.NATIVE_INPUT_DTYPES
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_kernel_grad_scale(emulated: dict[str, EmulatedKernel], dtype: Any) -> None:
+    """The gradient is scaled as it is written (as `mean`'s `grad *= 1 / divisor`), nothing else."""
+    x = (RNG.normal(size=(4, 300)) * 4).astype(dtype)
+    labels = np.array([3, -1, 250, 0])
+    per_sample, lse, grad = class_index_rows(x, labels)
+    scale = 1 / 3
+    scaled = class_index_rows(x, labels, grad_scale=scale)
+    np.testing.assert_array_equal(scaled[0], per_sample)
+    np.testing.assert_array_equal(scaled[1], lse)
+    np.testing.assert_array_equal(scaled[2], grad * grad.dtype.type(scale))
+
+
+def test_kernel_rejects_other_input_dtypes() -> None:
+    with pytest.raises(ValueError, match="int32"):
+        _fused_cupy.input_dtype_name(np.zeros((2, 3), np.int32))
+    with pytest.raises(ValueError, match="uint16 array of bits"):
+        _fused_cupy.input_dtype_name(np.zeros((2, 3), np.float16), bfloat16_bits=True)
 
 
 # --- dispatch (no GPU needed) ---------------------------------------------------------------

@@ -40,6 +40,15 @@ FOCAL: Final = 1
 POLY1: Final = 2
 
 KERNEL_NAMES: Final = {"float32": "softmax_rows_f32", "float64": "softmax_rows_f64"}
+# The logits' dtypes `softmax_rows` takes as they are (callers need not widen them first), and
+# the dtype each computes in: that of the gradient and of the option vectors.
+COMPUTE_DTYPES: Final = {
+    "float16": "float32",
+    "bfloat16": "float32",
+    "float32": "float32",
+    "float64": "float64",
+}
+NATIVE_INPUT_DTYPES: Final = frozenset(COMPUTE_DTYPES)
 MAX_BLOCK: Final = 1024  # threads per block (one row); at least one warp, a power of two
 
 # Every block-wide step is reached by all threads of the block (the branches around them depend
@@ -112,7 +121,8 @@ template <typename T>
 __device__ void softmax_rows(
     const T* x, const long long* y, const bool* valid, long long n_classes, int kind,
     const T* at_label, const T* total, const T* spread, int smoothing, double z_loss,
-    double param, const T* alpha, int weighted, double* per_sample, double* lse, T* grad
+    double param, const T* alpha, int weighted, double grad_scale, double* per_sample,
+    double* lse, T* grad
 ) {
     __shared__ T partial_t[32];
     __shared__ double partial_d[32];
@@ -195,7 +205,7 @@ __device__ void softmax_rows(
             if (w != 0) dot += (double)w * (double)shifted;  // a zero weight adds 0 at -inf
         }
         if (c == label) g = g - mass;
-        out[c] = g;
+        out[c] = g * (T)grad_scale;
     }
 
     // 3. the loss of the row
@@ -215,10 +225,11 @@ __device__ void softmax_rows(
     extern "C" __global__ void NAME(                                                          \
         const T* x, const long long* y, const bool* valid, long long n_classes, int kind,     \
         const T* at_label, const T* total, const T* spread, int smoothing, double z_loss,     \
-        double param, const T* alpha, int weighted, double* per_sample, double* lse, T* grad  \
+        double param, const T* alpha, int weighted, double grad_scale, double* per_sample,    \
+        double* lse, T* grad                                                                  \
     ) {                                                                                       \
         softmax_rows<T>(x, y, valid, n_classes, kind, at_label, total, spread, smoothing,     \
-                        z_loss, param, alpha, weighted, per_sample, lse, grad);               \
+                        z_loss, param, alpha, weighted, grad_scale, per_sample, lse, grad);   \
     }
 
 SOFTMAX_ROWS_KERNEL(softmax_rows_f32, float)
@@ -240,6 +251,20 @@ def block_size(n_classes: int) -> int:
     return min(MAX_BLOCK, 1 << (wanted - 1).bit_length())
 
 
+def input_dtype_name(x: Array, bfloat16_bits: bool = False) -> str:
+    """The dtype of the logits `x` as the kernel reads them: `bfloat16` for a uint16 array
+    flagged `bfloat16_bits` (CuPy has no bfloat16 dtype) or an ml_dtypes bfloat16 array (NumPy),
+    else `x.dtype`'s name. ValueError for a dtype not in `NATIVE_INPUT_DTYPES`."""
+    name = str(np.dtype(x.dtype).name)
+    if bfloat16_bits:
+        if name != "uint16":
+            raise ValueError(f"bfloat16_bits: expected a uint16 array of bits, got {name}")
+        name = "bfloat16"
+    if name not in NATIVE_INPUT_DTYPES:
+        raise ValueError(f"the CUDA kernel reads {sorted(NATIVE_INPUT_DTYPES)} rows, not {name}")
+    return name
+
+
 def softmax_rows(
     x: Array,
     y: Array,
@@ -252,15 +277,26 @@ def softmax_rows(
     z_loss: float = 0.0,
     param: float = 0.0,
     alpha: Array | None = None,
+    grad_scale: float = 1.0,
+    bfloat16_bits: bool = False,
 ) -> tuple[Array, Array, Array]:
     """Run the kernel on rows `x` [M, C]: (per_sample [M] float64, lse [M] float64, grad [M, C]).
 
     As `_fused.softmax_rows`: where `valid` is False, `per_sample` is 0, `lse` 0 unless
-    `z_loss` > 0, and the gradient row is 0. Everything stays on the device.
+    `z_loss` > 0, and the gradient row is 0. The gradient is multiplied by `grad_scale` (the
+    1 / divisor of `mean`) as it is written; `per_sample` and `lse` are not. `x` may be of any
+    dtype in `NATIVE_INPUT_DTYPES` (bfloat16: see `input_dtype_name`); 16-bit rows compute in
+    float32 and get a float32 gradient, and the option vectors are in the compute dtype.
+    Everything stays on the device.
     """
     xp = array_namespace(x)
-    dtype = np.dtype(x.dtype)
-    kernel = _kernel(dtype.name)  # KeyError: only float32 and float64 rows reach here
+    name = input_dtype_name(x, bfloat16_bits)
+    dtype = np.dtype(COMPUTE_DTYPES[name])
+    if name == "float16":  # until the kernel reads 16-bit rows itself
+        x = x.astype(np.float32)
+    elif name == "bfloat16":  # the bits of a bfloat16 are the top half of a float32's
+        x = (x.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    kernel = _kernel(dtype.name)
     n_rows, n_classes = x.shape
     empty = xp.empty(0, dtype=dtype)  # an absent option: a pointer the kernel never reads
 
@@ -286,6 +322,7 @@ def softmax_rows(
         np.float64(param),
         vector(alpha),
         np.int32(alpha is not None),
+        np.float64(grad_scale),
         per_sample,
         lse,
         grad,
