@@ -2,16 +2,17 @@
 
     THP_MEM_ALLOC_ENABLE=1 python -m bench.engine [--repeats 7] [--shapes 8192x1000,2048x32000]
 
-Float32 logits, class-index labels, `mean` reduction (`reduce_loss(cross_entropy(...))`), as the
-API computes it. Runs interleaved in one process and prints medians and ratios (quote ratios, not
-times: these machines are shared). Columns:
+Float32 logits, class-index labels, `mean` reduction
+(`reduce_loss(cross_entropy(..., grad_reduction="mean"), "mean")`), as the API computes it. Runs
+interleaved in one process and prints medians and ratios (quote ratios, not times: these machines
+are shared). Columns:
 
 - floor: one read of the logits plus one write of a gradient (`np.copyto` into a preallocated
   array), the least any CE + gradient can cost;
 - fused: the fused kernels (`LOSS_SERVICE_ENGINE=fused`), in the steady state of a service,
   where the gradient buffer of the previous call is free again and is reused;
-- fused sum: the same with `reduction="sum"`, which skips `reduce_loss`'s rescaling of the
-  gradient by 1 / divisor (a second pass over it);
+- fused sum: the same with `reduction="sum"` (no scale to fold into the gradient): about
+  `fused`, as `mean`'s 1 / divisor is folded into the kernel rather than a second pass;
 - fused fresh: `mean` with a new gradient buffer every call (its page faults included);
 - reference: the array code (`LOSS_SERVICE_ENGINE=reference`), which is also the CuPy path;
 - torch: `F.cross_entropy` forward + backward on the CPU, when torch is importable
@@ -56,7 +57,7 @@ def _engine(
 ) -> Callable[[], object]:
     def step() -> object:
         with _engine_path(path):
-            return reduce_loss(cross_entropy(logits, labels), reduction)
+            return reduce_loss(cross_entropy(logits, labels, grad_reduction=reduction), reduction)
 
     return step
 

@@ -8,6 +8,8 @@ NumPy's, the dispatch rules, and the gradient buffers the kernel writes into.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -241,6 +243,97 @@ def test_errors_are_identical(
     assert (fused.detail, fused.field) == (reference.detail, reference.field)
 
 
+# --- the mean scale folded into the kernel ----------------------------------------------------
+
+FOLDING = [
+    (cross_entropy, {"weight": np.arange(1.0, C + 1), "label_smoothing": 0.2, "z_loss": 1e-3}),
+    (cross_entropy, {}),
+    (focal, {"gamma": 2.0, "alpha": np.linspace(0.5, 2.0, C)}),
+    (poly1, {"epsilon": 1.0}),
+    (engine.logit_adjusted_cross_entropy, {"class_counts": np.arange(1.0, C + 1)}),
+]
+FOLDING_IDS = ["ce-options", "ce", "focal", "poly1", "logit-adjusted"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("grad_reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(("function", "options"), FOLDING, ids=FOLDING_IDS)
+def test_folded_scale_gives_every_reduction_the_reference_result(
+    function: Callable[..., LossResult],
+    options: dict[str, Any],
+    grad_reduction: str,
+    reduction: str,
+    dtype: Any,
+) -> None:
+    """Whatever scale the kernel folded in (`grad_reduction`), `reduce_loss` ends at the
+    reference result of the reduction asked for."""
+    logits, labels = batch((4, 5), dtype, ignored=True)
+    expected = reduce_loss(on_path("reference", function, logits, labels, **options), reduction)  # type: ignore[arg-type]
+    result = on_path("fused", function, logits, labels, grad_reduction=grad_reduction, **options)
+    assert isinstance(result, LossResult), result
+    assert_same(reduce_loss(result, reduction), expected, dtype)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("function", "options"), FOLDING, ids=FOLDING_IDS)
+def test_kernel_writes_the_mean_gradient_itself(
+    function: Callable[..., LossResult], options: dict[str, Any], dtype: Any
+) -> None:
+    """With `grad_reduction="mean"` the gradient leaves the kernel divided by the divisor, bit
+    for bit what `reduce_loss` makes of the gradient of the sum, and `reduce_loss` leaves it
+    alone; `sum` and `none` get the gradient of the sum."""
+    logits, labels = batch((6, 3), dtype, ignored=True)
+    mean = on_path("fused", function, logits, labels, grad_reduction="mean", **options)
+    total = on_path("fused", function, logits, labels, grad_reduction="sum", **options)
+    none = on_path("fused", function, logits, labels, grad_reduction="none", **options)
+    assert mean.grad_scale == 1 / mean.divisor and total.grad_scale == none.grad_scale == 1
+    folded = mean.grads["logits"].copy()
+    np.testing.assert_array_equal(none.grads["logits"], total.grads["logits"])
+    assert not np.array_equal(folded, total.grads["logits"])  # the scale is there
+    reduced = reduce_loss(mean, "mean")
+    np.testing.assert_array_equal(reduced.grads["logits"], folded)  # no second pass
+    expected = reduce_loss(total, "mean")
+    np.testing.assert_array_equal(folded, expected.grads["logits"])
+    assert reduced.loss == expected.loss
+
+
+@pytest.mark.parametrize("empty", ["zero", "nan"])
+@pytest.mark.parametrize(
+    ("labels", "weight"),
+    [(np.full(4, -100), None), (np.zeros(0, dtype=np.int64), None), (np.arange(4), np.zeros(C))],
+    ids=["all-ignored", "empty", "zero-weights"],
+)
+def test_folded_mean_with_nothing_to_average(
+    labels: np.ndarray, weight: np.ndarray | None, empty: str
+) -> None:
+    logits = RNG.normal(size=(labels.shape[0], C))
+    result = on_path("fused", cross_entropy, logits, labels, weight=weight, grad_reduction="mean")
+    assert result.divisor == 0 and result.grad_scale == 1
+    reduced = reduce_loss(result, "mean", empty=empty)  # type: ignore[arg-type]
+    assert reduced.loss == 0 if empty == "zero" else math.isnan(reduced.loss)
+    assert not np.any(reduced.grads["logits"])
+
+
+def test_kernels_without_grad_scale_leave_the_scaling_to_reduce_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel module whose `softmax_rows` has no `grad_scale` (the CUDA twin before it gains
+    one) gets none, and `reduce_loss` scales as for the reference."""
+    real = _fused.softmax_rows
+
+    def unscaled(x: Any, y: Any, valid: Any, *, kind: int, **options: Any) -> Any:
+        assert "grad_scale" not in options
+        return real(x, y, valid, kind=kind, **options)
+
+    monkeypatch.setattr(_fused, "softmax_rows", unscaled)
+    logits, labels = batch((8,), np.float32, ignored=True)
+    result = on_path("fused", cross_entropy, logits, labels, grad_reduction="mean")
+    assert result.grad_scale == 1
+    expected = reduce_loss(on_path("reference", cross_entropy, logits, labels), "mean")
+    assert_same(reduce_loss(result, "mean"), expected, np.float32)
+
+
 # --- the polynomial exp ---------------------------------------------------------------------
 
 
@@ -284,6 +377,7 @@ def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     calls: list[int] = []
     real = _fused.softmax_rows
 
+    @functools.wraps(real)  # the same signature: `grad_scale` is still passed
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(kwargs["kind"])
         return real(*args, **kwargs)
@@ -323,7 +417,11 @@ def test_inside_shared_softmax_the_kernel_gives_the_same_numbers(
     """/v1/evaluate (a shared softmax) must equal /v1/losses/{name} bit for bit."""
     monkeypatch.setenv(_engine_path.ENGINE_ENV, "auto")
     logits, labels = batch((6,), np.float64, ignored=True)
-    losses = [(cross_entropy, {"label_smoothing": 0.1}), (focal, {}), (poly1, {})]
+    losses: list[tuple[Callable[..., LossResult], dict[str, Any]]] = [
+        (cross_entropy, {"label_smoothing": 0.1}),
+        (focal, {}),
+        (poly1, {}),
+    ]
     alone = [reduce_loss(f(logits, labels, **o), "none") for f, o in losses]
     with shared_softmax(logits):
         shared = [reduce_loss(f(logits, labels, **o), "none") for f, o in losses]
@@ -439,3 +537,12 @@ def test_one_compiled_kernel_per_dtype() -> None:
         logits.flags.writeable = False
         on_path("fused", poly1, logits, labels)
     assert len(_fused._softmax_rows.signatures) == 2
+
+
+def test_the_catalogue_passes_grad_reduction_to_every_loss_that_takes_it() -> None:
+    """The routes fold `mean` into the kernels only for losses flagged in the catalogue."""
+    from service.api.catalogue import BY_NAME
+
+    for spec in BY_NAME.values():
+        takes = "grad_reduction" in inspect.signature(spec.function).parameters
+        assert spec.takes_grad_reduction == takes, spec.name

@@ -39,6 +39,9 @@ class LossSpec:
     summary: str
     reference: str
     differentiable: tuple[str, ...] = ("logits",)  # the inputs `grads` has entries for
+    # `function` takes `grad_reduction`, the reduction the route will apply (a fused kernel then
+    # writes the gradient already scaled; see service.engine._reduction)
+    takes_grad_reduction: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -49,6 +52,7 @@ LOSSES: tuple[LossSpec, ...] = (
     LossSpec(
         name="cross-entropy",
         function=engine.cross_entropy,
+        takes_grad_reduction=True,
         request=CrossEntropyRequest,
         summary="Softmax cross-entropy with class weights, ignore_index, smoothing and z-loss",
         reference="PyTorch torch.nn.functional.cross_entropy; z-loss: Chowdhery et al. 2022 "
@@ -67,6 +71,7 @@ SOFTMAX_FAMILY: tuple[LossSpec, ...] = (
     LossSpec(
         name="focal",
         function=engine.focal,
+        takes_grad_reduction=True,
         request=FocalRequest,
         summary="Softmax focal loss -alpha_y (1 - p_y)^gamma log p_y",
         reference="Lin et al. 2017, Focal Loss for Dense Object Detection (softmax form); "
@@ -75,6 +80,7 @@ SOFTMAX_FAMILY: tuple[LossSpec, ...] = (
     LossSpec(
         name="poly1",
         function=engine.poly1,
+        takes_grad_reduction=True,
         request=Poly1Request,
         summary="Poly-1: cross-entropy + epsilon (1 - p_y)",
         reference="Leng et al. 2022, PolyLoss",
@@ -103,6 +109,7 @@ SOFTMAX_FAMILY: tuple[LossSpec, ...] = (
     LossSpec(
         name="logit-adjusted-cross-entropy",
         function=engine.logit_adjusted_cross_entropy,
+        takes_grad_reduction=True,
         request=LogitAdjustedCrossEntropyRequest,
         summary="Cross-entropy on x + tau log prior",
         reference="Menon et al. 2021, Long-tail Learning via Logit Adjustment",

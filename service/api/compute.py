@@ -65,7 +65,9 @@ class ComputeContext:
     def loss(self, spec: LossSpec, body: LossRequest) -> LossResponse:
         """Decode `body`'s tensors, call the loss's engine function once, build the response."""
         inputs, first = self.decode_tensors(body)
-        result = spec.function(**inputs, **loss_options(body), compute_dtype=body.compute_dtype)
+        result = spec.function(
+            **inputs, **loss_options(body), compute_dtype=body.compute_dtype, **_scaling(spec, body)
+        )
         form = body.output_encoding or (first.form if first else "json")
         input_dtype = first.array.dtype if first else None
         return self.respond(spec.name, result, body, form, input_dtype)
@@ -86,7 +88,12 @@ class ComputeContext:
                 options, _ = self.decode_tensors(item, path)
                 try:
                     result = spec.function(
-                        x, y, **options, **loss_options(item), compute_dtype=body.compute_dtype
+                        x,
+                        y,
+                        **options,
+                        **loss_options(item),
+                        compute_dtype=body.compute_dtype,
+                        **_scaling(spec, item),
                     )
                 except InvalidInput as error:
                     raise _within(error, path) from None
@@ -169,6 +176,11 @@ class ComputeContext:
             return None
         host = self.backend.to_numpy(array)
         return json_array(host) if form == "json" else encode_tensor(host, form)
+
+
+def _scaling(spec: LossSpec, options: LossOptions) -> dict[str, object]:
+    """`grad_reduction` for a loss that takes it: its gradient then needs no rescaling."""
+    return {"grad_reduction": options.reduction} if spec.takes_grad_reduction else {}
 
 
 def _within(error: InvalidInput, path: FieldPath) -> InvalidInput:

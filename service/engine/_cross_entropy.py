@@ -22,9 +22,9 @@ import numpy as np
 from service.engine._checks import check_option_range, check_unit_interval, first_position
 from service.engine._class_balance import resolve_class_weight
 from service.engine._dtypes import ComputeDtype, as_compute
-from service.engine._engine_path import fused_kernels
+from service.engine._engine_path import fused_kernels, kernel_scale
 from service.engine._namespace import Array, array_namespace, errstate
-from service.engine._reduction import LossResult
+from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.engine._rows import class_indices, finish_rows, logit_rows
 from service.engine._softmax import ShiftedExp, shifted_exp
 from service.errors import InvalidInput
@@ -55,12 +55,16 @@ def cross_entropy(
     class_counts: Array | None = None,
     class_balance_beta: float | None = None,
     compute_dtype: ComputeDtype | None = None,
+    grad_reduction: Reduction = "sum",
 ) -> LossResult:
     """Cross-entropy of `logits` [..., C] against class indices [...] or probabilities [..., C].
 
     The label kind follows from the shape. `class_counts` (+ `class_balance_beta`) derive
     `weight` as Cui et al.'s class-balanced weights. Returns per-sample losses (0 for ignored
-    labels) and the gradient with respect to `logits`, both from one softmax.
+    labels) and the gradient with respect to `logits`, both from one softmax. `grad_reduction`
+    is the reduction the caller will apply: the fused kernels fold its scale into the gradient
+    (`LossResult.grad_scale`), so that `reduce_loss` has nothing left to do. The result is the
+    same either way; the default, `sum`, gives the gradient of the sum.
     """
     xp = array_namespace(logits, labels, weight, class_counts)
     check_option_range(label_smoothing, "label_smoothing", low=0.0, high=1.0)
@@ -77,7 +81,9 @@ def cross_entropy(
         target = class_index_target(y, valid, w, label_smoothing, n_classes, x.dtype, xp=xp)
         fused = fused_kernels(xp)
         if fused is not None:
-            return _fused_cross_entropy(fused, logits, x, target, label_smoothing, z_loss, xp=xp)
+            return _fused_cross_entropy(
+                fused, logits, x, target, label_smoothing, z_loss, grad_reduction, xp=xp
+            )
     else:
         raise InvalidInput(
             f"labels: shape {list(labels.shape)} is neither logits.shape[:-1] = "
@@ -102,12 +108,15 @@ def _fused_cross_entropy(
     target: TargetMass,
     label_smoothing: float,
     z_loss: float,
+    grad_reduction: Reduction,
     *,
     xp: ModuleType,
 ) -> LossResult:
-    """The same loss from the fused kernel (`_fused`): one pass over each row."""
+    """The same loss from the fused kernel (`_fused`): one pass over each row, the gradient
+    written already scaled for `grad_reduction`."""
     assert target.at_label is not None  # class-index targets
     y, at_label = target.at_label
+    scale = kernel_scale(fused, grad_scale(grad_reduction, target.divisor))
     per_sample, lse, grad = fused.softmax_rows(
         x,
         y,
@@ -117,10 +126,19 @@ def _fused_cross_entropy(
         total=target.total,
         spread=target.spread if label_smoothing else None,  # else zeros: nothing to spread
         z_loss=z_loss,
+        **scale,
     )
     if z_loss:
         per_sample += z_loss_term(z_loss, lse, x.dtype, xp=xp)
-    return finish_rows(logits, per_sample, grad, target.valid, target.divisor, xp=xp)
+    return finish_rows(
+        logits,
+        per_sample,
+        grad,
+        target.valid,
+        target.divisor,
+        xp=xp,
+        grad_scale=scale.get("grad_scale", 1.0),
+    )
 
 
 def z_loss_term(z_loss: float, lse: Array, dtype: np.dtype, *, xp: ModuleType) -> Array:

@@ -8,7 +8,9 @@ rows in parallel (`prange`) and, for each row:
    vectorises without fast-math flags (it reads the row from memory);
 2. writes `exp(x - shift)` into the row of the gradient and sums it in float64;
 3. computes the loss of the row, and turns the exponentials into `k * exp - spread` in place,
-   then `grad[y] -= mass`.
+   subtracts `mass` at y, and multiplies by the caller's `grad_scale` (`mean`'s 1 / divisor, see
+   `_reduction`): the gradient is written once, already scaled, with the bits `reduce_loss`'s
+   own pass would give it.
 
 Steps 2 and 3 find the row and its gradient row in the core's cache (a 128k-class float32 row and
 its gradient take 1 MB of a 2 MB L2): each row is read from memory once and its gradient written
@@ -215,16 +217,25 @@ def _row_max(x: Any, i: int) -> Any:
     return _from_ordered_key(top, x[i, 0])
 
 
-@numba.njit(inline="always")
-def _scale(out: Any, i: int, factor: Any) -> None:
-    for c in range(out.shape[1]):
-        out[i, c] = out[i, c] * factor
+# The gradient row from its exponentials: `(exp * factor - spread - mass e_label) * scale`, each
+# step rounded in the row's dtype as the reference does it, then `reduce_loss` (`grad *= scale`):
+# folding the scale in changes no bit. `v - 0` is `v` for every v, -0 included.
 
 
 @numba.njit(inline="always")
-def _scale_minus(out: Any, i: int, factor: Any, spread: Any) -> None:
+def _scale(out: Any, i: int, factor: Any, label: int, mass: Any, scale: Any) -> None:
+    zero = mass - mass
     for c in range(out.shape[1]):
-        out[i, c] = out[i, c] * factor - spread[c]
+        out[i, c] = (out[i, c] * factor - (mass if c == label else zero)) * scale
+
+
+@numba.njit(inline="always")
+def _scale_minus(
+    out: Any, i: int, factor: Any, spread: Any, label: int, mass: Any, scale: Any
+) -> None:
+    zero = mass - mass
+    for c in range(out.shape[1]):
+        out[i, c] = (out[i, c] * factor - spread[c] - (mass if c == label else zero)) * scale
 
 
 # Not inlined: these keep their own fast-math flags (LLVM still inlines them, flags and all).
@@ -292,11 +303,13 @@ def _softmax_rows(
     z_loss: float,
     param: float,
     alpha: Any,
+    grad_scale: float,
     per_sample: Any,
     lse: Any,
     grad: Any,
 ) -> None:
-    """Per row: `per_sample` (float64, before any z-loss term), `lse` and `grad` (see module).
+    """Per row: `per_sample` (float64, before any z-loss term), `lse` and `grad_scale` times the
+    gradient (see module).
 
     CROSS_ENTROPY: target mass `at_label` at y plus `spread` (empty: none), of total `total`;
     FOCAL / POLY1: the loss of log p_y with `param` gamma / epsilon, focal's `alpha` (empty:
@@ -336,11 +349,11 @@ def _softmax_rows(
             mass = _cast(s, shift)
             scale = mass
         factor = _cast(scale / exp_sum, shift)
+        scale_out = _cast(grad_scale, shift)  # as `reduce_loss` casts its factor
         if smoothing:
-            _scale_minus(grad, i, factor, spread)
+            _scale_minus(grad, i, factor, spread, label, mass, scale_out)
         else:
-            _scale(grad, i, factor)
-        grad[i, label] -= mass
+            _scale(grad, i, factor, label, mass, scale_out)
         per_sample[i] = loss
 
 
@@ -372,8 +385,10 @@ def softmax_rows(
     z_loss: float = 0.0,
     param: float = 0.0,
     alpha: np.ndarray | None = None,
+    grad_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the kernel on rows `x` [M, C]: (per_sample [M] float64, lse [M] float64, grad [M, C]).
+    """Run the kernel on rows `x` [M, C]: (per_sample [M] float64, lse [M] float64, grad [M, C]),
+    the gradient multiplied by `grad_scale` (a `mean` reduction's 1 / divisor: no second pass).
 
     Where `valid` is False: `per_sample` is 0, `lse` 0 unless `z_loss` > 0, `grad` unspecified.
     """
@@ -401,6 +416,7 @@ def softmax_rows(
             float(z_loss),
             float(param),
             vector(alpha),
+            float(grad_scale),
             per_sample,
             lse,
             grad,

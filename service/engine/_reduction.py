@@ -5,6 +5,12 @@ the *sum* of those losses with respect to each input, and the divisor that `mean
 is what makes the PyTorch conventions differ per loss (`sum(weight[y])` over non-ignored labels for
 weighted cross-entropy, the number of samples for probability targets, the number of elements for
 BCE), so each loss states it and this module applies it the same way for all.
+
+Scaling a gradient by `1 / divisor` is a pass over it, as long as the kernel that wrote it. A loss
+that knows the reduction beforehand (its `grad_reduction` option) and writes its gradient in one
+kernel may fold `grad_scale(reduction, divisor)` into it instead, and say so in
+`LossResult.grad_scale`; `reduce_loss` then only rescales by the factor still missing, usually none.
+The reference code never folds: its gradient is the gradient of the sum, `grad_scale` 1.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ EmptyPolicy = Literal["zero", "nan"]
 @dataclass(frozen=True)
 class LossResult:
     per_sample: Array  # loss per sample, the input's leading shape; 0 where masked
-    grads: Mapping[str, Array]  # input name -> d sum(per_sample) / d input
+    grads: Mapping[str, Array]  # input name -> grad_scale * d sum(per_sample) / d input
     n_valid: int  # samples that count (not ignored)
     divisor: float  # what `mean` divides the sum by
+    grad_scale: float = 1.0  # the factor `grads` already carry (see `grad_scale`)
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,18 @@ class ReducedLoss:
     weight_sum: float  # the divisor of `mean`, reported for every reduction
 
 
+def grad_scale(reduction: Reduction, divisor: float) -> float:
+    """The factor on the gradient of the sum that the gradient of `reduction` carries, for a loss
+    to fold into its kernel: `1 / divisor` for `mean`, else 1. A zero divisor gives 1 (nothing to
+    fold: `reduce_loss` zeroes that gradient, whatever its scale)."""
+    return 1.0 / divisor if reduction == "mean" and divisor != 0 else 1.0
+
+
 def reduce_loss(
     result: LossResult, reduction: Reduction = "mean", *, empty: EmptyPolicy = "zero"
 ) -> ReducedLoss:
-    """Apply `reduction`; the gradients are scaled in place (the result owns them).
+    """Apply `reduction`; the gradients are scaled in place (the result owns them), by the factor
+    `result.grad_scale` leaves missing: none when the loss folded this reduction's scale in.
 
     With `mean` and a zero divisor (every label ignored, an empty batch, or all weights 0) PyTorch
     returns 0/0 = NaN. The default `empty="zero"` returns 0 with a zero gradient instead, so one
@@ -50,15 +65,18 @@ def reduce_loss(
     # Accumulate in float64 whatever the compute dtype: float32 sums over 1e6 tokens drift.
     total = float(xp.sum(result.per_sample, dtype=xp.float64))
     loss = total
-    if reduction == "mean":
-        if result.divisor == 0:
-            loss = 0.0 if empty == "zero" else float("nan")
-            for grad in result.grads.values():
-                grad[...] = 0
-        else:
+    if reduction == "mean" and result.divisor == 0:
+        loss = 0.0 if empty == "zero" else float("nan")
+        for grad in result.grads.values():
+            grad[...] = 0
+    else:
+        if reduction == "mean":
             loss = total / result.divisor
+        # the same float operations as the loss's: exactly 1 when it folded this reduction's scale
+        factor = grad_scale(reduction, result.divisor) / result.grad_scale
+        if factor != 1:
             for grad in result.grads.values():
-                grad *= grad.dtype.type(1.0 / result.divisor)
+                grad *= grad.dtype.type(factor)
     return ReducedLoss(
         loss=loss,
         per_sample=result.per_sample if reduction == "none" else None,

@@ -91,8 +91,11 @@ def finish_rows(
     divisor: float,
     *,
     xp: ModuleType,
+    grad_scale: float = 1.0,
 ) -> LossResult:
-    """Zero the ignored rows, reject infinite losses and give rows their leading shape back."""
+    """Zero the ignored rows, reject infinite losses and give rows their leading shape back.
+
+    `grad_scale` is the factor the kernel folded into `grad` (`LossResult.grad_scale`)."""
     lead_shape = logits.shape[:-1]
     if valid is None:
         n_valid = per_sample.shape[0]
@@ -114,4 +117,5 @@ def finish_rows(
         grads={"logits": grad.reshape(logits.shape)},
         n_valid=n_valid,
         divisor=divisor,
+        grad_scale=grad_scale,
     )

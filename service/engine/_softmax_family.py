@@ -31,9 +31,9 @@ from service.engine._checks import check_nonnegative, check_option_range, requir
 from service.engine._class_balance import resolve_class_weight
 from service.engine._cross_entropy import TargetMass, cross_entropy, softmax_gradient
 from service.engine._dtypes import ComputeDtype, as_compute
-from service.engine._engine_path import fused_kernels
+from service.engine._engine_path import fused_kernels, kernel_scale
 from service.engine._namespace import Array, array_namespace, errstate
-from service.engine._reduction import LossResult
+from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.engine._rows import class_indices, class_weight, finish_rows, logit_rows
 from service.engine._softmax import ShiftedExp, shifted_exp
 from service.errors import InvalidInput
@@ -67,11 +67,13 @@ def focal(
     class_counts: Array | None = None,
     class_balance_beta: float | None = None,
     compute_dtype: ComputeDtype | None = None,
+    grad_reduction: Reduction = "sum",
 ) -> LossResult:
     """Softmax focal loss `-alpha_y (1 - p_y)^gamma log p_y` of `logits` [..., C], labels [...].
 
     `gamma = 0` is cross-entropy. A class whose `alpha` is 0 contributes 0, even at a -inf logit.
     `class_counts` (+ `class_balance_beta`) derive `alpha` as class-balanced weights (Cui et al.).
+    `grad_reduction`: as `cross_entropy`'s.
     """
     xp = array_namespace(logits, labels, alpha, class_counts)
     check_option_range(gamma, "gamma", low=0.0)
@@ -81,7 +83,9 @@ def focal(
     )
     fused = fused_kernels(xp)
     if fused is not None:
-        return _fused_label_loss(fused, fused.FOCAL, gamma, a, logits, x, y, valid, xp=xp)
+        return _fused_label_loss(
+            fused, fused.FOCAL, gamma, a, logits, x, y, valid, grad_reduction, xp=xp
+        )
     rows = softmax_label_rows(x, y, valid, xp=xp)
     log_p = rows.log_p
     p = xp.exp(log_p)
@@ -111,14 +115,19 @@ def poly1(
     epsilon: float = 1.0,
     ignore_index: int = -100,
     compute_dtype: ComputeDtype | None = None,
+    grad_reduction: Reduction = "sum",
 ) -> LossResult:
-    """Poly-1 loss `-log p_y + epsilon (1 - p_y)`; `epsilon >= -1` keeps it decreasing in p_y."""
+    """Poly-1 loss `-log p_y + epsilon (1 - p_y)`; `epsilon >= -1` keeps it decreasing in p_y.
+
+    `grad_reduction`: as `cross_entropy`'s."""
     xp = array_namespace(logits, labels)
     check_option_range(epsilon, "epsilon", low=-1.0)
     x, y, valid = index_rows(logits, labels, ignore_index, compute_dtype, xp=xp)
     fused = fused_kernels(xp)
     if fused is not None:
-        return _fused_label_loss(fused, fused.POLY1, epsilon, None, logits, x, y, valid, xp=xp)
+        return _fused_label_loss(
+            fused, fused.POLY1, epsilon, None, logits, x, y, valid, grad_reduction, xp=xp
+        )
     rows = softmax_label_rows(x, y, valid, xp=xp)
     per_sample = -rows.log_p - epsilon * xp.expm1(rows.log_p)
     # d/du [-u + eps (1 - e^u)] = -1 - eps p, so s = 1 + eps p
@@ -186,6 +195,7 @@ def logit_adjusted_cross_entropy(
     tau: float = 1.0,
     ignore_index: int = -100,
     compute_dtype: ComputeDtype | None = None,
+    grad_reduction: Reduction = "sum",
 ) -> LossResult:
     """Cross-entropy on `x + tau log prior`, from `class_prior` [C] or `class_counts` [C].
 
@@ -220,6 +230,7 @@ def logit_adjusted_cross_entropy(
         labels,
         ignore_index=ignore_index,
         compute_dtype=compute_dtype,
+        grad_reduction=grad_reduction,
     )
 
 
@@ -304,13 +315,20 @@ def _fused_label_loss(
     x: Array,
     y: Array,
     valid: Array,
+    grad_reduction: Reduction,
     *,
     xp: ModuleType,
 ) -> LossResult:
     """Focal or poly-1 from the fused kernel. Its `_fused._label_loss` repeats the formulas of
     `focal` and `poly1` above: change them together (tests/test_engine_fused.py compares)."""
-    per_sample, _, grad = fused.softmax_rows(x, y, valid, kind=kind, param=param, alpha=alpha)
-    return finish_rows(logits, per_sample, grad, valid, float(xp.count_nonzero(valid)), xp=xp)
+    divisor = float(xp.count_nonzero(valid))
+    scale = kernel_scale(fused, grad_scale(grad_reduction, divisor))
+    per_sample, _, grad = fused.softmax_rows(
+        x, y, valid, kind=kind, param=param, alpha=alpha, **scale
+    )
+    return finish_rows(
+        logits, per_sample, grad, valid, divisor, xp=xp, grad_scale=scale.get("grad_scale", 1.0)
+    )
 
 
 def _finish(
