@@ -315,25 +315,6 @@ def test_folded_mean_with_nothing_to_average(
     assert not np.any(reduced.grads["logits"])
 
 
-def test_kernels_without_grad_scale_leave_the_scaling_to_reduce_loss(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A kernel module whose `softmax_rows` has no `grad_scale` (the CUDA twin before it gains
-    one) gets none, and `reduce_loss` scales as for the reference."""
-    real = _fused.softmax_rows
-
-    def unscaled(x: Any, y: Any, valid: Any, *, kind: int, **options: Any) -> Any:
-        assert "grad_scale" not in options
-        return real(x, y, valid, kind=kind, **options)
-
-    monkeypatch.setattr(_fused, "softmax_rows", unscaled)
-    logits, labels = batch((8,), np.float32, ignored=True)
-    result = on_path("fused", cross_entropy, logits, labels, grad_reduction="mean")
-    assert result.grad_scale == 1
-    expected = reduce_loss(on_path("reference", cross_entropy, logits, labels), "mean")
-    assert_same(reduce_loss(result, "mean"), expected, np.float32)
-
-
 # --- the polynomial exp ---------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from service.engine._checks import check_option_range, check_unit_interval, first_position
 from service.engine._class_balance import resolve_class_weight
 from service.engine._dtypes import ComputeDtype, as_compute
-from service.engine._engine_path import fused_kernels, kernel_scale
+from service.engine._engine_path import fused_kernels
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.engine._rows import class_indices, finish_rows, logit_rows
@@ -116,7 +116,7 @@ def _fused_cross_entropy(
     written already scaled for `grad_reduction`."""
     assert target.at_label is not None  # class-index targets
     y, at_label = target.at_label
-    scale = kernel_scale(fused, grad_scale(grad_reduction, target.divisor))
+    scale = grad_scale(grad_reduction, target.divisor)
     per_sample, lse, grad = fused.softmax_rows(
         x,
         y,
@@ -126,7 +126,7 @@ def _fused_cross_entropy(
         total=target.total,
         spread=target.spread if label_smoothing else None,  # else zeros: nothing to spread
         z_loss=z_loss,
-        **scale,
+        grad_scale=scale,
     )
     if z_loss:
         per_sample += z_loss_term(z_loss, lse, x.dtype, xp=xp)
@@ -137,7 +137,7 @@ def _fused_cross_entropy(
         target.valid,
         target.divisor,
         xp=xp,
-        grad_scale=scale.get("grad_scale", 1.0),
+        grad_scale=scale,
     )
 
 

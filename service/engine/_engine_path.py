@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import os
 from types import ModuleType
 from typing import Literal, cast, get_args
@@ -57,16 +56,6 @@ def fused_kernels(xp: ModuleType) -> ModuleType | None:
     if is_cupy(xp):
         return importlib.import_module("service.engine._fused_cupy")
     return None
-
-
-def kernel_scale(kernels: ModuleType, scale: float) -> dict[str, float]:
-    """`softmax_rows`'s `grad_scale=scale` keyword, or none where the kernels' `softmax_rows` does
-    not take one yet (`_fused_cupy` before its `grad_scale`): the result's `grad_scale` is then 1
-    and `reduce_loss` scales. Whichever is returned, `kernel_scale(...).get("grad_scale", 1.0)` is
-    the scale the gradient comes back with."""
-    if scale == 1 or "grad_scale" not in inspect.signature(kernels.softmax_rows).parameters:
-        return {}
-    return {"grad_scale": scale}
 
 
 def is_cupy(xp: ModuleType) -> bool:

@@ -31,7 +31,7 @@ from service.engine._checks import check_nonnegative, check_option_range, requir
 from service.engine._class_balance import resolve_class_weight
 from service.engine._cross_entropy import TargetMass, cross_entropy, softmax_gradient
 from service.engine._dtypes import ComputeDtype, as_compute
-from service.engine._engine_path import fused_kernels, kernel_scale
+from service.engine._engine_path import fused_kernels
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.engine._rows import class_indices, class_weight, finish_rows, logit_rows
@@ -322,13 +322,11 @@ def _fused_label_loss(
     """Focal or poly-1 from the fused kernel. Its `_fused._label_loss` repeats the formulas of
     `focal` and `poly1` above: change them together (tests/test_engine_fused.py compares)."""
     divisor = float(xp.count_nonzero(valid))
-    scale = kernel_scale(fused, grad_scale(grad_reduction, divisor))
+    scale = grad_scale(grad_reduction, divisor)
     per_sample, _, grad = fused.softmax_rows(
-        x, y, valid, kind=kind, param=param, alpha=alpha, **scale
+        x, y, valid, kind=kind, param=param, alpha=alpha, grad_scale=scale
     )
-    return finish_rows(
-        logits, per_sample, grad, valid, divisor, xp=xp, grad_scale=scale.get("grad_scale", 1.0)
-    )
+    return finish_rows(logits, per_sample, grad, valid, divisor, xp=xp, grad_scale=scale)
 
 
 def _finish(
