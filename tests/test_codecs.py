@@ -103,10 +103,10 @@ def test_base64_round_trip(name: str, shape: tuple[int, ...]) -> None:
     assert isinstance(encoded, dict)
     assert encoded["dtype"] == name
     assert encoded["shape"] == list(shape)
-    assert base64.b64decode(encoded["data"]) == _le_bytes(array)
+    assert base64.b64decode(str(encoded["data"])) == _le_bytes(array)
 
     # Through real JSON text, as a client would send it back.
-    decoded = _decode(json.loads(json.dumps(encoded)))
+    decoded = _decode(json.loads(json.dumps(encoded, default=str)))
     assert decoded.form == "base64"
     _assert_same(decoded.array, array)
     assert decoded.array.dtype.isnative
@@ -130,7 +130,8 @@ def test_base64_bytes_are_little_endian_whatever_the_array_byte_order(
     assert isinstance(encoded, dict)
     assert encoded["dtype"] == name
     assert (
-        base64.b64decode(encoded["data"]) == native.astype(native.dtype.newbyteorder("<")).tobytes()
+        base64.b64decode(str(encoded["data"]))
+        == native.astype(native.dtype.newbyteorder("<")).tobytes()
     )
 
 
@@ -138,8 +139,10 @@ def test_base64_float32_bytes_are_the_little_endian_bytes() -> None:
     array = np.array([[1.5, -2.25], [3.0e-3, 7.0]], dtype=">f4")
     encoded = encode_tensor(array, "base64")
     assert isinstance(encoded, dict)
-    assert base64.b64decode(encoded["data"]) == array.astype("<f4").tobytes()
-    assert base64.b64decode(encoded["data"]) == bytes.fromhex("0000c03f000010c0a69b443b0000e040")
+    assert base64.b64decode(str(encoded["data"])) == array.astype("<f4").tobytes()
+    assert base64.b64decode(str(encoded["data"])) == bytes.fromhex(
+        "0000c03f000010c0a69b443b0000e040"
+    )
 
 
 def test_base64_bytes_are_row_major_for_non_contiguous_arrays() -> None:
@@ -147,7 +150,7 @@ def test_base64_bytes_are_row_major_for_non_contiguous_arrays() -> None:
     encoded = encode_tensor(array, "base64")
     assert isinstance(encoded, dict)
     assert encoded["shape"] == [3, 2]
-    raw = base64.b64decode(encoded["data"])
+    raw = base64.b64decode(str(encoded["data"]))
     assert np.frombuffer(raw, dtype="<i4").tolist() == [0, 3, 1, 4, 2, 5]
 
 

@@ -28,6 +28,7 @@ from service.api.schemas.oip import (
     TensorMetadata,
 )
 from service.codecs import TensorLimits, oip
+from service.codecs._json_body import JsonBody
 from service.engine import Array, reduce_loss
 from service.errors import FieldPath, InvalidInput
 
@@ -67,9 +68,10 @@ def _grad_outputs(spec: LossSpec) -> list[str]:
 
 
 def infer(
-    spec: LossSpec, body: bytes, header_length: str | None, compute: ComputeContext
-) -> tuple[bytes, int | None]:
-    """One inference: the response body and, when it carries binary outputs, its JSON length."""
+    spec: LossSpec, body: JsonBody, header_length: str | None, compute: ComputeContext
+) -> tuple[bytes, list[memoryview]]:
+    """One inference: the response's JSON and the binary outputs that follow it (views of the
+    output arrays: the response sends them as they are)."""
     header, binary = oip.split_body(body, header_length)
     request = _validated(InferRequest, header, ())
     names = [item.name for item in request.inputs]
@@ -129,7 +131,6 @@ def infer(
         }
         if as_binary:
             little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-            # A byte view: the only copy is the one into the body below.
             raw = np.ascontiguousarray(little).reshape(-1).view(np.uint8).data
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
@@ -142,10 +143,7 @@ def infer(
         "id": request.id,
         "outputs": outputs,
     }
-    json_part = orjson.dumps(response)
-    if not chunks:
-        return json_part, None
-    return b"".join([json_part, *chunks]), len(json_part)
+    return orjson.dumps(response), chunks
 
 
 def _decode_inputs(

@@ -26,7 +26,9 @@ from service.client._models import (
     Readiness,
 )
 from service.client._tensors import encode, is_array, oip_input, oip_output
+from service.client._transfer import Answer, Body, async_exchange, exchange
 from service.client._types import Encoding
+from service.codecs._json_body import dumps_json, loads_json
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0  # the server's default request timeout
@@ -82,10 +84,14 @@ class _Requests:
             body["calibration"] = dict(calibration)
         return body
 
+    def json_body(self, fields: Mapping[str, Any]) -> Body:
+        """A JSON request body; base64 tensors are pieces of it of their own."""
+        return Body(dumps_json(fields), "application/json")
+
     @staticmethod
     def infer_request(
         values: Mapping[str, Any], outputs: Sequence[str] | None, binary_output: bool
-    ) -> tuple[bytes, dict[str, str]]:
+    ) -> tuple[Body, dict[str, str]]:
         """The body and headers of an OIP infer request with binary tensors: every array (or
         list) is an input, every other value a parameter."""
         inputs, chunks = [], []
@@ -103,32 +109,30 @@ class _Requests:
                 {"name": name, "parameters": {"binary_data": binary_output}} for name in outputs
             ]
         json_part = json.dumps(header, separators=(",", ":")).encode()
-        headers = {
-            "Content-Type": "application/octet-stream",
-            INFER_HEADER_LENGTH: str(len(json_part)),
-        }
-        return json_part + b"".join(chunks), headers
+        body = Body([json_part, *chunks], "application/octet-stream")
+        return body, {INFER_HEADER_LENGTH: str(len(json_part))}
 
     @staticmethod
-    def json(response: httpx.Response) -> Any:
+    def json(answer: Answer) -> Any:
         """The JSON of a successful answer; an APIError for an error answer."""
-        if response.status_code >= 400:
-            raise error_from_response(response)
+        if answer.response.status_code >= 400:
+            raise error_from_response(answer.response)
         try:
-            return response.json()
+            return loads_json(answer.body)
         except ValueError as error:
             raise ResponseError(f"the answer is not JSON: {error}") from None
 
     @staticmethod
-    def infer_result(response: httpx.Response) -> InferResult:
+    def infer_result(answer: Answer) -> InferResult:
+        response = answer.response
         if response.status_code >= 400:
             raise error_from_response(response)
-        content = response.content
+        content = memoryview(answer.body)
         length = response.headers.get(INFER_HEADER_LENGTH)
         split = int(length) if length is not None and length.isdigit() else len(content)
         try:
-            header = json.loads(content[:split])
-            binary, offset = memoryview(content)[split:], 0
+            header = json.loads(bytes(content[:split]))
+            binary, offset = content[split:], 0
             outputs = {}
             for entry in header["outputs"]:
                 outputs[str(entry["name"])], offset = oip_output(entry, binary, offset)
@@ -186,8 +190,9 @@ class LossClient:
         """`POST /v1/losses/{name}`: inputs (`logits=`, `labels=`, ...) and options
         (`reduction=`, `return_grad=`, `label_smoothing=`, ...) as keyword arguments."""
         body = self._requests.loss_body(inputs_and_options)
-        response = self._http.post(_Requests.loss_path(name), json=body)
-        return LossResult.from_json(_Requests.json(response))
+        content = self._requests.json_body(body)
+        answer = exchange(self._http, "POST", _Requests.loss_path(name), content)
+        return LossResult.from_json(_Requests.json(answer))
 
     def evaluate(
         self,
@@ -201,12 +206,13 @@ class LossClient:
         """`POST /v1/evaluate`: several losses from one upload. Each entry of `losses` is a
         name or a mapping `{"name": ..., options...}`."""
         body = self._requests.evaluate_body(logits, labels, losses, calibration, options)
-        answer = _Requests.json(self._http.post("/v1/evaluate", json=body))
+        content = self._requests.json_body(body)
+        answer = _Requests.json(exchange(self._http, "POST", "/v1/evaluate", content))
         return _evaluate_result(answer)
 
     def list_losses(self) -> list[LossInfo]:
         """`GET /v1/losses`: every loss with its inputs, options and reference."""
-        answer = _Requests.json(self._http.get("/v1/losses"))
+        answer = _Requests.json(exchange(self._http, "GET", "/v1/losses"))
         return [LossInfo.from_json(item) for item in answer["losses"]]
 
     def infer(
@@ -222,14 +228,14 @@ class LossClient:
         no base64 and no JSON numbers, the cheapest way to send large arrays. Arrays and lists
         are inputs, other values parameters (`reduction="none"`, `return_grad=True`)."""
         content, headers = _Requests.infer_request(inputs_and_options, outputs, binary_output)
-        response = self._http.post(_Requests.infer_path(name), content=content, headers=headers)
-        return _Requests.infer_result(response)
+        path = _Requests.infer_path(name)
+        return _Requests.infer_result(exchange(self._http, "POST", path, content, headers))
 
     def healthz(self) -> Health:
-        return Health(**_Requests.json(self._http.get("/healthz")))
+        return Health(**_Requests.json(exchange(self._http, "GET", "/healthz")))
 
     def readyz(self) -> Readiness:
-        return Readiness.from_json(_Requests.json(self._http.get("/readyz")))
+        return Readiness.from_json(_Requests.json(exchange(self._http, "GET", "/readyz")))
 
     def close(self) -> None:
         if self._owns_http:
@@ -274,8 +280,9 @@ class AsyncLossClient:
 
     async def loss(self, name: str, /, **inputs_and_options: Any) -> LossResult:
         body = self._requests.loss_body(inputs_and_options)
-        response = await self._http.post(_Requests.loss_path(name), json=body)
-        return LossResult.from_json(_Requests.json(response))
+        content = self._requests.json_body(body)
+        answer = await async_exchange(self._http, "POST", _Requests.loss_path(name), content)
+        return LossResult.from_json(_Requests.json(answer))
 
     async def evaluate(
         self,
@@ -287,11 +294,12 @@ class AsyncLossClient:
         **options: Any,
     ) -> EvaluateResult:
         body = self._requests.evaluate_body(logits, labels, losses, calibration, options)
-        answer = _Requests.json(await self._http.post("/v1/evaluate", json=body))
+        content = self._requests.json_body(body)
+        answer = _Requests.json(await async_exchange(self._http, "POST", "/v1/evaluate", content))
         return _evaluate_result(answer)
 
     async def list_losses(self) -> list[LossInfo]:
-        answer = _Requests.json(await self._http.get("/v1/losses"))
+        answer = _Requests.json(await async_exchange(self._http, "GET", "/v1/losses"))
         return [LossInfo.from_json(item) for item in answer["losses"]]
 
     async def infer(
@@ -304,16 +312,16 @@ class AsyncLossClient:
         **inputs_and_options: Any,
     ) -> InferResult:
         content, headers = _Requests.infer_request(inputs_and_options, outputs, binary_output)
-        response = await self._http.post(
-            _Requests.infer_path(name), content=content, headers=headers
-        )
-        return _Requests.infer_result(response)
+        path = _Requests.infer_path(name)
+        answer = await async_exchange(self._http, "POST", path, content, headers)
+        return _Requests.infer_result(answer)
 
     async def healthz(self) -> Health:
-        return Health(**_Requests.json(await self._http.get("/healthz")))
+        return Health(**_Requests.json(await async_exchange(self._http, "GET", "/healthz")))
 
     async def readyz(self) -> Readiness:
-        return Readiness.from_json(_Requests.json(await self._http.get("/readyz")))
+        answer = await async_exchange(self._http, "GET", "/readyz")
+        return Readiness.from_json(_Requests.json(answer))
 
     async def aclose(self) -> None:
         if self._owns_http:

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pybase64
 
 from service.client._exceptions import ResponseError
 from service.client._types import Array, ArrayLike, Encoding
+from service.codecs._base64 import Base64Text, b64decode, b64encode
 
 WIRE_DTYPES = (
     "float16",
@@ -56,10 +56,10 @@ def as_array(value: ArrayLike, name: str) -> Array:
     return array
 
 
-def le_bytes(array: Array) -> bytes:
-    """The raw little-endian, row-major bytes of `array`."""
+def le_bytes(array: Array) -> memoryview:
+    """The raw little-endian, row-major bytes of `array`: a view of it when it already is."""
     little = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    return np.ascontiguousarray(array, dtype=little).tobytes()
+    return np.ascontiguousarray(array, dtype=little).reshape(-1).view(np.uint8).data
 
 
 def encode(value: ArrayLike, name: str, encoding: Encoding) -> Any:
@@ -69,10 +69,11 @@ def encode(value: ArrayLike, name: str, encoding: Encoding) -> Any:
         if array.dtype.name == "bfloat16":
             array = array.astype(np.float32)
         return array.tolist()
+    # Base64Text: the request body sends its buffer as it is (`service.codecs.dumps_json`).
     return {
         "dtype": array.dtype.name,
         "shape": list(array.shape),
-        "data": pybase64.b64encode_as_string(le_bytes(array)),
+        "data": b64encode(le_bytes(array)),
     }
 
 
@@ -92,15 +93,17 @@ def decode(value: Any, name: str) -> Array | None:
     if isinstance(value, Mapping):
         try:
             dtype = numpy_dtype(str(value["dtype"]))
-            raw = pybase64.b64decode(value["data"], validate=True)
+            data = value["data"]
+            if not isinstance(data, str | Base64Text):
+                raise TypeError(f"data is a {type(data).__name__}, not base64 text")
             shape = tuple(int(n) for n in value["shape"])
-            return np.frombuffer(raw, dtype=dtype).reshape(shape)
+            return b64decode(data).view(dtype).reshape(shape)
         except (KeyError, TypeError, ValueError) as error:
             raise ResponseError(f"{name}: not an encoded tensor ({error})") from None
     return np.asarray(value, dtype=np.float64)
 
 
-def oip_input(name: str, value: ArrayLike) -> tuple[dict[str, Any], bytes]:
+def oip_input(name: str, value: ArrayLike) -> tuple[dict[str, Any], memoryview]:
     """An OIP input entry for the binary extension, and its bytes."""
     array = as_array(value, name)
     raw = le_bytes(array)

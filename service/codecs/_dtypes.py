@@ -60,7 +60,7 @@ def is_floating(dtype: np.dtype[Any]) -> bool:
     return dtype.kind == "f" or dtype == _BFLOAT16
 
 
-def from_le_bytes(raw: bytes | memoryview, name: str) -> NDArray[Any]:
+def from_le_bytes(raw: bytes | memoryview | NDArray[np.uint8], name: str) -> NDArray[Any]:
     """The 1-d native array that little-endian bytes `raw` of wire dtype `name` hold.
 
     The result is a read-only view of `raw` on little-endian machines (a copy elsewhere); the

@@ -16,6 +16,7 @@ import orjson
 from numpy.typing import NDArray
 
 from service.codecs._dtypes import numpy_dtype, wire_name
+from service.codecs._json_body import JsonBody
 from service.codecs._tensors import (
     TensorLimits,
     array_from_bytes,
@@ -45,12 +46,16 @@ _OIP_OF_WIRE = {wire: oip for oip, wire in OIP_DATATYPES.items()}
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes | memoryview]:
-    """The JSON header of an infer request and the binary tensor data that follows it."""
+def split_body(
+    body: JsonBody, header_length: str | None
+) -> tuple[dict[str, Any], bytes | memoryview]:
+    """The JSON header of an infer request and the binary tensor data that follows it.
+
+    `body` is bytes, or an mmap for a large body (`service.api.request_body`)."""
     json_part: bytes | memoryview
     binary: bytes | memoryview
     if header_length is None:
-        json_part, binary = body, b""
+        json_part, binary = memoryview(body), b""
     else:
         # isdigit() alone takes "²" and other Unicode digits (a latin-1 header byte) that
         # int() refuses: only ASCII digits are a byte count.

@@ -12,6 +12,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.api.catalogue import BY_NAME, LossSpec
 from service.api.deps import ComputeDep, require_api_key
 from service.api.inference import infer, model_metadata, server_metadata
+from service.api.request_body import read_body
+from service.api.routing import PiecesResponse
 from service.api.schemas.oip import (
     InferResponse,
     ModelMetadata,
@@ -96,15 +98,15 @@ _INFER_OPENAPI = {
 
 async def _infer(model_name: str, request: Request, compute: ComputeDep) -> Response:
     spec = _spec(model_name)
-    body = await request.body()
+    body = await read_body(request)
     header_length = request.headers.get(oip.HEADER_LENGTH)
-    content, json_length = await compute.run(infer, spec, body, header_length, compute)
-    if json_length is None:
-        return Response(content, media_type="application/json")
-    return Response(
-        content,
+    json_part, binary = await compute.run(infer, spec, body, header_length, compute)
+    if not binary:
+        return PiecesResponse([json_part], media_type="application/json")
+    return PiecesResponse(
+        [json_part, *binary],
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
+        headers={"Inference-Header-Content-Length": str(len(json_part))},
     )
 
 

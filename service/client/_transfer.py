@@ -1,0 +1,124 @@
+"""Request bodies sent in pieces, answers read into one buffer: no large copies on the client.
+
+httpx joins a request body that is given whole into the bytes it sends (one more copy of a
+33 MB tensor), and `Response.read()` joins the 64 KiB pieces of an answer into a new `bytes`.
+Allocations that large are mapped fresh from the kernel, and faulting their 4 KiB pages in
+costs more than the copy (`service.api.request_body` has the numbers). Here a body is a list of
+buffers (the JSON around the tensors, the tensors' own bytes or base64 text) streamed in
+`PIECE_BYTES` slices with their total Content-Length, and an answer of declared length is read
+into one `body_buffer`, which `service.codecs.loads_json` parses in place.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from service.codecs._json_body import JsonBody, body_buffer
+
+PIECE_BYTES = 1 << 20
+LARGE_ANSWER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request body as the buffers it is made of, and its content type."""
+
+    pieces: Sequence[bytes | memoryview]
+    content_type: str
+
+    def headers(self) -> dict[str, str]:
+        length = sum(len(piece) for piece in self.pieces)
+        return {"Content-Type": self.content_type, "Content-Length": str(length)}
+
+    def __iter__(self) -> Iterator[bytes]:
+        # bytes, not views: the HTTP layer copies each slice once either way (h11 joins what it
+        # sends, and returns a lone bytes object as it is).
+        for piece in self.pieces:
+            view = memoryview(piece).cast("B")
+            for start in range(0, len(view), PIECE_BYTES):
+                yield bytes(view[start : start + PIECE_BYTES])
+
+    async def pieces_async(self) -> AsyncIterator[bytes]:
+        """The slices as an async iterable, which is what `httpx.AsyncClient` streams."""
+        for piece in self:
+            yield piece
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A read answer: the response (headers, status) and its body."""
+
+    response: httpx.Response
+    body: JsonBody
+
+
+def _buffer(response: httpx.Response) -> mmap.mmap | None:
+    """An mmap for the body of a large successful answer of declared length, else None."""
+    declared = response.headers.get("content-length", "")
+    if response.status_code >= 400 or not declared.isdigit():
+        return None
+    if int(declared) < LARGE_ANSWER_BYTES:
+        return None
+    return body_buffer(int(declared))
+
+
+def _write(view: memoryview, received: int, chunk: bytes) -> int:
+    if received + len(chunk) > len(view):
+        raise httpx.RemoteProtocolError(f"the answer is longer than its {len(view)} bytes")
+    view[received : received + len(chunk)] = chunk
+    return received + len(chunk)
+
+
+def _filled(buffer: mmap.mmap, received: int) -> mmap.mmap:
+    if received != len(buffer):
+        raise httpx.RemoteProtocolError(f"the answer ended after {received} of {len(buffer)} bytes")
+    return buffer
+
+
+def exchange(
+    http: httpx.Client,
+    method: str,
+    path: str,
+    body: Body | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Answer:
+    """Send `body` (if any), read the answer (into an mmap when large)."""
+    headers = {**(body.headers() if body is not None else {}), **(headers or {})}
+    with http.stream(method, path, content=body, headers=headers) as response:
+        buffer = _buffer(response)
+        if buffer is None:
+            return Answer(response, response.read())
+        received, view = 0, memoryview(buffer)
+        for chunk in response.iter_raw():
+            received = _write(view, received, chunk)
+        view.release()
+    return Answer(response, _filled(buffer, received))
+
+
+async def async_exchange(
+    http: httpx.AsyncClient,
+    method: str,
+    path: str,
+    body: Body | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Answer:
+    """`exchange` for an `httpx.AsyncClient`."""
+    content = body.pieces_async() if body is not None else None
+    headers = {**(body.headers() if body is not None else {}), **(headers or {})}
+    request = http.build_request(method, path, content=content, headers=headers)
+    response = await http.send(request, stream=True)
+    try:
+        buffer = _buffer(response)
+        if buffer is None:
+            return Answer(response, await response.aread())
+        received, view = 0, memoryview(buffer)
+        async for chunk in response.aiter_raw():
+            received = _write(view, received, chunk)
+        view.release()
+    finally:
+        await response.aclose()
+    return Answer(response, _filled(buffer, received))
