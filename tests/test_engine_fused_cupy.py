@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from tests.fused_cases import (
     MASKED,
     MASKED_IDS,
     RNG,
+    TOLERANCES,
     C,
     assert_same,
     batch,
@@ -82,19 +84,35 @@ def on_path(path: str, function: Callable[..., LossResult], *args: Any, **kwargs
             return error
 
 
-def wide_batch(dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Rows wider than a block (300 classes, 64 threads): strided loops and two warps."""
-    logits = (RNG.normal(size=(6, 300)) * 4).astype(dtype)
+def wide_batch(
+    dtype: Any, n_classes: int = 300, *, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Six rows of `n_classes` wider than a few classes per lane: strided loops, the 16-byte
+    vectors and several rounds of them. `offset` elements into a buffer: with 1, no row starts
+    on a 16-byte boundary (the head and tail elements are read one by one)."""
+    logits = at_offset((RNG.normal(size=(6, n_classes)) * 4).astype(dtype), offset)
     logits[1, ::7] = -np.inf
-    logits[2, 250] = 30.0  # the maximum late in the row: the running sums are rescaled
-    return logits, np.array([3, 2, 250, -100, 299, 0])
+    late = n_classes - 50
+    logits[2, late] = 30.0  # the maximum late in the row: the running sums are rescaled
+    return logits, np.array([3, 2, late, -100, n_classes - 1, 0])
+
+
+def at_offset(array: np.ndarray, offset: int) -> np.ndarray:
+    """A C-contiguous copy of `array` starting `offset` elements into a 16-byte-aligned buffer."""
+    buffer = np.empty(array.size + offset, array.dtype)
+    assert buffer.ctypes.data % 16 == 0
+    copy = buffer[offset:].reshape(array.shape)
+    copy[...] = array
+    return copy
 
 
 # --- the kernel's source on the CPU (one thread per lane) ------------------------------------
 
 EMULATION = r"""
+#include <atomic>
 #include <barrier>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -102,6 +120,7 @@ EMULATION = r"""
 #define __global__
 #define __device__
 #define __shared__ static
+#define __launch_bounds__(...)
 struct Dim3 { unsigned x; };
 static thread_local Dim3 threadIdx;
 static Dim3 blockIdx, blockDim;
@@ -119,6 +138,16 @@ static float __int_as_float(unsigned bits) { float f; std::memcpy(&f, &bits, 4);
 static double __longlong_as_double(unsigned long long bits) {
     double d; std::memcpy(&d, &bits, 8); return d;
 }
+// x86 reads a misaligned 16-byte vector without complaint, the GPU faults: count them.
+static std::atomic<long> misaligned_vectors_seen{0};
+extern "C" long misaligned_vectors() { return misaligned_vectors_seen.exchange(0); }
+// (Said at once too: the access that follows may crash the process, x86 aligned moves.)
+#define VECTOR_ACCESS(pointer) do {                                                  \
+    if (reinterpret_cast<unsigned long long>(pointer) & 15) {                        \
+        ++misaligned_vectors_seen;                                                   \
+        std::fprintf(stderr, "misaligned vector at %p\n", (const void*)(pointer));  \
+    }                                                                                \
+} while (0)
 """
 
 LAUNCHER = r"""
@@ -136,26 +165,31 @@ template <typename... A> static void launch(void (*kernel)(A...), unsigned grid,
         for (auto& lane : lanes) lane.join();
     }
 }
-#define EMULATE(NAME, T)                                                                      \
+#define EMULATE(NAME, FORMAT)                                                                 \
     extern "C" void run_##NAME(                                                               \
-        unsigned grid, unsigned block, const T* x, const long long* y, const bool* valid,     \
-        long long n_classes, int kind, const T* at_label, const T* total, const T* spread,    \
-        int smoothing, double z_loss, double param, const T* alpha, int weighted,             \
-        double grad_scale, double* per_sample, double* lse, T* grad) {                        \
-        launch(NAME, grid, block, x, y, valid, n_classes, kind, at_label, total, spread,      \
-               smoothing, z_loss, param, alpha, weighted, grad_scale, per_sample, lse, grad); \
+        unsigned grid, unsigned block, const FORMAT::Storage* x, const long long* y,          \
+        const bool* valid, long long n_rows, int n_classes, int lanes, int kind,              \
+        const FORMAT::Real* at_label, const FORMAT::Real* total, const FORMAT::Real* spread,  \
+        int smoothing, double z_loss, double param, const FORMAT::Real* alpha, int weighted,  \
+        double grad_scale, double* per_sample, double* lse, FORMAT::Real* grad) {             \
+        launch(NAME, grid, block, x, y, valid, n_rows, n_classes, lanes, kind, at_label,      \
+               total, spread, smoothing, z_loss, param, alpha, weighted, grad_scale,          \
+               per_sample, lse, grad);                                                        \
     }
-EMULATE(softmax_rows_f32, float)
-EMULATE(softmax_rows_f64, double)
+EMULATE(softmax_rows_f32, F32)
+EMULATE(softmax_rows_f64, F64)
+EMULATE(softmax_rows_f16, F16)
+EMULATE(softmax_rows_bf16, BF16)
 """
 
 
 class EmulatedKernel:
-    """A `cupy.RawKernel` stand-in: `kernel(grid, block, arguments)` on NumPy arrays."""
+    """A `cupy.RawKernel` stand-in: `kernel(grid, block, arguments)` on NumPy arrays; records
+    each launch's (blocks, threads per block, lanes per row)."""
 
     def __init__(self, library: ctypes.CDLL, name: str) -> None:
         self.function = getattr(library, f"run_{name}")
-        self.blocks: list[int] = []
+        self.launches: list[tuple[int, int, int]] = []
 
     def __call__(self, grid: tuple[int], block: tuple[int], arguments: tuple[Any, ...]) -> None:
         converted: list[Any] = [ctypes.c_uint(grid[0]), ctypes.c_uint(block[0])]
@@ -170,7 +204,7 @@ class EmulatedKernel:
             else:
                 assert isinstance(argument, np.float64), type(argument)
                 converted.append(ctypes.c_double(float(argument)))
-        self.blocks.append(block[0])
+        self.launches.append((grid[0], block[0], int(arguments[5])))
         self.function(*converted)
 
 
@@ -183,7 +217,9 @@ def emulation_library(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     source = folder / "kernel.cpp"
     source.write_text(EMULATION + _fused_cupy.SOURCE + LAUNCHER)
     library = folder / "kernel.so"
+    # -fno-strict-aliasing: the source reads rows through 16-byte vector types (as CUDA does)
     command = [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w"]
+    command.append("-fno-strict-aliasing")
     subprocess.run([*command, "-o", str(library), str(source)], check=True)
     return ctypes.CDLL(str(library))
 
@@ -199,7 +235,10 @@ def emulated(
     }
     monkeypatch.setattr(_fused_cupy, "_kernel", kernels.__getitem__)
     monkeypatch.setattr(_engine_path, "_load", lambda required: _fused_cupy)
+    emulation_library.misaligned_vectors.restype = ctypes.c_long
+    emulation_library.misaligned_vectors()
     yield kernels
+    assert emulation_library.misaligned_vectors() == 0, "a 16-byte vector access off its boundary"
 
 
 @pytest.mark.parametrize(
@@ -221,7 +260,7 @@ def test_emulated_kernel_cross_entropy_agrees(
     reference = on_path("reference", cross_entropy, logits, labels, **options)
     fused = on_path("fused", cross_entropy, logits, labels, **options)
     assert_same(fused, reference, dtype)
-    assert emulated[np.dtype(dtype).name].blocks == [32]
+    assert emulated[np.dtype(dtype).name].launches == [(1, 32, 1)]  # a thread per row
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -252,22 +291,38 @@ def test_emulated_kernel_masked_classes(
     assert np.all(fused.grads["logits"][np.isneginf(logits)] == 0)
 
 
+WIDE_LAYOUTS = [
+    (300, 0, (1, 128, 16)),  # 8 rows of 16 lanes to a block
+    (2001, 1, (6, 64, 64)),  # a block per row; rows off 16-byte boundaries, odd length
+]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"label_smoothing": 0.1, "z_loss": 1e-3, "weight": np.linspace(0.0, 2.0, 300)}],
+    [{}, {"label_smoothing": 0.1, "z_loss": 1e-3, "weight": "linspace"}],
     ids=["plain", "smoothing-z-weight"],
 )
+@pytest.mark.parametrize(
+    ("n_classes", "offset", "launch"), WIDE_LAYOUTS, ids=["rows-of-16-lanes", "block-misaligned"]
+)
 def test_emulated_kernel_wide_rows_and_large_logits(
-    emulated: dict[str, EmulatedKernel], options: dict[str, Any], dtype: Any
+    emulated: dict[str, EmulatedKernel],
+    options: dict[str, Any],
+    dtype: Any,
+    n_classes: int,
+    offset: int,
+    launch: tuple[int, int, int],
 ) -> None:
-    logits, labels = wide_batch(dtype)
+    logits, labels = wide_batch(dtype, n_classes, offset=offset)
+    assert (logits.ctypes.data % 16 != 0) == (offset != 0)
     if options:
+        options = {**options, "weight": np.linspace(0.0, 2.0, n_classes)}
         logits[1] = np.where(np.isneginf(logits[1]), 0, logits[1])  # mass on every class
         logits[4] = logits[4] * 2500  # magnitude 1e4
     reference = on_path("reference", cross_entropy, logits, labels, **options)
     assert_same(on_path("fused", cross_entropy, logits, labels, **options), reference, dtype)
-    assert emulated[np.dtype(dtype).name].blocks == [64]
+    assert emulated[np.dtype(dtype).name].launches[0] == launch
     for function in (focal, poly1):
         reference = on_path("reference", function, logits, labels)
         assert_same(on_path("fused", function, logits, labels), reference, dtype)
@@ -288,17 +343,18 @@ def test_emulated_kernel_errors_and_empty_batches(emulated: dict[str, EmulatedKe
 
 
 def class_index_rows(
-    x: np.ndarray, labels: np.ndarray, **options: Any
+    x: Any, labels: Any, xp: Any = np, **options: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`softmax_rows` for plain cross-entropy with class-index `labels` (-1: ignored)."""
+    """`softmax_rows` for plain cross-entropy with class-index `labels` (-1: ignored), on
+    NumPy or (`xp`) CuPy arrays; the results on the host."""
     valid = labels >= 0
     mass = valid.astype(np.float64 if x.dtype == np.float64 else np.float32)
-    y = np.where(valid, labels, 0)
+    y = xp.where(valid, labels, 0)
     kind = _fused_cupy.CROSS_ENTROPY
     per_sample, lse, grad = _fused_cupy.softmax_rows(
         x, y, valid, kind=kind, at_label=mass, total=mass, **options
     )
-    return per_sample, lse, grad
+    return host(per_sample), host(lse), host(grad)
 
 
 def sixteen_bit_inputs(x32: np.ndarray) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
@@ -311,21 +367,100 @@ def sixteen_bit_inputs(x32: np.ndarray) -> dict[str, tuple[np.ndarray, dict[str,
     }
 
 
-@pytest.mark.parametrize("input_dtype", ["float16", "bfloat16", "bfloat16-bits"])
-def test_emulated_kernel_reads_16_bit_rows(
-    emulated: dict[str, EmulatedKernel], input_dtype: str
+def expected_rows(
+    x: np.ndarray, labels: np.ndarray, grad_scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plain cross-entropy of rows `x` in float64: per_sample, lse of every row (`softmax_rows`
+    gives it for ignored rows only with a z-loss), grad; labels -1 are ignored."""
+    x = x.astype(np.float64)
+    valid = labels >= 0
+    shift = np.max(x, axis=1, keepdims=True)
+    shift[~np.isfinite(shift)] = 0
+    exp = np.exp(x - shift)
+    total = np.sum(exp, axis=1, keepdims=True)
+    at_label = np.where(valid, labels, 0)
+    # a fully masked row (ignored): log 0 = -inf is its lse, -inf - -inf and 0 / 0 are dropped
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = (shift + np.log(total))[:, 0]
+        per_sample = np.where(valid, lse - x[np.arange(len(x)), at_label], 0.0)
+        grad = exp / total
+    grad[np.arange(len(x)), at_label] -= 1
+    grad[~valid] = 0
+    return per_sample, lse, grad * grad_scale
+
+
+INPUT_DTYPES = ["float32", "float64", "float16", "bfloat16", "bfloat16-bits"]
+# (rows, classes, offset in elements, launch shape), and what each covers
+LAYOUTS = [
+    pytest.param(300, 10, 0, (2, 256, 1), id="thread-per-row-40-byte-rows-2-blocks"),
+    pytest.param(9, 1000, 0, (2, 256, 32), id="warp-per-row-last-block-part-full"),
+    pytest.param(5, 1001, 1, (1, 256, 32), id="odd-rows-off-boundary-head-and-tail"),
+    pytest.param(3, 2000, 0, (3, 64, 64), id="block-per-row-unrolled-then-single-vectors"),
+    pytest.param(2, 5003, 3, (2, 256, 256), id="8-warps-per-row-misaligned-odd"),
+]
+
+
+def layout_rows(n_rows: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 logits with the edge cases, and labels (-1: ignored)."""
+    x = (RNG.normal(size=(n_rows, n_classes)) * 3).astype(np.float32)
+    labels = RNG.integers(0, n_classes, size=n_rows)
+    x[0, n_classes - 1] = 40.0  # the maximum in the last element: the tail rescales the sum
+    x[0, 0] = -np.inf if labels[0] != 0 else x[0, 0]  # a masked class
+    x[-1] = -np.inf  # a fully masked row, ignored
+    labels[-1] = -1
+    if n_rows > 2:
+        labels[1] = -1  # an ignored row between counted ones
+        x[2] *= 2500 if n_classes > 20 else 1  # magnitude 1e4
+    return x, labels
+
+
+@pytest.mark.parametrize("input_dtype", INPUT_DTYPES)
+@pytest.mark.parametrize(("n_rows", "n_classes", "offset", "launch"), LAYOUTS)
+def test_emulated_kernel_layouts_and_16_bit_rows(
+    emulated: dict[str, EmulatedKernel],
+    input_dtype: str,
+    n_rows: int,
+    n_classes: int,
+    offset: int,
+    launch: tuple[int, int, int],
 ) -> None:
-    """16-bit rows give the numbers of the same values widened to float32, gradient float32."""
-    x32 = (RNG.normal(size=(5, 300)) * 4).astype(np.float32)
-    x32[1, ::5] = -np.inf
-    labels = np.array([3, 2, -1, 299, 0])
-    x, options = sixteen_bit_inputs(x32)[input_dtype]
-    widened = x.view(ml_dtypes.bfloat16) if input_dtype == "bfloat16-bits" else x
-    expected = class_index_rows(widened.astype(np.float32), labels)
-    for got, want in zip(class_index_rows(x, labels, **options), expected, strict=True):
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)
-    assert {"float16", "bfloat16", "float32", "float64"} <= _fused_cupy.NATIVE_INPUT_DTYPES
+    """Every launch shape, vector/head/tail split and input dtype against float64 numbers of
+    the same values; 16-bit rows are read as they are and give a float32 gradient."""
+    check_layout(np, input_dtype, n_rows, n_classes, offset)
+    kernel = "bfloat16" if input_dtype == "bfloat16-bits" else input_dtype
+    assert emulated[kernel].launches[0] == launch
+
+
+def check_layout(xp: Any, input_dtype: str, n_rows: int, n_classes: int, offset: int) -> None:
+    """`softmax_rows` on `xp` arrays at `offset` elements into their buffer against float64
+    numbers of the same values, without and with a z-loss (then every row has an `lse`)."""
+    x32, labels = layout_rows(n_rows, n_classes)
+    inputs: dict[str, tuple[np.ndarray, dict[str, Any]]] = {
+        "float32": (x32, {}),
+        "float64": (x32.astype(np.float64), {}),
+    }
+    x, options = {**inputs, **sixteen_bit_inputs(x32)}[input_dtype]
+    x = at_offset(x, offset)
+    values = (x.view(ml_dtypes.bfloat16) if options else x).astype(np.float64)
+    assert x.ctypes.data % 16 == (offset * x.itemsize) % 16
+    if xp is not np:  # the same offset into a device buffer
+        device: Any = xp.empty(x.size + offset, dtype=x.dtype)[offset:].reshape(x.shape)
+        device[...] = xp.asarray(x)
+        assert device.data.ptr % 16 == (offset * x.itemsize) % 16
+        x, labels = device, xp.asarray(labels)
+    grad_scale = 0.25 if n_classes % 2 else 1.0
+    per_sample, lse, grad = class_index_rows(x, labels, xp, grad_scale=grad_scale, **options)
+    assert grad.dtype == (np.float64 if input_dtype == "float64" else np.float32)
+    labels = host(labels)
+    expected_per_sample, expected_lse, expected_grad = expected_rows(values, labels, grad_scale)
+    tolerance = TOLERANCES[np.float64 if input_dtype == "float64" else np.float32]
+    np.testing.assert_allclose(per_sample, expected_per_sample, **tolerance)
+    np.testing.assert_allclose(lse, np.where(labels >= 0, expected_lse, 0), **tolerance)
+    np.testing.assert_allclose(grad, expected_grad, **tolerance)
+    assert np.all(grad[np.isneginf(values)] == 0)
+    # with a z-loss, the lse of every row, ignored ones too (the caller checks its overflow)
+    _, lse, _ = class_index_rows(x, xp.asarray(labels), xp, z_loss=1e-3, **options)
+    np.testing.assert_allclose(lse, expected_lse, **tolerance)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -387,11 +522,25 @@ def test_kernel_interface_matches_the_numba_kernels() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n_classes", "threads"),
-    [(1, 32), (7, 32), (256, 32), (257, 64), (1000, 128), (32000, 1024), (128256, 1024)],
+    ("n_rows", "n_classes", "shape"),
+    [
+        (65536, 10, (256, 256, 1)),  # a thread per row, 256 rows to a block
+        (9, 7, (1, 32, 1)),  # one warp at least
+        (300, 33, (3, 256, 2)),
+        (8192, 1000, (1024, 256, 32)),  # a warp per row
+        (5, 1000, (1, 256, 32)),
+        (3, 1025, (3, 64, 64)),  # a block per row from here
+        (256, 128256, (256, 512, 512)),
+        (4096, 32000, (4096, 512, 512)),
+    ],
 )
-def test_block_size(n_classes: int, threads: int) -> None:
-    assert _fused_cupy.block_size(n_classes) == threads
+def test_launch_shape(n_rows: int, n_classes: int, shape: tuple[int, int, int]) -> None:
+    assert _fused_cupy.launch_shape(n_rows, n_classes) == shape
+    blocks, threads, lanes = shape
+    assert lanes & (lanes - 1) == 0 and threads % 32 == 0 and threads % lanes == 0
+    assert blocks * (threads // lanes) >= n_rows > (blocks - 1) * (threads // lanes)
+    assert threads <= _fused_cupy.MAX_BLOCK
+    assert f"#define MAX_BLOCK {_fused_cupy.MAX_BLOCK} " in _fused_cupy.SOURCE
 
 
 def test_importing_the_kernel_module_imports_no_cupy() -> None:
@@ -508,6 +657,19 @@ def test_cupy_kernel_wide_rows_large_logits_and_edges(cp: types.ModuleType, dtyp
         three_ways(cp, function, np.ones((2, C), dtype), np.full(2, -100), dtype, reduction="mean")
 
 
+@pytest.mark.parametrize("input_dtype", ["float32", "float64", "float16", "bfloat16-bits"])
+@pytest.mark.parametrize(("n_rows", "n_classes", "offset", "launch"), LAYOUTS)
+def test_cupy_kernel_layouts_and_16_bit_rows(
+    cp: types.ModuleType,
+    input_dtype: str,
+    n_rows: int,
+    n_classes: int,
+    offset: int,
+    launch: tuple[int, int, int],
+) -> None:
+    check_layout(cp, input_dtype, n_rows, n_classes, offset)
+
+
 def test_cupy_kernel_float16_input_and_dispatch(
     cp: types.ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -531,10 +693,31 @@ def test_cupy_kernel_float16_input_and_dispatch(
     assert calls == [_fused_cupy.CROSS_ENTROPY, _fused_cupy.FOCAL, _fused_cupy.POLY1]
 
 
+def test_the_source_compiles_with_nvcc_for_sm90(tmp_path: Path) -> None:
+    """nvcc needs no GPU either: CUDA-only syntax errors show here, and the register count
+    that lets two blocks of `MAX_BLOCK` threads share an SM (the occupancy the design needs)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not on PATH")
+    source = tmp_path / "softmax_rows.cu"
+    source.write_text(_fused_cupy.SOURCE)
+    command = [nvcc, "-arch=sm_90", "-std=c++14", "--resource-usage", "-c", str(source)]
+    done = subprocess.run(
+        [*command, "-o", str(tmp_path / "softmax_rows.o")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    registers = dict(
+        re.findall(r"entry function '(\w+)'.*?Used (\d+) registers", done.stderr, re.DOTALL)
+    )
+    assert set(registers) == set(_fused_cupy.KERNEL_NAMES.values()), done.stderr
+    limit = 65536 // (2 * _fused_cupy.MAX_BLOCK)
+    assert all(int(count) <= limit for count in registers.values()), registers
+
+
 def test_the_source_compiles_with_nvrtc() -> None:
     """NVRTC (CuPy's compiler) needs no GPU: where its library loads, compile to PTX."""
     try:
-        from cupy_backends.cuda.libs import nvrtc  # type: ignore[import-not-found]
+        from cupy_backends.cuda.libs import nvrtc  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         program = nvrtc.createProgram(_fused_cupy.SOURCE, "softmax_rows.cu", [], [])
     except Exception as error:  # no CuPy, or no NVRTC library

@@ -1,23 +1,34 @@
 """Cross-entropy, focal and poly-1 with their gradients on CuPy arrays: one CUDA kernel.
 
 The GPU counterpart of `_fused` (numba), with the same interface (`softmax_rows`, the `kind`
-constants) so that the losses call either through `_engine_path.fused_kernels`. One thread
-block per row; each thread walks the row with a stride of the block size (coalesced loads):
+constants) so that the losses call either through `_engine_path.fused_kernels`.
 
-1. one pass over the row keeps, per thread, a running maximum `m` and the float64 sum `s` of
-   `exp(x - m)`, rescaling `s` by `exp(m_old - m_new)` when the maximum grows (the online
-   softmax of Milakov & Gimelshein 2018); two block-wide reductions (warp shuffles, then one
-   value per warp through shared memory) give the row maximum `shift` and
-   `sum_c exp(x_c - shift)` in float64, where the row's largest term is exactly 1;
-2. every thread then has the row's `log_sum = log1p(sum - 1)`, `lse`, the label term and the
-   gradient factor (`_fused`'s formulas, in the same order), and one more pass writes
-   `factor * exp(x_c - shift) - spread_c - [c == y] mass` into the gradient, adding up the
-   label-smoothing dot product `sum_c w_c (x_c - shift)` (zero weights add 0, even at -inf);
-3. a last reduction of that dot product, and thread 0 writes the row's loss and `lse`.
+Its cost is memory traffic (each row is read twice and its gradient written once, a few float32
+operations per byte), so it is written to keep many loads in flight per thread and every lane busy:
 
-The row is read twice and its gradient written once (the first read of a 128k-class row may be
-served from L2 on the second). Float32 rows compute in float32 (`expf`, no fast-math) with
-float64 row sums; float64 rows in float64. Ignored rows get a zero gradient and loss 0 (their
+- a row belongs to a group of `lanes` threads (`launch_shape`): a whole block of up to
+  `MAX_BLOCK` threads for a wide row, or 1 to 32 lanes of a warp for a narrow one, several rows to
+  a block (a 10-class row to one thread, a 1000-class row to a warp): narrow rows are neither one
+  tiny block each nor mostly idle lanes;
+- each thread reads 16-byte vectors of its row (4 float32, 8 bfloat16 or float16, 2 float64),
+  `UNROLL` of them issued before the first is used; the elements before the row's first 16-byte
+  boundary and after its last whole vector (rows of any length or offset) are read one by one;
+- pass 1 keeps, per thread, a running maximum `m` and the float64 sum `s` of `exp(x - m)` (the
+  online softmax of Milakov & Gimelshein 2018). The maximum is compared once per vector, and `s`
+  rescaled by `exp(m_old - m_new)` (float64) only when it grew, a few times per thread; a thread
+  whose values are all -inf so far adds `exp(-inf - 0) = 0`, without a branch;
+- reductions over the group (warp shuffles; for a block, then one value per warp through shared
+  memory) give the row maximum `shift` and `sum_c exp(x_c - shift)` in float64, whose largest term
+  is exactly 1;
+- every thread then has the row's `log_sum = log1p(sum - 1)`, `lse`, the label term and the
+  gradient factor (`_fused`'s formulas, in the same order), and pass 2 writes
+  `(factor * exp(x_c - shift) - spread_c - [c == y] mass) * grad_scale` in 16-byte stores, adding
+  up the label-smoothing dot product `sum_c w_c (x_c - shift)` (a zero weight adds 0, even at
+  -inf); a last reduction of that, and the group's first lane writes the row's loss and `lse`.
+
+float16 and bfloat16 rows are read as they are and widened in registers (exactly); like float32
+rows they compute in float32 (`expf`, no fast-math) with float64 row sums, and get a float32
+gradient. float64 rows compute in float64. Ignored rows get a zero gradient and loss 0 (their
 `lse` is still computed when there is a z-loss: the caller checks its overflow for every row).
 An all -inf row gets `shift = 0` and `log_sum = -inf`: its loss is not finite, which
 `finish_rows` rejects, as on the other paths.
@@ -39,7 +50,12 @@ CROSS_ENTROPY: Final = 0
 FOCAL: Final = 1
 POLY1: Final = 2
 
-KERNEL_NAMES: Final = {"float32": "softmax_rows_f32", "float64": "softmax_rows_f64"}
+KERNEL_NAMES: Final = {  # by the dtype of the logits
+    "float16": "softmax_rows_f16",
+    "bfloat16": "softmax_rows_bf16",
+    "float32": "softmax_rows_f32",
+    "float64": "softmax_rows_f64",
+}
 # The logits' dtypes `softmax_rows` takes as they are (callers need not widen them first), and
 # the dtype each computes in: that of the gradient and of the option vectors.
 COMPUTE_DTYPES: Final = {
@@ -49,7 +65,9 @@ COMPUTE_DTYPES: Final = {
     "float64": "float64",
 }
 NATIVE_INPUT_DTYPES: Final = frozenset(COMPUTE_DTYPES)
-MAX_BLOCK: Final = 1024  # threads per block (one row); at least one warp, a power of two
+MAX_BLOCK: Final = 512  # threads of a block that takes one row: SOURCE's MAX_BLOCK
+ROWS_BLOCK: Final = 256  # threads of a block that takes several rows of up to 32 lanes each
+ELEMENTS_PER_THREAD: Final = 32  # what `launch_shape` aims at: two rounds of 4 float32 vectors
 
 # Every block-wide step is reached by all threads of the block (the branches around them depend
 # on the row or on kernel arguments only): `block_reduce` needs it, and so does
@@ -58,16 +76,69 @@ SOURCE: Final = r"""
 #define CROSS_ENTROPY 0
 #define FOCAL 1
 #define POLY1 2
+#define MAX_BLOCK 512  // threads per block; 2 blocks of 512 fit an SM at <= 64 registers
 
-template <typename T> struct Real;
-template <> struct Real<float> {
+// How a row's values are stored (`Storage`) and computed with (`Real`); `real` widens exactly.
+// `UNROLL`: the 16-byte loads a thread issues before using the first (4 float32 vectors, but
+// only 2 of 8 16-bit values: their widened values and gradients take twice the registers).
+struct F32 {
+    enum { UNROLL = 4 };
+    typedef float Storage;
+    typedef float Real;
+    __device__ static float real(float v) { return v; }
+};
+struct F64 {
+    enum { UNROLL = 4 };
+    typedef double Storage;
+    typedef double Real;
+    __device__ static double real(double v) { return v; }
+};
+struct BF16 {  // the bits of a bfloat16 are the top half of a float32's
+    enum { UNROLL = 2 };
+    typedef unsigned short Storage;
+    typedef float Real;
+    __device__ static float real(unsigned short bits) {
+        return __int_as_float((int)((unsigned)bits << 16));
+    }
+};
+struct F16 {  // IEEE binary16 from its bits: no header needed (NVRTC), exact
+    enum { UNROLL = 2 };
+    typedef unsigned short Storage;
+    typedef float Real;
+    __device__ static float real(unsigned short bits) {
+        const unsigned sign = (unsigned)(bits & 0x8000u) << 16;
+        const unsigned exponent = (bits >> 10) & 0x1fu;
+        const unsigned mantissa = bits & 0x3ffu;
+        if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float32
+            const float magnitude = (float)mantissa * 5.9604644775390625e-8f;
+            return sign ? -magnitude : magnitude;
+        }
+        const unsigned biased = exponent == 0x1fu ? 0xffu : exponent + 112u;  // inf, NaN stay
+        return __int_as_float((int)(sign | (biased << 23) | (mantissa << 13)));
+    }
+};
+
+template <typename T> struct Math;
+template <> struct Math<float> {
     __device__ static float neg_inf() { return __int_as_float(0xff800000); }
     __device__ static float exp(float v) { return expf(v); }
 };
-template <> struct Real<double> {
+template <> struct Math<double> {
     __device__ static double neg_inf() { return __longlong_as_double(0xfff0000000000000ULL); }
     __device__ static double exp(double v) { return ::exp(v); }
 };
+
+// N values of one row held together: a 16-byte-aligned one is loaded or stored with one vector
+// instruction per 16 bytes (ld.global.v4 / st.global.v4), the widest a thread has.
+template <typename T, int N> struct alignas(16) Pack {
+    T v[N];
+};
+
+// Marks each vector access: nothing on the GPU (where a misaligned one faults); the CPU
+// emulation in tests/test_engine_fused_cupy.py defines it to count those off a 16-byte boundary.
+#ifndef VECTOR_ACCESS
+#define VECTOR_ACCESS(pointer)
+#endif
 
 struct MaxOp {
     template <typename V> __device__ V operator()(V a, V b) const { return a > b ? a : b; }
@@ -76,27 +147,162 @@ struct SumOp {
     template <typename V> __device__ V operator()(V a, V b) const { return a + b; }
 };
 
-template <typename V, typename Op> __device__ V warp_reduce(V v, Op op) {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    }
-    return v;
-}
-
 // The reduction over the block, returned to every thread: each warp reduces its lanes, lane 0
 // stores the warp's value, and every warp then reduces those (no broadcast step needed).
 template <typename V, typename Op>
 __device__ V block_reduce(V v, V* partials, Op op, V identity) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    v = warp_reduce(v, op);
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
     if (lane == 0) partials[warp] = v;
     __syncthreads();
     const int n_warps = (blockDim.x + 31) >> 5;
     v = lane < n_warps ? partials[lane] : identity;
-    v = warp_reduce(v, op);
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
     __syncthreads();  // `partials` is written again by the next reduction
     return v;
+}
+
+// The reduction over the `lanes` threads of a row, returned to each of them: `lanes` consecutive
+// lanes of a warp (a power of two up to 32: xor partners stay in the group), or the whole block.
+// Every thread of the block calls it the same number of times: `lanes` is the kernel's.
+template <typename V, typename Op>
+__device__ V group_reduce(V v, int lanes, V* partials, Op op, V identity) {
+    if (lanes > 32) return block_reduce(v, partials, op, identity);
+    for (int offset = lanes >> 1; offset > 0; offset >>= 1) {
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
+// A row of `n` elements as [0, head) up to its first 16-byte boundary, `vectors` whole 16-byte
+// vectors, and [body_end, n): any part may be empty (a short row, a row at any offset).
+// Columns are `int`: fewer registers than 64-bit indices (`softmax_rows` checks n < 2^31).
+struct Span {
+    int n, head, vectors, body_end;
+};
+template <typename S> __device__ Span split(const S* row, int n) {
+    const int per_vector = 16 / sizeof(S);
+    int head = (int)(((16 - ((unsigned long long)row & 15)) & 15) / sizeof(S));
+    head = head < n ? head : n;
+    const int vectors = (n - head) / per_vector;
+    Span span = {n, head, vectors, head + vectors * per_vector};
+    return span;
+}
+
+template <typename Format, int N>
+__device__ Pack<typename Format::Real, N> widen(const Pack<typename Format::Storage, N>& stored) {
+    Pack<typename Format::Real, N> values;
+#pragma unroll
+    for (int k = 0; k < N; ++k) values.v[k] = Format::real(stored.v[k]);
+    return values;
+}
+
+// `visit(c, values)` for every element of the row this thread owns, `values` holding the
+// elements from column c: the head and tail one at a time, the vectors `Format::UNROLL` at a
+// time (lane k of the group takes vectors k, k + lanes, ...: a warp reads contiguous memory),
+// their loads all issued before the first is used: UNROLL x 16 bytes in flight per thread.
+template <typename Format, typename Visitor>
+__device__ void walk(const typename Format::Storage* row, const Span& span, int lane, int lanes,
+                     Visitor& visit) {
+    typedef typename Format::Storage S;
+    const int N = 16 / sizeof(S);
+    const int UNROLL = Format::UNROLL;
+    typedef Pack<S, 16 / sizeof(S)> Vector;
+    for (int c = lane; c < span.head; c += lanes) {
+        Pack<S, 1> one = {{row[c]}};
+        visit(c, widen<Format>(one));
+    }
+    for (int c = span.body_end + lane; c < span.n; c += lanes) {
+        Pack<S, 1> one = {{row[c]}};
+        visit(c, widen<Format>(one));
+    }
+    const Vector* vectors = reinterpret_cast<const Vector*>(row + span.head);
+    int k = lane;
+    for (; k + (UNROLL - 1) * lanes < span.vectors; k += UNROLL * lanes) {
+        Vector loaded[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            VECTOR_ACCESS(vectors + k + u * lanes);
+            loaded[u] = vectors[k + u * lanes];
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            visit(span.head + (k + u * lanes) * N, widen<Format>(loaded[u]));
+        }
+    }
+    for (; k < span.vectors; k += lanes) {
+        VECTOR_ACCESS(vectors + k);
+        visit(span.head + k * N, widen<Format>(vectors[k]));
+    }
+}
+
+// Pass 1: this thread's running maximum `m` and float64 sum `s` of exp(x - m).
+template <typename T> struct SumExp {
+    T m;
+    double s;
+    template <int N> __device__ void operator()(int, const Pack<T, N>& x) {
+        T top = x.v[0];
+#pragma unroll
+        for (int k = 1; k < N; ++k) top = x.v[k] > top ? x.v[k] : top;
+        if (top > m) {  // rare after the first vectors; from m = -inf: s = 0 * exp(-inf) = 0
+            s *= ::exp((double)m - (double)top);
+            m = top;
+        }
+        const T base = m > Math<T>::neg_inf() ? m : T(0);  // all -inf so far: exp(-inf) = 0
+#pragma unroll
+        for (int k = 0; k < N; ++k) s += (double)Math<T>::exp(x.v[k] - base);
+    }
+};
+
+// Pass 2: the gradient of a counted row, and its part of the label-smoothing dot product.
+template <typename T> struct WriteGradient {
+    T* out;
+    const T* spread;
+    bool vector_out, vector_spread;  // out + head, spread + head 16-byte aligned
+    int smoothing;
+    T shift, factor, mass, scale;
+    int label;
+    double dot;
+    template <int N> __device__ void operator()(int c, const Pack<T, N>& x) {
+        Pack<T, N> w;
+        if (smoothing) {
+            if (N > 1 && vector_spread) {
+                VECTOR_ACCESS(spread + c);
+                w = *reinterpret_cast<const Pack<T, N>*>(spread + c);
+            } else {
+#pragma unroll
+                for (int k = 0; k < N; ++k) w.v[k] = spread[c + k];
+            }
+        }
+        Pack<T, N> g;
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+            const T shifted = x.v[k] - shift;
+            T value = factor * Math<T>::exp(shifted);
+            if (smoothing) {
+                value = value - w.v[k];
+                if (w.v[k] != 0) dot += (double)w.v[k] * (double)shifted;  // 0 at -inf
+            }
+            if (c + k == label) value = value - mass;
+            g.v[k] = value * scale;
+        }
+        if (N > 1 && vector_out) {
+            VECTOR_ACCESS(out + c);
+            *reinterpret_cast<Pack<T, N>*>(out + c) = g;
+        } else {
+#pragma unroll
+            for (int k = 0; k < N; ++k) out[c + k] = g.v[k];
+        }
+    }
+};
+
+template <typename T> __device__ bool aligned16(const T* p) {
+    return ((unsigned long long)p & 15) == 0;
 }
 
 // (loss, s = -dL/d log p_y) of focal or poly-1: `_fused._label_loss`, formula for formula.
@@ -117,123 +323,110 @@ __device__ void label_loss(int kind, double param, double log_p, double* loss, d
     }
 }
 
-template <typename T>
+// Rows of `n_classes` values, `lanes` threads to a row (see the module docstring). Every
+// thread reaches every group reduction: the branches around them depend on kernel arguments
+// only, and a thread past the last row (or of an ignored row) walks an empty span instead of
+// leaving. tests/test_engine_fused_cupy.py relies on it too (it runs this source on the CPU
+// with one thread per lane).
+template <typename Format>
 __device__ void softmax_rows(
-    const T* x, const long long* y, const bool* valid, long long n_classes, int kind,
-    const T* at_label, const T* total, const T* spread, int smoothing, double z_loss,
-    double param, const T* alpha, int weighted, double grad_scale, double* per_sample,
-    double* lse, T* grad
+    const typename Format::Storage* __restrict__ x, const long long* __restrict__ y,
+    const bool* __restrict__ valid, long long n_rows, int n_classes, int lanes, int kind,
+    const typename Format::Real* __restrict__ at_label,
+    const typename Format::Real* __restrict__ total,
+    const typename Format::Real* __restrict__ spread, int smoothing, double z_loss, double param,
+    const typename Format::Real* __restrict__ alpha, int weighted, double grad_scale,
+    double* __restrict__ per_sample, double* __restrict__ lse,
+    typename Format::Real* __restrict__ grad
 ) {
+    typedef typename Format::Real T;
     __shared__ T partial_t[32];
     __shared__ double partial_d[32];
-    const long long i = blockIdx.x;
-    const T* row = x + i * n_classes;
-    T* out = grad + i * n_classes;
-    const long long stride = blockDim.x;
-    const long long first = threadIdx.x;
-    const T neg_inf = Real<T>::neg_inf();
-    const bool counts = valid[i];
+    const int lane = threadIdx.x & (lanes - 1);
+    const long long i = (long long)blockIdx.x * (blockDim.x / lanes) + threadIdx.x / lanes;
+    const bool live = i < n_rows;
+    const bool counts = live && valid[i];
+    const bool needs_lse = counts || (live && z_loss != 0);  // an ignored row's, for the z-loss
+    const typename Format::Storage* row = x + (live ? i : 0) * n_classes;
+    T* out = grad + (live ? i : 0) * n_classes;
+    const T neg_inf = Math<T>::neg_inf();
 
-    if (!counts && z_loss == 0) {  // an ignored row: nothing to compute
-        for (long long c = first; c < n_classes; c += stride) out[c] = T(0);
-        if (threadIdx.x == 0) {
-            per_sample[i] = 0.0;
-            lse[i] = 0.0;
-        }
-        return;
-    }
+    const Span span = split(row, n_classes);
+    const Span nothing = {0, 0, 0, 0};
 
-    // 1. running maximum and float64 sum of exp(x - maximum), per thread, then per block
-    T m = neg_inf;
-    double s = 0.0;
-    for (long long c = first; c < n_classes; c += stride) {
-        const T v = row[c];
-        if (v > m) {
-            s = s * ::exp((double)m - (double)v) + 1.0;  // the first time: 0 * exp(-inf) = 0
-            m = v;
-        } else if (m > neg_inf) {  // else v = m = -inf: adds 0 (and no -inf - -inf)
-            s += (double)Real<T>::exp(v - m);
-        }
-    }
-    const T row_max = block_reduce(m, partial_t, MaxOp(), neg_inf);
+    // 1. running maximum and float64 sum of exp(x - maximum), per thread, then per row
+    SumExp<T> sum_exp = {neg_inf, 0.0};
+    walk<Format>(row, needs_lse ? span : nothing, lane, lanes, sum_exp);
+    const T m = sum_exp.m;
+    const T row_max = group_reduce(m, lanes, partial_t, MaxOp(), neg_inf);
     // exp(m - row_max) in float64: exactly 1 for the thread that holds the maximum
-    const double scaled = m > neg_inf ? s * ::exp((double)m - (double)row_max) : 0.0;
-    const double exp_sum = block_reduce(scaled, partial_d, SumOp(), 0.0);
+    const double scaled = m > neg_inf ? sum_exp.s * ::exp((double)m - (double)row_max) : 0.0;
+    const double exp_sum = group_reduce(scaled, lanes, partial_d, SumOp(), 0.0);
     const T shift = row_max > neg_inf ? row_max : T(0);  // all -inf: no inf - inf
     const double log_sum = log1p(exp_sum - 1.0);  // -inf when every logit is -inf
     const double row_lse = (double)shift + log_sum;
 
-    if (!counts) {  // ignored, but its lse is checked for a z-loss overflow
-        for (long long c = first; c < n_classes; c += stride) out[c] = T(0);
-        if (threadIdx.x == 0) {
-            per_sample[i] = 0.0;
-            lse[i] = row_lse;
-        }
-        return;
-    }
-
-    // 2. the row's loss terms and gradient factor (every thread computes the same), one pass
-    const long long label = y[i];
-    const T shifted_at_label = row[label] - shift;
+    // 2. the row's loss terms and gradient factor (each lane computes the same), one pass
     double loss = 0.0;
-    double scale;
-    T mass;
-    if (kind == CROSS_ENTROPY) {
-        mass = at_label[i];
-        scale = (double)total[i];
-        if (z_loss != 0) scale += (2 * z_loss) * row_lse;
-    } else {
-        double s_label;
-        label_loss(kind, param, (double)shifted_at_label - log_sum, &loss, &s_label);
-        if (weighted) {
-            const T alpha_y = alpha[label];
-            s_label = (double)alpha_y * s_label;
-            loss = alpha_y == 0 ? 0.0 : (double)alpha_y * loss;  // alpha_y = 0 at -inf: 0
+    WriteGradient<T> write = {out, spread, aligned16(out + span.head),
+                              aligned16(spread + span.head), smoothing, shift, T(0), T(0),
+                              (T)grad_scale, counts ? (int)y[i] : 0, 0.0};
+    T shifted_at_label = T(0);
+    if (counts) {
+        shifted_at_label = Format::real(row[write.label]) - shift;
+        double scale;
+        if (kind == CROSS_ENTROPY) {
+            write.mass = at_label[i];
+            scale = (double)total[i];
+            if (z_loss != 0) scale += (2 * z_loss) * row_lse;
+        } else {
+            double s_label;
+            label_loss(kind, param, (double)shifted_at_label - log_sum, &loss, &s_label);
+            if (weighted) {
+                const T alpha_y = alpha[write.label];
+                s_label = (double)alpha_y * s_label;
+                loss = alpha_y == 0 ? 0.0 : (double)alpha_y * loss;  // alpha_y = 0 at -inf: 0
+            }
+            write.mass = (T)s_label;
+            scale = (double)write.mass;
         }
-        mass = (T)s_label;
-        scale = (double)mass;
-    }
-    const T factor = (T)(scale / exp_sum);
-    double dot = 0.0;
-    for (long long c = first; c < n_classes; c += stride) {
-        const T v = row[c];
-        const T shifted = v - shift;
-        T g = factor * Real<T>::exp(shifted);
-        if (smoothing) {
-            const T w = spread[c];
-            g = g - w;
-            if (w != 0) dot += (double)w * (double)shifted;  // a zero weight adds 0 at -inf
-        }
-        if (c == label) g = g - mass;
-        out[c] = g * (T)grad_scale;
+        write.factor = (T)(scale / exp_sum);
+        walk<Format>(row, span, lane, lanes, write);
+    } else if (live) {  // ignored: a zero gradient
+        for (int c = lane; c < n_classes; c += lanes) out[c] = T(0);
     }
 
     // 3. the loss of the row
-    if (smoothing) dot = block_reduce(dot, partial_d, SumOp(), 0.0);
-    if (threadIdx.x == 0) {
-        if (kind == CROSS_ENTROPY) {
+    const double dot = smoothing ? group_reduce(write.dot, lanes, partial_d, SumOp(), 0.0) : 0.0;
+    if (live && lane == 0) {
+        if (counts && kind == CROSS_ENTROPY) {
+            const T mass = write.mass;
             loss = (double)total[i] * log_sum;
             if (smoothing) loss -= dot;
             if (mass != 0) loss -= (double)(mass * shifted_at_label);  // no mass on -inf: 0
         }
         per_sample[i] = loss;
-        lse[i] = row_lse;
+        lse[i] = needs_lse ? row_lse : 0.0;
     }
 }
 
-#define SOFTMAX_ROWS_KERNEL(NAME, T)                                                          \
-    extern "C" __global__ void NAME(                                                          \
-        const T* x, const long long* y, const bool* valid, long long n_classes, int kind,     \
-        const T* at_label, const T* total, const T* spread, int smoothing, double z_loss,     \
-        double param, const T* alpha, int weighted, double grad_scale, double* per_sample,    \
-        double* lse, T* grad                                                                  \
+#define SOFTMAX_ROWS_KERNEL(NAME, FORMAT)                                                     \
+    extern "C" __global__ void __launch_bounds__(MAX_BLOCK, 2) NAME(                          \
+        const FORMAT::Storage* x, const long long* y, const bool* valid, long long n_rows,    \
+        int n_classes, int lanes, int kind, const FORMAT::Real* at_label,               \
+        const FORMAT::Real* total, const FORMAT::Real* spread, int smoothing, double z_loss,  \
+        double param, const FORMAT::Real* alpha, int weighted, double grad_scale,             \
+        double* per_sample, double* lse, FORMAT::Real* grad                                   \
     ) {                                                                                       \
-        softmax_rows<T>(x, y, valid, n_classes, kind, at_label, total, spread, smoothing,     \
-                        z_loss, param, alpha, weighted, grad_scale, per_sample, lse, grad);   \
+        softmax_rows<FORMAT>(x, y, valid, n_rows, n_classes, lanes, kind, at_label, total,    \
+                             spread, smoothing, z_loss, param, alpha, weighted, grad_scale,   \
+                             per_sample, lse, grad);                                          \
     }
 
-SOFTMAX_ROWS_KERNEL(softmax_rows_f32, float)
-SOFTMAX_ROWS_KERNEL(softmax_rows_f64, double)
+SOFTMAX_ROWS_KERNEL(softmax_rows_f32, F32)
+SOFTMAX_ROWS_KERNEL(softmax_rows_f64, F64)
+SOFTMAX_ROWS_KERNEL(softmax_rows_f16, F16)
+SOFTMAX_ROWS_KERNEL(softmax_rows_bf16, BF16)
 """
 
 
@@ -245,10 +438,20 @@ def _kernel(dtype_name: str) -> Any:
     return cupy.RawKernel(SOURCE, KERNEL_NAMES[dtype_name], options=("--std=c++14",))
 
 
-def block_size(n_classes: int) -> int:
-    """Threads per row: about 8 classes per thread, one warp to `MAX_BLOCK`, a power of two."""
-    wanted = max(32, -(-n_classes // 8))
-    return min(MAX_BLOCK, 1 << (wanted - 1).bit_length())
+def launch_shape(n_rows: int, n_classes: int) -> tuple[int, int, int]:
+    """(blocks, threads per block, lanes per row) for rows of `n_classes` (`n_rows` > 0).
+
+    About `ELEMENTS_PER_THREAD` classes per lane, a power of two from 1 to `MAX_BLOCK` lanes.
+    Up to 32 lanes, a row is part of a warp and a block of up to `ROWS_BLOCK` threads takes
+    several rows; above, a block takes one row.
+    """
+    wanted = -(-n_classes // ELEMENTS_PER_THREAD)
+    lanes = min(MAX_BLOCK, 1 << (wanted - 1).bit_length()) if wanted > 1 else 1
+    if lanes > 32:
+        return n_rows, lanes, lanes
+    threads = min(ROWS_BLOCK, max(32, 1 << (n_rows * lanes - 1).bit_length()))
+    rows_per_block = threads // lanes
+    return -(-n_rows // rows_per_block), threads, lanes
 
 
 def input_dtype_name(x: Array, bfloat16_bits: bool = False) -> str:
@@ -292,11 +495,7 @@ def softmax_rows(
     xp = array_namespace(x)
     name = input_dtype_name(x, bfloat16_bits)
     dtype = np.dtype(COMPUTE_DTYPES[name])
-    if name == "float16":  # until the kernel reads 16-bit rows itself
-        x = x.astype(np.float32)
-    elif name == "bfloat16":  # the bits of a bfloat16 are the top half of a float32's
-        x = (x.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    kernel = _kernel(dtype.name)
+    kernel = _kernel(name)
     n_rows, n_classes = x.shape
     empty = xp.empty(0, dtype=dtype)  # an absent option: a pointer the kernel never reads
 
@@ -308,11 +507,15 @@ def softmax_rows(
     grad = xp.empty((n_rows, n_classes), dtype=dtype)
     if n_rows == 0:
         return per_sample, lse, grad
+    blocks, threads, lanes = launch_shape(n_rows, n_classes)
+    rows = x.view(np.uint16) if name in ("float16", "bfloat16") else x  # the kernel widens bits
     arguments = (
-        xp.ascontiguousarray(x),
+        xp.ascontiguousarray(rows),
         xp.ascontiguousarray(y, dtype=np.int64),
         xp.ascontiguousarray(valid, dtype=np.bool_),
-        np.int64(n_classes),
+        np.int64(n_rows),
+        np.int32(n_classes),
+        np.int32(lanes),
         np.int32(kind),
         vector(at_label),
         vector(total),
@@ -327,17 +530,20 @@ def softmax_rows(
         lse,
         grad,
     )
-    kernel((n_rows,), (block_size(n_classes),), arguments)
+    kernel((blocks,), (threads,), arguments)
     return per_sample, lse, grad
 
 
 def warm_up() -> None:
-    """Compile (or load from CuPy's cache) the kernel for float32 and float64 rows."""
+    """Compile (or load from CuPy's cache) the kernel for every dtype in `NATIVE_INPUT_DTYPES`."""
     import cupy
 
-    for dtype in (np.float32, np.float64):
-        x = cupy.zeros((2, 3), dtype=dtype)
+    for name in sorted(NATIVE_INPUT_DTYPES):
+        bits = name == "bfloat16"  # CuPy has no bfloat16: its bits, flagged
+        x = cupy.zeros((2, 3), dtype=np.uint16 if bits else name)
         labels = cupy.zeros(2, dtype=np.int64)
         valid = cupy.ones(2, dtype=np.bool_)
-        ones = cupy.ones(2, dtype=dtype)
-        softmax_rows(x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones)
+        ones = cupy.ones(2, dtype=COMPUTE_DTYPES[name])
+        softmax_rows(
+            x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones, bfloat16_bits=bits
+        )
