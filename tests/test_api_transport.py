@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import ml_dtypes
 import numpy as np
+import orjson
 import pytest
 
 pytestmark = pytest.mark.anyio
@@ -84,4 +85,52 @@ async def test_deeply_nested_json_is_422_not_a_crash(client: httpx.AsyncClient) 
     raw = '{"logits": ' + "[" * 5000 + "]" * 5000 + ', "labels": [0]}'
     response = await client.post(CE, content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+# --- large bodies: one buffer in, pieces out (service.api.request_body, service.codecs) --------
+
+BIG = RNG.normal(size=(300, 1000)).astype(np.float32)  # 1.2 MB raw, 1.6 MB of base64
+BIG_LABELS = RNG.integers(0, 1000, size=300)
+
+
+async def test_large_base64_body_equals_the_json_form(client: httpx.AsyncClient) -> None:
+    body = {"logits": encoded(BIG, "float32"), "labels": BIG_LABELS.tolist(), "return_grad": True}
+    large = await client.post(CE, json=body)
+    assert large.status_code == 200, large.text
+    assert int(large.headers["content-length"]) == len(large.content)
+    listed = await client.post(CE, json={**body, "logits": BIG.tolist()})
+    assert listed.status_code == 200, listed.text
+    # float32 logits in JSON lists arrive as float64: the same numbers within float32 rounding
+    assert large.json()["loss"] == pytest.approx(listed.json()["loss"], rel=1e-6)
+    np.testing.assert_allclose(
+        decoded(large.json()["grad"]), listed.json()["grad"], rtol=1e-5, atol=1e-9
+    )
+
+
+async def test_large_base64_body_with_bad_data_names_the_field(
+    client: httpx.AsyncClient,
+) -> None:
+    logits = encoded(BIG, "float32")
+    logits["data"] = logits["data"][:-8] + "!" * 8
+    response = await client.post(CE, json={"logits": logits, "labels": BIG_LABELS.tolist()})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "logits.data"
+
+
+@pytest.mark.parametrize("declared_offset", [-1, 1])
+async def test_a_body_that_does_not_match_its_content_length_is_refused(
+    client: httpx.AsyncClient, declared_offset: int
+) -> None:
+    """An HTTP server frames bodies by Content-Length; an ASGI caller need not."""
+    body = orjson.dumps({"logits": encoded(BIG, "float32"), "labels": BIG_LABELS.tolist()})
+    response = await client.post(
+        CE,
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "content-length": str(len(body) + declared_offset),
+        },
+    )
+    assert 400 <= response.status_code < 500
     assert response.headers["content-type"] == "application/problem+json"

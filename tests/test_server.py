@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from service.client import LossClient
+from service.engine import cross_entropy, reduce_loss
 from tests.live_server import _env, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +53,22 @@ def test_server_end_to_end(server: str) -> None:
         problem = client.post("/v1/losses/cross-entropy", json={"logits": [[0.0]]})
         assert problem.status_code == 422
         assert problem.headers["content-type"] == "application/problem+json"
+
+
+def test_large_tensors_over_http_with_the_client(server: str) -> None:
+    """Bodies and answers over 1 MB, through uvicorn: read into one buffer, sent in pieces with
+    their Content-Length, by the server and by `LossClient`, in every transport."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(512, 1000)).astype(np.float32)  # 2 MB raw, 2.7 MB of base64
+    labels = rng.integers(0, 1000, size=512)
+    expected = reduce_loss(cross_entropy(logits, labels), "mean")
+    with LossClient(server, timeout=30.0) as client:
+        encoded = client.loss("cross-entropy", logits=logits, labels=labels, return_grad=True)
+        binary = client.infer("cross-entropy", logits=logits, labels=labels, return_grad=True)
+    for result in (encoded, binary):
+        assert result.loss == pytest.approx(expected.loss, rel=1e-12)
+        assert result.grad is not None
+        np.testing.assert_array_equal(result.grad, expected.grads["logits"])
 
 
 def _console_script() -> str:

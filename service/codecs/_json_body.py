@@ -6,9 +6,10 @@ base64 codec then has to turn back into ASCII bytes; together that is ~10x the c
 decoding itself. `loads_json` instead finds every string of at least `LIFT_MIN_CHARS` that is the
 value of a `"data"` key, parses the body with those strings replaced by short markers, and puts
 a `Base64Text` viewing the original characters where each marker landed. `decode_tensor` decodes
-it straight from the body; its strict base64 decoding accepts exactly the strings that would
-have been plain ASCII JSON strings with the same characters (the alphabet has no quote, no
-backslash and no control character), so the lifted and the plain parse agree on every body.
+it straight from the body. Only strings without a backslash are lifted (escapes are orjson's to
+read), so the characters in the body are the string's own, and strict base64 decoding accepts
+them exactly when the plain parse would have given a valid base64 string (the alphabet is ASCII
+letters, digits, "+", "/" and "="): both parses give the same tensor, or both a 422.
 
 `dumps_json` is the way out: a `Base64Text` in the content is written as a marker, and the
 JSON comes back as pieces with the text's own buffer between them, to be sent one after another
@@ -116,7 +117,11 @@ def _long_data_strings(body: JsonBody) -> list[tuple[int, int]]:
         end = _closing_quote(body, start)
         if end < 0:
             return spans  # unterminated: orjson says so
-        if end - start >= LIFT_MIN_CHARS and _is_data_value(body, previous, start - 1):
+        if (
+            end - start >= LIFT_MIN_CHARS
+            and _is_data_value(body, previous, start - 1)
+            and body.find(b"\\", start, end) < 0  # an escape is not base64: orjson reads it
+        ):
             spans.append((start, end))
         previous, position = (start, end), end + 1
     return []

@@ -1,0 +1,169 @@
+"""Large JSON bodies: `loads_json` (long base64 strings lifted), `dumps_json` (spliced back) and
+the base64 codec in pieces, each against the plain one-call result (orjson, pybase64)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import orjson
+import pybase64
+import pytest
+
+from service.codecs import Base64Text, _json_body, dumps_json, loads_json
+from service.codecs import _base64 as codec
+from service.codecs._json_body import LIFT_MIN_CHARS, body_buffer
+
+RNG = np.random.default_rng(7)
+LONG = pybase64.b64encode_as_string(RNG.bytes(LIFT_MIN_CHARS))  # long enough to be lifted
+SHORT = pybase64.b64encode_as_string(b"abc")
+
+
+def _plain(value: Any) -> Any:
+    """`value` with every Base64Text as the str it stands for."""
+    if isinstance(value, Base64Text):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _lifted(value: Any) -> list[Base64Text]:
+    if isinstance(value, Base64Text):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _lifted(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _lifted(item)]
+    return []
+
+
+BODIES = {
+    "top-level tensor": ('{"logits": {"dtype": "float32", "shape": [1], "data": "%s"}}', 1),
+    "no spaces": ('{"logits":{"dtype":"float32","shape":[1],"data":"%s"},"labels":[1,2]}', 1),
+    "whitespace around the colon": ('{"x": {"data" \n\t:\r\n "%s"}}', 1),
+    "items of an array": ('{"losses": [{"w": {"data": "%s"}}, {"w": {"data": "%s"}}]}', 2),
+    "after escaped quotes": ('{"a": "say \\"data\\": ", "x": {"data": "%s"}}', 1),
+    "after a backslash run": ('{"a": "\\\\", "x": {"data": "%s"}}', 1),
+    "another key": ('{"x": {"xdata": "%s", "data2": "%s"}}', 0),
+    "a value, not a key": ('{"x": ["data", "%s"]}', 0),
+    "after nested numbers": ('{"labels": [[1, 2], [3, 4]], "x": {"data": "%s"}}', 1),
+}
+
+
+@pytest.mark.parametrize(("template", "lifted"), BODIES.values(), ids=BODIES.keys())
+def test_lifted_parse_equals_the_plain_parse(template: str, lifted: int) -> None:
+    body = (template % ((LONG,) * template.count("%s"))).encode()
+    parsed = loads_json(body)
+    assert _plain(parsed) == orjson.loads(body)
+    texts = _lifted(parsed)
+    assert len(texts) == lifted
+    assert all(str(text) == LONG for text in texts)
+
+
+def test_short_strings_and_escaped_strings_are_left_to_orjson() -> None:
+    escaped = LONG[:100] + "\\u0041" + LONG[100:]  # valid JSON, and valid base64 once read
+    for data in (SHORT, escaped):
+        body = f'{{"x": {{"data": "{data}"}}}}'.encode()
+        parsed = loads_json(body)
+        assert type(parsed["x"]["data"]) is str
+        assert parsed == orjson.loads(body)
+
+
+def test_a_body_of_many_strings_is_parsed_whole() -> None:
+    many = ", ".join(f'"k{i}": "v"' for i in range(_json_body.MAX_STRINGS_SCANNED + 1))
+    body = f'{{{many}, "x": {{"data": "{LONG}"}}}}'.encode()
+    parsed = loads_json(body)
+    assert type(parsed["x"]["data"]) is str
+    assert parsed == orjson.loads(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"x": {"data": "%s"}',  # unclosed object
+        '{"x": {"data": "%s"}} trailing',
+        '{"x": {"data": "%s"}, \\ }',  # a backslash outside strings
+        '{"x": {"data": "%s',  # unterminated string
+        '{"x": {"data": "%s"}, "y": NaN}',
+    ],
+)
+def test_invalid_json_still_fails(body: str) -> None:
+    raw = (body % LONG).encode()
+    with pytest.raises(json.JSONDecodeError):
+        orjson.loads(raw)
+    with pytest.raises(json.JSONDecodeError):
+        loads_json(raw)
+
+
+def test_a_marker_sent_by_a_client_stays_a_string() -> None:
+    body = f'{{"x": {{"data": "{LONG}"}}, "y": {{"data": "\\u0000{"0" * 16}:0"}}}}'.encode()
+    parsed = loads_json(body)
+    assert isinstance(parsed["x"]["data"], Base64Text)
+    assert parsed["y"]["data"] == "\x00" + "0" * 16 + ":0"
+
+
+def test_lifting_from_a_body_buffer() -> None:
+    raw = f'{{"x": {{"data": "{LONG}"}}}}'.encode()
+    buffer = body_buffer(len(raw))
+    buffer[:] = raw
+    parsed = loads_json(buffer)
+    assert str(parsed["x"]["data"]) == LONG
+    assert len(parsed["x"]["data"]) == len(LONG)
+
+
+def test_dumps_json_splices_the_text_back() -> None:
+    texts = [codec.b64encode(RNG.bytes(n)) for n in (0, 5, 3000)]
+    content = {"a": [1.5, None, "\x00x"], "b": {"data": texts[0]}, "c": texts[1], "d": texts[2]}
+    content["grid"] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    pieces = dumps_json(content)
+    assert any(piece is text.view for piece in pieces for text in texts[1:])
+    joined = b"".join(bytes(piece) for piece in pieces)
+    expected = {**content, "grid": content["grid"].tolist()}
+    assert json.loads(joined) == _plain(expected)
+
+
+def test_dumps_json_refuses_unknown_types_without_default() -> None:
+    with pytest.raises(TypeError):
+        dumps_json({"x": object()})
+
+
+# --- base64 in pieces ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces of 3 bytes / 4 characters: every tensor here spans many."""
+    monkeypatch.setattr(codec, "PIECE_BYTES", 3)
+    monkeypatch.setattr(codec, "PIECE_CHARS", 4)
+
+
+@pytest.mark.usefixtures("small_pieces")
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 6, 7, 31, 32, 33])
+def test_base64_in_pieces_equals_one_call(size: int) -> None:
+    raw = RNG.bytes(size)
+    text = codec.b64encode(raw)
+    assert str(text) == pybase64.b64encode_as_string(raw)
+    for source in (text, str(text)):
+        assert codec.b64decode(source).tobytes() == raw
+
+
+@pytest.mark.usefixtures("small_pieces")
+@pytest.mark.parametrize(
+    "text",
+    [
+        "QUJD" * 3 + "QQ==" + "QUJD",  # padding before the end
+        "QUJD" * 3 + "QUJ",  # not a multiple of 4
+        "QUJD" * 3 + "QU!D",  # outside the alphabet
+        "QUJD" * 3 + "QUJ\u00e9",  # not ASCII
+    ],
+)
+def test_invalid_base64_in_pieces_is_a_value_error(text: str) -> None:
+    for source in (text, Base64Text(memoryview(text.encode()))):
+        if isinstance(source, Base64Text) and not text.isascii():
+            continue
+        with pytest.raises(ValueError):
+            codec.b64decode(source)
