@@ -497,6 +497,8 @@ def softmax_rows(
     dtype = np.dtype(COMPUTE_DTYPES[name])
     kernel = _kernel(name)
     n_rows, n_classes = x.shape
+    if n_classes >= 2**31:  # the kernel's column indices are 32-bit
+        raise ValueError(f"the CUDA kernel takes rows of under 2^31 classes, not {n_classes}")
     empty = xp.empty(0, dtype=dtype)  # an absent option: a pointer the kernel never reads
 
     def vector(array: Array | None) -> Array:
