@@ -1,6 +1,10 @@
-"""Cross-entropy value + gradient: the engine's two paths against the memory floor and PyTorch.
+"""Loss value + gradient: the engine's two paths against the memory floor and PyTorch.
 
     THP_MEM_ALLOC_ENABLE=1 python -m bench.engine [--repeats 7] [--shapes 8192x1000,2048x32000]
+        [--bce-shapes 2048x32000] [--half-shapes 2048x32000]   (an empty list skips a table)
+
+Three tables: cross-entropy on float32 logits, binary cross-entropy, cross-entropy on bfloat16
+and float16 logits. The first:
 
 Float32 logits, class-index labels, `mean` reduction
 (`reduce_loss(cross_entropy(..., grad_reduction="mean"), "mean")`), as the API computes it. Runs
@@ -19,6 +23,17 @@ are shared). Columns:
   (THP_MEM_ALLOC_ENABLE=1 gives it huge pages, where it is at its best);
 - peak/io: the engine call's peak allocation (tracemalloc, a fresh gradient buffer counted)
   relative to the logits plus the gradient.
+
+Binary cross-entropy (`binary_cross_entropy(..., grad_reduction="mean")`, 10% positive targets):
+floor is one read of logits and targets and one write of a gradient (`np.subtract`); torch is
+`F.binary_cross_entropy_with_logits` forward + backward. Its per-element loss is an output too, so
+peak/io (relative to logits + gradient) is about 1 more than cross-entropy's.
+
+16-bit logits: the fused kernel reads bfloat16 and float16 rows as they are and writes a float32
+gradient; floor reads the 16-bit logits and writes a float32 array; widened is the fused kernel
+after casting the whole payload to float32 first (the engine before it read 16-bit rows); torch
+runs on the 16-bit tensor (its gradient is 16-bit too) where it has a CPU kernel for it; peak/io
+is relative to the 16-bit logits plus the float32 gradient.
 """
 
 from __future__ import annotations
@@ -31,12 +46,15 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import ml_dtypes  # noqa: F401  (registers the bfloat16 dtype name)
 import numpy as np
 
-from service.engine import Reduction, cross_entropy, reduce_loss, warm_up
+from service.engine import Reduction, binary_cross_entropy, cross_entropy, reduce_loss, warm_up
 from service.engine._engine_path import ENGINE_ENV
 
 DEFAULT_SHAPES = "65536x10,8192x1000,2048x32000,256x128256"
+DEFAULT_BCE_SHAPES = "65536x10,2048x32000"
+DEFAULT_HALF_SHAPES = "2048x32000,256x128256"
 
 
 @contextmanager
@@ -107,6 +125,31 @@ def _peak_ratio(logits: np.ndarray, labels: np.ndarray, path: str) -> float:
     return peak / (2 * logits.nbytes)
 
 
+def _measure(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median milliseconds per contender, runs interleaved."""
+    for run in contenders.values():  # first touches: page faults, lazy initialisation
+        run()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):  # interleaved: drift on a shared machine hits every column alike
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
+def _peak_bytes(step: Callable[[], object]) -> int:
+    """Peak allocation of `step` (tracemalloc), a fresh gradient buffer counted."""
+    from service.engine._fused import GRADIENTS
+
+    GRADIENTS.clear()
+    tracemalloc.start()
+    step()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
 def bench_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((rows, classes), dtype=np.float32)
@@ -121,45 +164,201 @@ def bench_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
     torch_step = _torch(logits, labels)
     if torch_step is not None:
         contenders["torch"] = torch_step
-    for run in contenders.values():  # first touches: page faults, lazy initialisation
-        run()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):  # interleaved: drift on a shared machine hits every column alike
-        for name, run in contenders.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    result = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    result = _measure(contenders, repeats)
     result["peak_fused"] = _peak_ratio(logits, labels, "fused")
     result["peak_reference"] = _peak_ratio(logits, labels, "reference")
     return result
+
+
+# --- binary cross-entropy --------------------------------------------------------------------
+
+
+def _bce_engine(logits: np.ndarray, labels: np.ndarray, path: str) -> Callable[[], object]:
+    def step() -> object:
+        with _engine_path(path):
+            result = binary_cross_entropy(logits, labels, grad_reduction="mean")
+            return reduce_loss(result, "mean")
+
+    return step
+
+
+def _bce_torch(logits: np.ndarray, labels: np.ndarray) -> Callable[[], object] | None:
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    x = torch.from_numpy(logits)
+    y = torch.from_numpy(labels)
+
+    def step() -> object:
+        leaf = x.detach().requires_grad_()
+        F.binary_cross_entropy_with_logits(leaf, y).backward()
+        return leaf.grad
+
+    return step
+
+
+def bench_bce_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((rows, classes), dtype=np.float32)
+    labels = (rng.random((rows, classes), dtype=np.float32) < 0.1).astype(np.float32)
+    out = np.empty_like(logits)
+    contenders = {
+        "floor": lambda: np.subtract(logits, labels, out=out),
+        "fused": _bce_engine(logits, labels, "fused"),
+        "reference": _bce_engine(logits, labels, "reference"),
+    }
+    torch_step = _bce_torch(logits, labels)
+    if torch_step is not None:
+        contenders["torch"] = torch_step
+    result = _measure(contenders, repeats)
+    io = 2 * logits.nbytes  # logits + gradient, as for cross-entropy
+    result["peak_fused"] = _peak_bytes(_bce_engine(logits, labels, "fused")) / io
+    result["peak_reference"] = _peak_bytes(_bce_engine(logits, labels, "reference")) / io
+    return result
+
+
+# --- 16-bit logits ----------------------------------------------------------------------------
+
+
+def _torch_16(logits: np.ndarray, labels: np.ndarray) -> Callable[[], object] | None:
+    """`F.cross_entropy` forward + backward on 16-bit logits, where this torch runs it."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    dtype = torch.bfloat16 if logits.dtype.name == "bfloat16" else torch.float16
+    x = torch.from_numpy(logits.view(np.int16)).view(dtype)
+    y = torch.from_numpy(labels)
+
+    def step() -> object:
+        leaf = x.detach().requires_grad_()
+        F.cross_entropy(leaf, y).backward()
+        return leaf.grad
+
+    try:
+        step()
+    except RuntimeError:  # no CPU kernel for this dtype
+        return None
+    return step
+
+
+def bench_half_shape(rows: int, classes: int, dtype: str, repeats: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((rows, classes), dtype=np.float32).astype(np.dtype(dtype))
+    labels = rng.integers(0, classes, size=rows)
+    out = np.empty((rows, classes), dtype=np.float32)
+    bits = logits.view(np.uint16)
+
+    def widened() -> object:  # what the engine did before reading 16-bit rows itself
+        with _engine_path("fused"):
+            return reduce_loss(
+                cross_entropy(logits.astype(np.float32), labels, grad_reduction="mean")
+            )
+
+    contenders = {
+        "floor": lambda: np.copyto(out, bits, casting="unsafe"),  # read 2 bytes, write 4
+        "fused": _engine(logits, labels, "fused"),
+        "widened": widened,
+        "reference": _engine(logits, labels, "reference"),
+    }
+    torch_step = _torch_16(logits, labels)
+    if torch_step is not None:
+        contenders["torch"] = torch_step
+    result = _measure(contenders, repeats)
+    io = logits.nbytes + out.nbytes  # 16-bit logits + float32 gradient
+    result["peak_fused"] = _peak_bytes(_engine(logits, labels, "fused")) / io
+    result["peak_reference"] = _peak_bytes(_engine(logits, labels, "reference")) / io
+    return result
+
+
+Row = dict[str, float]
+Columns = list[tuple[str, Callable[[Row], str]]]
+
+
+def _ratio(r: Row, a: str, b: str) -> str:
+    return f"{r[a] / r[b]:.2f}x" if a in r and b in r else "-"
+
+
+def _ms(name: str) -> tuple[str, Callable[[Row], str]]:
+    return f"{name} ms", lambda r: f"{r[name]:.1f}" if name in r else "-"
+
+
+def _print_table(title: str, columns: Columns, rows: Iterator[tuple[str, Row]]) -> None:
+    print(f"\n{title}\n")
+    print("| shape | " + " | ".join(name for name, _ in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for label, r in rows:
+        print(f"| {label} | " + " | ".join(cell(r) for _, cell in columns) + " |", flush=True)
+
+
+def _shapes(spec: str) -> Iterator[tuple[int, int]]:
+    for item in filter(None, spec.split(",")):
+        rows, classes = (int(part) for part in item.split("x"))
+        yield rows, classes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--shapes", default=DEFAULT_SHAPES)
+    parser.add_argument("--bce-shapes", default=DEFAULT_BCE_SHAPES)
+    parser.add_argument("--half-shapes", default=DEFAULT_HALF_SHAPES)
     args = parser.parse_args()
     with _engine_path("fused"):
         warm_up()
-    columns: list[tuple[str, Callable[[dict[str, float]], str]]] = [
-        ("floor ms", lambda r: f"{r['floor']:.1f}"),
-        ("fused ms", lambda r: f"{r['fused']:.1f}"),
-        ("fused/floor", lambda r: f"{r['fused'] / r['floor']:.2f}x"),
-        ("fused/torch", lambda r: f"{r['fused'] / r['torch']:.2f}x" if "torch" in r else "-"),
-        ("fused sum ms", lambda r: f"{r['fused sum']:.1f}"),
-        ("fused fresh ms", lambda r: f"{r['fused fresh']:.1f}"),
-        ("reference ms", lambda r: f"{r['reference']:.1f}"),
-        ("torch ms", lambda r: f"{r['torch']:.1f}" if "torch" in r else "-"),
+    peaks: Columns = [
         ("peak/io fused", lambda r: f"{r['peak_fused']:.2f}"),
         ("peak/io reference", lambda r: f"{r['peak_reference']:.2f}"),
     ]
-    print("| shape | " + " | ".join(name for name, _ in columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for spec in args.shapes.split(","):
-        rows, classes = (int(part) for part in spec.split("x"))
-        r = bench_shape(rows, classes, args.repeats)
-        print(f"| {rows} x {classes} | " + " | ".join(cell(r) for _, cell in columns) + " |")
+    _print_table(
+        "Cross-entropy, float32 logits",
+        [
+            _ms("floor"),
+            _ms("fused"),
+            ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
+            ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
+            _ms("fused sum"),
+            _ms("fused fresh"),
+            _ms("reference"),
+            _ms("torch"),
+            *peaks,
+        ],
+        ((f"{m} x {c}", bench_shape(m, c, args.repeats)) for m, c in _shapes(args.shapes)),
+    )
+    _print_table(
+        "Binary cross-entropy with logits, float32, mean",
+        [
+            _ms("floor"),
+            _ms("fused"),
+            ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
+            ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
+            _ms("reference"),
+            _ms("torch"),
+            *peaks,
+        ],
+        ((f"{m} x {c}", bench_bce_shape(m, c, args.repeats)) for m, c in _shapes(args.bce_shapes)),
+    )
+    _print_table(
+        "Cross-entropy, 16-bit logits (float32 gradient; torch: its gradient in the input dtype)",
+        [
+            _ms("floor"),
+            _ms("fused"),
+            ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
+            ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
+            _ms("widened"),
+            _ms("reference"),
+            _ms("torch"),
+            *peaks,
+        ],
+        (
+            (f"{m} x {c} {dtype}", bench_half_shape(m, c, dtype, args.repeats))
+            for m, c in _shapes(args.half_shapes)
+            for dtype in ("bfloat16", "float16")
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ LOSSES: tuple[LossSpec, ...] = (
     LossSpec(
         name="binary-cross-entropy",
         function=engine.binary_cross_entropy,
+        takes_grad_reduction=True,
         request=BinaryCrossEntropyRequest,
         summary="Binary cross-entropy on logits, with weight and pos_weight",
         reference="PyTorch torch.nn.functional.binary_cross_entropy_with_logits",

@@ -8,12 +8,17 @@ softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) never overflows, and the two shar
 A term with zero coefficient is 0 even at x = -inf, where PyTorch returns NaN for a label of
 exactly 0. `mean` divides by the number of elements, as PyTorch.
 
+On NumPy arrays, binary cross-entropy runs in one compiled pass (`_fused.binary_rows`, see
+`_engine_path`) that computes these formulas per element and checks the targets on the way; the
+array code here is the reference it is tested against, and the CuPy path.
+
 The sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", 2017) is that
 cross-entropy times `(1 - p_t)^gamma`, with torchvision's `sigmoid_focal_loss` conventions.
 """
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import numpy as np
@@ -27,8 +32,9 @@ from service.engine._checks import (
     require,
 )
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
+from service.engine._engine_path import fused_kernels
 from service.engine._namespace import Array, array_namespace, errstate
-from service.engine._reduction import LossResult
+from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.errors import InvalidInput
 
 
@@ -39,13 +45,20 @@ def binary_cross_entropy(
     weight: Array | None = None,
     pos_weight: Array | None = None,
     compute_dtype: ComputeDtype | None = None,
+    grad_reduction: Reduction = "sum",
 ) -> LossResult:
     """Elementwise BCE of `logits` against targets in [0, 1] of the same shape.
 
     `weight` broadcasts to the logits' shape; `pos_weight` too (typically [C], one per class on
-    the last axis). Returns the elementwise loss and its gradient.
+    the last axis). Returns the elementwise loss and its gradient. `grad_reduction`: as
+    `cross_entropy`'s (the fused kernel folds `mean`'s 1 / divisor into the gradient).
     """
     xp = array_namespace(logits, labels, weight, pos_weight)
+    kernels = fused_kernels(xp)
+    if kernels is not None and hasattr(kernels, "binary_rows"):  # numba's; CUDA has none yet
+        return _fused_binary_cross_entropy(
+            kernels, logits, labels, weight, pos_weight, compute_dtype, grad_reduction, xp=xp
+        )
     x, y, w = _logits_and_targets(logits, labels, weight, compute_dtype, xp=xp)
     p = broadcast_weight(pos_weight, "pos_weight", logits.shape, x.dtype, xp=xp)
     positive = y if p is None else p * y  # coefficient of -log sigmoid(x)
@@ -92,6 +105,69 @@ def sigmoid_focal(
             per_element = xp.where(alpha_t == 0, 0, alpha_t * per_element)
             grad = xp.where(alpha_t == 0, 0, alpha_t * grad)
     return finish_elements(per_element, grad, w, xp=xp)
+
+
+def _fused_binary_cross_entropy(
+    kernels: ModuleType,
+    logits: Array,
+    labels: Array,
+    weight: Array | None,
+    pos_weight: Array | None,
+    compute_dtype: ComputeDtype | None,
+    grad_reduction: Reduction,
+    *,
+    xp: ModuleType,
+) -> LossResult:
+    """The same loss from the fused kernel (`_fused.binary_rows`): one pass over the elements
+    that also checks the targets, the gradient written already scaled for `grad_reduction`.
+
+    Errors are the reference's, in its order: the kernel only says that something is wrong, and
+    the reference's checks then say what.
+    """
+    _require_same_shape(logits, labels)
+    shape = logits.shape
+    dtype = compute_dtype_for(logits.dtype, compute_dtype)
+    if labels.dtype != dtype:  # a cast may round a value into [0, 1]: check the labels as sent
+        check_unit_interval(labels, "labels", xp)
+    try:
+        w = broadcast_weight(weight, "weight", shape, dtype, xp=xp)
+        p = broadcast_weight(pos_weight, "pos_weight", shape, dtype, xp=xp)
+    except InvalidInput:
+        check_unit_interval(labels, "labels", xp)  # the reference reports bad labels first
+        raise
+    rows = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
+    x = as_compute(logits, dtype).reshape(rows)
+    y = as_compute(labels, dtype).reshape(rows)
+    divisor = float(x.size)
+    scale = grad_scale(grad_reduction, divisor)
+    per_element, grad, status = kernels.binary_rows(
+        x, y, _factor_rows(w, shape), _factor_rows(p, shape), grad_scale=scale
+    )
+    per_element, grad = per_element.reshape(shape), grad.reshape(shape)
+    if status & kernels.LABEL_OUTSIDE:
+        check_unit_interval(labels, "labels", xp)
+    if status & kernels.NOT_FINITE:  # a positive scale keeps every element (non-)finite
+        reject_non_finite(per_element, grad, xp=xp)
+    return LossResult(
+        per_sample=per_element,
+        grads={"logits": grad},
+        n_valid=x.size,
+        divisor=divisor,
+        grad_scale=scale,
+    )
+
+
+def _factor_rows(factor: Array | None, shape: tuple[int, ...]) -> Array | None:
+    """A factor that broadcasts to `shape`, as the kernel takes it: [C] where every row gets the
+    same values (a view), else [M, C] (copied only where the broadcast needs it)."""
+    if factor is None:
+        return None
+    full = np.broadcast_to(factor, shape)
+    if not shape:
+        return full.reshape(1)
+    if all(stride == 0 or n == 1 for stride, n in zip(full.strides[:-1], shape[:-1], strict=True)):
+        return full[(0,) * (len(shape) - 1)]
+    return full.reshape(math.prod(shape[:-1]), shape[-1])
 
 
 def softplus_pair(x: Array, *, xp: ModuleType) -> tuple[Array, Array]:
@@ -142,15 +218,19 @@ def _logits_and_targets(
     xp: ModuleType,
 ) -> tuple[Array, Array, Array | None]:
     """Logits and [0, 1] targets of one shape, and the broadcast weight, in the compute dtype."""
+    _require_same_shape(logits, labels)
+    check_unit_interval(labels, "labels", xp)
+    dtype = compute_dtype_for(logits.dtype, compute_dtype)
+    w = broadcast_weight(weight, "weight", logits.shape, dtype, xp=xp)
+    return as_compute(logits, dtype), as_compute(labels, dtype), w
+
+
+def _require_same_shape(logits: Array, labels: Array) -> None:
     require(
         labels.shape == logits.shape,
         "labels",
         f"expected the logits' shape {list(logits.shape)}, got {list(labels.shape)}",
     )
-    check_unit_interval(labels, "labels", xp)
-    dtype = compute_dtype_for(logits.dtype, compute_dtype)
-    w = broadcast_weight(weight, "weight", logits.shape, dtype, xp=xp)
-    return as_compute(logits, dtype), as_compute(labels, dtype), w
 
 
 def finish_elements(
@@ -171,6 +251,23 @@ def finish_elements(
         if w is not None:
             per_element = per_element * w
             grad = grad * w
+    reject_non_finite(per_element, grad, field=field, reason=reason, xp=xp)
+    numel = per_element.size
+    return LossResult(
+        per_sample=per_element, grads={field: grad}, n_valid=numel, divisor=float(numel)
+    )
+
+
+def reject_non_finite(
+    per_element: Array,
+    grad: Array,
+    *,
+    field: str = "logits",
+    reason: str = "a positive target meets a -inf logit",
+    xp: ModuleType,
+) -> None:
+    """InvalidInput naming the first element whose loss or gradient is not finite, if any."""
+    with errstate(xp, invalid="ignore"):
         bad = ~(xp.isfinite(per_element) & xp.isfinite(grad))
     if bool(xp.any(bad)):
         position = first_position(bad, xp)
@@ -178,7 +275,3 @@ def finish_elements(
             f"{field}: the loss at index {position} is not finite in {per_element.dtype}: {reason}",
             field=field,
         )
-    numel = per_element.size
-    return LossResult(
-        per_sample=per_element, grads={field: grad}, n_valid=numel, divisor=float(numel)
-    )

@@ -224,7 +224,7 @@ def _row_max(x: Any, i: int) -> Any:
 
 @numba.njit(inline="always")
 def _scale(out: Any, i: int, factor: Any, label: int, mass: Any, scale: Any) -> None:
-    zero = mass - mass
+    zero = _cast(0.0, mass)
     for c in range(out.shape[1]):
         out[i, c] = (out[i, c] * factor - (mass if c == label else zero)) * scale
 
@@ -233,7 +233,7 @@ def _scale(out: Any, i: int, factor: Any, label: int, mass: Any, scale: Any) -> 
 def _scale_minus(
     out: Any, i: int, factor: Any, spread: Any, label: int, mass: Any, scale: Any
 ) -> None:
-    zero = mass - mass
+    zero = _cast(0.0, mass)
     for c in range(out.shape[1]):
         out[i, c] = (out[i, c] * factor - spread[c] - (mass if c == label else zero)) * scale
 
@@ -357,6 +357,114 @@ def _softmax_rows(
         per_sample[i] = loss
 
 
+# --- binary cross-entropy --------------------------------------------------------------------
+
+# Elements per work item of `_binary_rows`: a row, or a piece of a long one (a 1-D batch is one
+# row), so that both cores get work whatever the shape.
+BINARY_CHUNK: Final = 4096
+LABEL_OUTSIDE: Final = 1  # status bits of a work item: a label not in [0, 1] (or NaN)
+NOT_FINITE: Final = 2  # a loss or gradient element not finite (or a NaN logit)
+
+
+@numba.njit(inline="always")
+def _positive_part(v: Any) -> Any:
+    return v if v > 0 else _cast(0.0, v)  # max(v, 0); NaN logits are flagged separately
+
+
+# log1p(e) = 2 atanh(s) with s = e / (2 + e) (no 1 + e to round), for e in [0, 1], s <= 1/3:
+# 2 s (1 + s^2/3 + s^4/5 + ...), the terms to s^16 / 17 (< 2e-10 of the sum): float32-exact.
+_ATANH_P = tuple(_F32(1.0 / (2 * k + 1)) for k in range(8, -1, -1))
+
+
+@numba.njit(inline="always")
+def _log1p_unit_f32(e: Any) -> Any:
+    s = e / (_F32(2.0) + e)
+    s2 = s * s
+    total = _ZERO
+    for coefficient in _ATANH_P:  # Horner, highest power first (unrolled: a constant tuple)
+        total = total * s2 + coefficient
+    return _F32(2.0) * s * total
+
+
+def _sigmoid_pair(v: Any) -> Any:
+    """(log(1 + e^-|v|), sigmoid(v)) in the type of v: resolved by numba per type (overload)."""
+    raise NotImplementedError("compiled only")  # pragma: no cover
+
+
+@overload(_sigmoid_pair, inline="always")
+def _sigmoid_pair_impl(v: Any) -> Callable[[Any], Any] | None:
+    if v == types.float32:
+
+        def vectorised(v: Any) -> Any:
+            # polynomials and divisions only, no library calls: LLVM vectorises the loop.
+            # sigmoid from e = exp(-|v|): 1 / (1 + e) for v >= 0, e / (1 + e) below, within
+            # 2 ulp (the reference's exp(-softplus(-v)) is within |v| ulp)
+            e = _exp_f32(-abs(v))
+            inverse = _ONE / (_ONE + e)
+            return _log1p_unit_f32(e), inverse if v >= 0 else e * inverse
+
+        return vectorised
+    if v == types.float64:
+
+        def library(v: Any) -> Any:
+            # the reference's operations, with the C library's exp and log1p
+            tail = math.log1p(math.exp(-abs(v)))
+            return tail, math.exp(-(_positive_part(-v) + tail))
+
+        return library
+    return None
+
+
+@_compiled(parallel=True, fastmath=False, error_model="numpy", nogil=True)
+def _binary_rows(
+    x: Any,
+    y: Any,
+    w: Any,
+    p: Any,
+    grad_scale: float,
+    per_element: Any,
+    grad: Any,
+    status: Any,
+) -> None:
+    """BCE with logits of rows `x` [M, C] against targets `y`: `_binary.binary_cross_entropy`.
+
+    `w` (weight) and `p` (pos_weight) are [1, C] (the same for every row; ones when absent) or
+    [M, C]. Per element, in the rows' dtype as the reference, with e = exp(-|x|):
+    softplus(+-x) = max(+-x, 0) + log1p(e), loss = w (p y softplus(-x) + (1 - y) softplus(x)),
+    gradient `grad_scale` w (sigmoid(x)(p y + 1 - y) - p y), sigmoid and log1p(e) from
+    `_sigmoid_pair`. `status[k]` collects the bits of work item k (`LABEL_OUTSIDE`, `NOT_FINITE`).
+    """
+    n_rows, n_cols = x.shape
+    pieces = (n_cols + BINARY_CHUNK - 1) // BINARY_CHUNK
+    for k in prange(n_rows * pieces):
+        i = k // pieces
+        start = (k % pieces) * BINARY_CHUNK
+        wi = i if w.shape[0] > 1 else 0
+        pi = i if p.shape[0] > 1 else 0
+        label_outside = False
+        not_finite = False
+        for c in range(start, min(start + BINARY_CHUNK, n_cols)):
+            v = x[i, c]
+            target = y[i, c]
+            tail, sigmoid = _sigmoid_pair(v)  # log(1 + e^-|v|), sigmoid(v)
+            softplus = _positive_part(v) + tail  # -log(1 - sigmoid(v))
+            softplus_neg = _positive_part(-v) + tail  # -log sigmoid(v)
+            positive = p[pi, c] * target  # coefficient of -log sigmoid(v)
+            negative = _cast(1.0, target) - target
+            # a zero coefficient adds 0, even times inf
+            loss = (_cast(0.0, v) if positive == 0 else positive * softplus_neg) + (
+                negative * softplus
+            )
+            g = sigmoid * (positive + negative) - positive
+            loss = loss * w[wi, c]
+            g = g * w[wi, c]
+            label_outside |= not (target >= 0 and target <= 1)
+            not_finite |= not (math.isfinite(loss) and math.isfinite(g)) or v != v
+            per_element[i, c] = loss
+            grad[i, c] = g * _cast(grad_scale, v)  # as `reduce_loss` scales: the same bits
+        status[k] = (LABEL_OUTSIDE if label_outside else 0) | (NOT_FINITE if not_finite else 0)
+
+
 # --- the Python side -------------------------------------------------------------------------
 
 # Numba's default threading layer ("workqueue" where neither TBB nor OpenMP is installed) must not
@@ -424,6 +532,47 @@ def softmax_rows(
     return per_sample, lse, grad
 
 
+def binary_rows(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    p: np.ndarray | None,
+    *,
+    grad_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """BCE with logits on rows `x` [M, C] against targets `y` [M, C] of the same dtype, with a
+    weight `w` and a pos_weight `p` of shape [C] or [M, C] (None: absent) in that dtype.
+
+    Returns (per-element loss [M, C], gradient [M, C] multiplied by `grad_scale`, status): the
+    status ORs `LABEL_OUTSIDE` and `NOT_FINITE`; where it is not 0 the arrays are unspecified.
+    """
+    dtype = x.dtype
+    n_rows, n_cols = x.shape
+
+    def factor(array: np.ndarray | None) -> np.ndarray:
+        if array is None:
+            array = np.ones(n_cols, dtype=dtype)
+        return _frozen(
+            np.ascontiguousarray(array, dtype=dtype).reshape(-1 if n_cols else 1, n_cols)
+        )
+
+    per_element = GRADIENTS.empty(x.shape, dtype)
+    grad = GRADIENTS.empty(x.shape, dtype)
+    status = np.zeros(n_rows * -(-n_cols // BINARY_CHUNK), dtype=np.uint8)
+    with _LAUNCH:
+        _binary_rows(
+            _frozen(np.ascontiguousarray(x)),
+            _frozen(np.ascontiguousarray(y, dtype=dtype)),
+            factor(w),
+            factor(p),
+            float(grad_scale),
+            per_element,
+            grad,
+            status,
+        )
+    return per_element, grad, int(np.bitwise_or.reduce(status, initial=0))
+
+
 class BufferPool:
     """Gradient buffers kept between calls and handed out again once no one else refers to them.
 
@@ -488,10 +637,11 @@ GRADIENTS = BufferPool(min_bytes=1 << 20, max_bytes=1 << 30)
 
 
 def warm_up() -> None:
-    """Compile (or load from the cache) the kernel for float32 and float64 rows."""
+    """Compile (or load from the cache) the kernels for float32 and float64 rows."""
     for dtype in (np.float32, np.float64):
         x = np.zeros((2, 3), dtype=dtype)
         labels = np.zeros(2, dtype=np.int64)
         valid = np.ones(2, dtype=np.bool_)
         ones = np.ones(2, dtype=dtype)
         softmax_rows(x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones)
+        binary_rows(x, x, None, None)
