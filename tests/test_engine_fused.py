@@ -506,20 +506,6 @@ def test_concurrent_calls_keep_their_own_gradients(monkeypatch: pytest.MonkeyPat
         assert all(pool.map(work, range(16)))
 
 
-def test_one_compiled_kernel_per_dtype() -> None:
-    """Every argument has one type whatever the options (an absent one is an empty read-only
-    array) and the input's flags: a process compiles the kernel twice, not once per mix."""
-    for dtype in (np.float32, np.float64):
-        logits, labels = batch((4,), dtype, ignored=True)
-        on_path("fused", cross_entropy, logits, labels)
-        options = {"weight": np.ones(C), "label_smoothing": 0.1, "z_loss": 1e-3}
-        on_path("fused", cross_entropy, logits, labels, **options)
-        on_path("fused", focal, logits, labels, alpha=np.ones(C, dtype=np.float32))
-        logits.flags.writeable = False
-        on_path("fused", poly1, logits, labels)
-    assert len(_fused._softmax_rows.signatures) == 2
-
-
 def test_the_catalogue_passes_grad_reduction_to_every_loss_that_takes_it() -> None:
     """The routes fold `mean` into the kernels only for losses flagged in the catalogue."""
     from service.api.catalogue import BY_NAME

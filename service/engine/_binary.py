@@ -32,7 +32,7 @@ from service.engine._checks import (
     require,
 )
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
-from service.engine._engine_path import fused_kernels
+from service.engine._engine_path import fused_kernels, native_dtypes
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.errors import InvalidInput
@@ -127,7 +127,10 @@ def _fused_binary_cross_entropy(
     _require_same_shape(logits, labels)
     shape = logits.shape
     dtype = compute_dtype_for(logits.dtype, compute_dtype)
-    if labels.dtype != dtype:  # a cast may round a value into [0, 1]: check the labels as sent
+    # The kernel reads a pair of one native dtype (16-bit uploads) as it is, else the compute dtype
+    native = labels.dtype == logits.dtype and logits.dtype.name in native_dtypes(kernels)
+    cast = not (native and dtype == compute_dtype_for(logits.dtype))
+    if cast and labels.dtype != dtype:  # a cast may round a value into [0, 1]: check them first
         check_unit_interval(labels, "labels", xp)
     try:
         w = broadcast_weight(weight, "weight", shape, dtype, xp=xp)
@@ -136,8 +139,8 @@ def _fused_binary_cross_entropy(
         check_unit_interval(labels, "labels", xp)  # the reference reports bad labels first
         raise
     rows = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
-    x = as_compute(logits, dtype).reshape(rows)
-    y = as_compute(labels, dtype).reshape(rows)
+    x = (as_compute(logits, dtype) if cast else logits).reshape(rows)
+    y = (as_compute(labels, dtype) if cast else labels).reshape(rows)
     divisor = float(x.size)
     scale = grad_scale(grad_reduction, divisor)
     per_element, grad, status = kernels.binary_rows(

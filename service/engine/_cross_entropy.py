@@ -21,8 +21,8 @@ import numpy as np
 
 from service.engine._checks import check_option_range, check_unit_interval, first_position
 from service.engine._class_balance import resolve_class_weight
-from service.engine._dtypes import ComputeDtype, as_compute
-from service.engine._engine_path import fused_kernels
+from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
+from service.engine._engine_path import fused_kernels, native_dtypes
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.engine._rows import class_indices, finish_rows, logit_rows
@@ -69,17 +69,20 @@ def cross_entropy(
     xp = array_namespace(logits, labels, weight, class_counts)
     check_option_range(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     check_option_range(z_loss, "z_loss", low=0.0)
-    x = logit_rows(logits, compute_dtype, xp=xp)
+    index_labels = labels.shape == logits.shape[:-1]
+    fused = fused_kernels(xp) if index_labels else None
+    # 16-bit logits reach the kernel as they are; the reference widens them (`logit_rows`)
+    x = logit_rows(logits, compute_dtype, xp=xp, native=native_dtypes(fused))
+    dtype = compute_dtype_for(logits.dtype, compute_dtype)
     n_classes = x.shape[1]
     w = resolve_class_weight(
-        weight, "weight", class_counts, class_balance_beta, n_classes, x.dtype, xp=xp
+        weight, "weight", class_counts, class_balance_beta, n_classes, dtype, xp=xp
     )
     if labels.shape == logits.shape:
-        target = probability_target(labels, w, label_smoothing, x.dtype, xp=xp)
-    elif labels.shape == logits.shape[:-1]:
+        target = probability_target(labels, w, label_smoothing, dtype, xp=xp)
+    elif index_labels:
         y, valid = class_indices(labels, n_classes, ignore_index, xp=xp)
-        target = class_index_target(y, valid, w, label_smoothing, n_classes, x.dtype, xp=xp)
-        fused = fused_kernels(xp)
+        target = class_index_target(y, valid, w, label_smoothing, n_classes, dtype, xp=xp)
         if fused is not None:
             return _fused_cross_entropy(
                 fused, logits, x, target, label_smoothing, z_loss, grad_reduction, xp=xp
@@ -112,8 +115,8 @@ def _fused_cross_entropy(
     *,
     xp: ModuleType,
 ) -> LossResult:
-    """The same loss from the fused kernel (`_fused`): one pass over each row, the gradient
-    written already scaled for `grad_reduction`."""
+    """The same loss from the fused kernel (`_fused`): one pass over each row (`x` in any of
+    its `NATIVE_INPUT_DTYPES`), the gradient written already scaled for `grad_reduction`."""
     assert target.at_label is not None  # class-index targets
     y, at_label = target.at_label
     scale = grad_scale(grad_reduction, target.divisor)
@@ -129,7 +132,7 @@ def _fused_cross_entropy(
         grad_scale=scale,
     )
     if z_loss:
-        per_sample += z_loss_term(z_loss, lse, x.dtype, xp=xp)
+        per_sample += z_loss_term(z_loss, lse, grad.dtype, xp=xp)
     return finish_rows(
         logits,
         per_sample,

@@ -4,6 +4,10 @@
 native arithmetic on the CPU); float64 stays float64. Integer logits only arrive from JSON numbers,
 which are float64 by contract. `compute_dtype` overrides the choice. Sums over samples are always
 accumulated in float64 by the reduction, whatever the compute dtype.
+
+The fused kernels read float16 and bfloat16 logits as they are and widen each element as they
+read it (`_fused`): the whole array is widened with `as_compute` only for the reference code
+(`_rows.logit_rows`).
 """
 
 from __future__ import annotations

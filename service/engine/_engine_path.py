@@ -60,6 +60,14 @@ def fused_kernels(xp: ModuleType) -> ModuleType | None:
     return None
 
 
+def native_dtypes(kernels: ModuleType | None) -> frozenset[str]:
+    """The logits' dtypes that `kernels` reads as they are (`NATIVE_INPUT_DTYPES`): a loss about
+    to call them widens nothing else (`_rows.logit_rows`). None (the reference code): none."""
+    return (
+        frozenset() if kernels is None else frozenset(getattr(kernels, "NATIVE_INPUT_DTYPES", ()))
+    )
+
+
 def is_cupy(xp: ModuleType) -> bool:
     """Whether `xp` is CuPy, by name: looking never imports it."""
     return xp.__name__ == "cupy"

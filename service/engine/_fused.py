@@ -27,10 +27,17 @@ differs, within 1e-7 relative for float32 rows and 1e-15 for float64 ones:
   1.0-1.5x faster than NumPy (PERF-NOTES.md). float64 rows use the C library's `exp`.
 - the row sums and the label-smoothing dot product are added in another order, in float64.
 
+float16 and bfloat16 rows are read as they are (`NATIVE_INPUT_DTYPES`): numba has no arithmetic
+for them, so they arrive as their bits (int16 / uint16, `_HALF_BITS`) and each element is widened
+to float32 where it is read (`_widen`, exact); the maximum is found on the bits. They compute as
+float32 rows, bit for bit, with a float32 gradient, and no float32 copy of the logits is made.
+
+`binary_rows` is binary cross-entropy with logits, one pass per element (`_binary_rows`).
+
 Ignored rows are skipped (`finish_rows` zeroes their gradient rows), except that with a z-loss
 their log-sum-exp is computed, as the reference checks the z-loss term of every row for overflow.
 
-Everything is compiled once per process for float32 and float64 rows, or loaded from numba's
+Everything is compiled once per process for each native dtype of rows, or loaded from numba's
 on-disk cache (`cache=True`, see `_compiled`): seconds to compile, under one to load;
 `warm_up()` does it ahead of the first request. This module imports numba: reach it only
 through `_engine_path`.
@@ -42,7 +49,7 @@ import math
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numba
 import numpy as np
@@ -53,6 +60,16 @@ from numba.extending import intrinsic, overload
 CROSS_ENTROPY: Final = 0
 FOCAL: Final = 1
 POLY1: Final = 2
+
+# The logits' dtypes the kernels read as they are, and the dtype each computes in (that of the
+# gradient and the option vectors): callers widen nothing else first (`_dtypes`, `_rows`).
+COMPUTE_DTYPES: Final = {
+    "float16": "float32",
+    "bfloat16": "float32",
+    "float32": "float32",
+    "float64": "float64",
+}
+NATIVE_INPUT_DTYPES: Final = frozenset(COMPUTE_DTYPES)
 
 
 def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -83,14 +100,20 @@ def _flip_negatives(builder: ir.IRBuilder, bits: ir.Value, width: int) -> ir.Val
     return builder.xor(bits, builder.and_(sign, ir.Constant(bits.type, (1 << (width - 1)) - 1)))
 
 
+def _is_half(numba_type: Any) -> bool:
+    """The 16-bit integer types that carry the bits of float16 and bfloat16 rows (`_HALF_BITS`)."""
+    return isinstance(numba_type, types.Integer) and cast(Any, numba_type).bitwidth == 16
+
+
 @_intrinsic
 def _ordered_key(typingctx: Any, value: Any) -> Any:
     """An integer whose signed order is the order of the float `value` (-inf lowest, no NaN).
 
+    `value` may also be the bits of a float16 or bfloat16 (sign, exponent, mantissa too).
     LLVM vectorises integer max reductions; a float max it vectorises only under fast-math
     no-NaN flags, which this module does not use.
     """
-    if not isinstance(value, types.Float):
+    if not (isinstance(value, types.Float) or _is_half(value)):
         return None
     width = value.bitwidth
 
@@ -102,8 +125,8 @@ def _ordered_key(typingctx: Any, value: Any) -> Any:
 
 @_intrinsic
 def _from_ordered_key(typingctx: Any, key: Any, like: Any) -> Any:
-    """The float (of `like`'s type) whose `_ordered_key` is `key`."""
-    if not isinstance(like, types.Float):
+    """The float (or 16-bit float bits) of `like`'s type whose `_ordered_key` is `key`."""
+    if not (isinstance(like, types.Float) or _is_half(like)):
         return None
     width = like.bitwidth
 
@@ -112,6 +135,25 @@ def _from_ordered_key(typingctx: Any, key: Any, like: Any) -> Any:
         return builder.bitcast(bits, context.get_value_type(like))
 
     return like(key, like), codegen
+
+
+@_intrinsic
+def _f32_from_bits(typingctx: Any, bits: Any) -> Any:
+    """The float32 whose bits are the low 32 of the integer `bits`."""
+    if not isinstance(bits, types.Integer):
+        return None
+    width = cast(Any, bits).bitwidth
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> ir.Value:
+        i32 = ir.IntType(32)
+        value = args[0]
+        if width > 32:
+            value = builder.trunc(value, i32)
+        elif width < 32:
+            value = builder.zext(value, i32)
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen
 
 
 @_intrinsic
@@ -203,6 +245,65 @@ def _exp_nonpositive_impl(t: Any) -> Callable[[Any], Any] | None:
     return None
 
 
+# --- 16-bit rows ----------------------------------------------------------------------------
+# numba has no float16 arithmetic on the CPU and no bfloat16 at all: such rows reach the kernel as
+# their bits, viewed as the integer type of `_HALF_BITS` (the type says which format), and every
+# element is widened to float32 where it is read, exactly (both formats are subsets of float32).
+
+_HALF_BITS: Final = {"bfloat16": np.dtype(np.uint16), "float16": np.dtype(np.int16)}
+_F16_EXP_MASK = np.uint32(0x7C00)
+_F16_REBIAS = np.uint32((127 - 15) << 23)  # float16 exponent bias 15 -> float32's 127
+_F16_MIN_NORMAL = np.float32(2.0**-14)
+
+
+# Not inlined by numba (its IR check warns about the inlined selects), by LLVM all the same.
+@_compiled(error_model="numpy")
+def _f32_from_f16(bits: Any) -> Any:
+    """The float16 of `bits` (int16) as a float32: subnormals, infinities and NaN included.
+
+    Giesen's branch-free conversion: the exponent and mantissa move to float32's places and the
+    exponent is rebiased; an inf / NaN exponent (31) becomes 255; a subnormal m 2^-24 is made from
+    the normal float32 2^-14 (1 + m 2^-10) minus 2^-14, exactly (Sterbenz), zero included.
+    """
+    h = np.uint32(np.uint16(bits))
+    magnitude_bits = h & np.uint32(0x7FFF)
+    exponent = magnitude_bits & _F16_EXP_MASK
+    moved = (magnitude_bits << np.uint32(13)) + _F16_REBIAS
+    moved = moved + _F16_REBIAS if exponent == _F16_EXP_MASK else moved  # inf and NaN
+    normal = _f32_from_bits(moved)
+    subnormal = _f32_from_bits(moved + np.uint32(1 << 23)) - _F16_MIN_NORMAL
+    magnitude = subnormal if exponent == 0 else normal
+    return -magnitude if h & np.uint32(0x8000) else magnitude
+
+
+def _widen(value: Any) -> Any:
+    """An element as the kernel computes with it: resolved by numba per type (see the overload)."""
+    raise NotImplementedError("compiled only")  # pragma: no cover
+
+
+@overload(_widen, inline="always")
+def _widen_impl(value: Any) -> Callable[[Any], Any] | None:
+    if isinstance(value, types.Float):
+
+        def identity(value: Any) -> Any:
+            return value
+
+        return identity
+    if value == types.uint16:  # bfloat16: the top half of a float32
+
+        def bfloat16(value: Any) -> Any:
+            return _f32_from_bits(np.uint32(value) << np.uint32(16))
+
+        return bfloat16
+    if value == types.int16:
+
+        def float16(value: Any) -> Any:
+            return _f32_from_f16(value)
+
+        return float16
+    return None
+
+
 # --- passes over row i of a matrix ----------------------------------------------------------
 # They index the matrix, not a row view: a view takes a reference (an atomic count shared by the
 # threads) per row, which costs more than a 10-class row. Strict ones are inlined into the kernel.
@@ -210,11 +311,12 @@ def _exp_nonpositive_impl(t: Any) -> Callable[[Any], Any] | None:
 
 @numba.njit(inline="always")
 def _row_max(x: Any, i: int) -> Any:
+    """The row's maximum, widened (16-bit rows: found on their bits, then widened once)."""
     top = _ordered_key(x[i, 0])
     for c in range(x.shape[1]):
         key = _ordered_key(x[i, c])
         top = key if key > top else top
-    return _from_ordered_key(top, x[i, 0])
+    return _widen(_from_ordered_key(top, x[i, 0]))
 
 
 # The gradient row from its exponentials: `(exp * factor - spread - mass e_label) * scale`, each
@@ -244,7 +346,7 @@ def _scale_minus(
 @_compiled(fastmath={"contract"}, error_model="numpy")
 def _store_exp(x: Any, i: int, shift: Any, out: Any) -> None:
     for c in range(x.shape[1]):
-        out[i, c] = _exp_nonpositive(x[i, c] - shift)
+        out[i, c] = _exp_nonpositive(_widen(x[i, c]) - shift)
 
 
 # `reassoc` lets LLVM split these float64 sums into vector lanes: another summation order, no
@@ -263,7 +365,7 @@ def _shifted_dot(x: Any, i: int, shift: Any, weights: Any) -> float:
     total = 0.0
     for c in range(x.shape[1]):
         w = weights[c]
-        shifted = x[i, c] - shift  # in the row's dtype, as the reference
+        shifted = _widen(x[i, c]) - shift  # in the row's compute dtype, as the reference
         total += 0.0 if w == 0 else np.float64(w) * np.float64(shifted)
     return total
 
@@ -330,7 +432,7 @@ def _softmax_rows(
         if not valid[i]:
             continue
         label = y[i]
-        shifted_at_label = x[i, label] - shift
+        shifted_at_label = _widen(x[i, label]) - shift
         if kind == CROSS_ENTROPY:
             mass = at_label[i]
             loss = total[i] * log_sum
@@ -444,8 +546,8 @@ def _binary_rows(
         label_outside = False
         not_finite = False
         for c in range(start, min(start + BINARY_CHUNK, n_cols)):
-            v = x[i, c]
-            target = y[i, c]
+            v = _widen(x[i, c])
+            target = _widen(y[i, c])
             tail, sigmoid = _sigmoid_pair(v)  # log(1 + e^-|v|), sigmoid(v)
             softplus = _positive_part(v) + tail  # -log(1 - sigmoid(v))
             softplus_neg = _positive_part(-v) + tail  # -log sigmoid(v)
@@ -481,6 +583,17 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return view
 
 
+def _kernel_rows(x: np.ndarray) -> tuple[np.ndarray, np.dtype]:
+    """Rows as the kernels take them (contiguous, read-only, 16-bit ones as their bits) and the
+    dtype they compute in. KeyError for a dtype not in `NATIVE_INPUT_DTYPES`."""
+    name = x.dtype.name
+    dtype = np.dtype(COMPUTE_DTYPES[name])
+    x = np.ascontiguousarray(x)
+    if name in _HALF_BITS:
+        x = x.view(_HALF_BITS[name])
+    return _frozen(x), dtype
+
+
 def softmax_rows(
     x: np.ndarray,
     y: np.ndarray,
@@ -497,10 +610,12 @@ def softmax_rows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the kernel on rows `x` [M, C]: (per_sample [M] float64, lse [M] float64, grad [M, C]),
     the gradient multiplied by `grad_scale` (a `mean` reduction's 1 / divisor: no second pass).
+    `x` may be of any dtype in `NATIVE_INPUT_DTYPES`; the gradient and the option vectors are in
+    its compute dtype (`COMPUTE_DTYPES`: float32 for 16-bit rows).
 
     Where `valid` is False: `per_sample` is 0, `lse` 0 unless `z_loss` > 0, `grad` unspecified.
     """
-    dtype = x.dtype
+    x, dtype = _kernel_rows(x)
     empty = _frozen(np.empty(0, dtype=dtype))  # an absent option: read-only like the others
 
     def vector(array: np.ndarray | None) -> np.ndarray:
@@ -514,7 +629,7 @@ def softmax_rows(
     grad = GRADIENTS.empty(x.shape, dtype)
     with _LAUNCH:
         _softmax_rows(
-            _frozen(np.ascontiguousarray(x)),
+            x,
             _frozen(np.ascontiguousarray(y, dtype=np.int64)),
             _frozen(np.ascontiguousarray(valid, dtype=np.bool_)),
             kind,
@@ -540,13 +655,15 @@ def binary_rows(
     *,
     grad_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """BCE with logits on rows `x` [M, C] against targets `y` [M, C] of the same dtype, with a
-    weight `w` and a pos_weight `p` of shape [C] or [M, C] (None: absent) in that dtype.
+    """BCE with logits on rows `x` [M, C] against targets `y` [M, C] of the same dtype (any of
+    `NATIVE_INPUT_DTYPES`), with a weight `w` and a pos_weight `p` of shape [C] or [M, C] (None:
+    absent) in its compute dtype, that of the outputs.
 
     Returns (per-element loss [M, C], gradient [M, C] multiplied by `grad_scale`, status): the
     status ORs `LABEL_OUTSIDE` and `NOT_FINITE`; where it is not 0 the arrays are unspecified.
     """
-    dtype = x.dtype
+    x, dtype = _kernel_rows(x)
+    y, _ = _kernel_rows(y)
     n_rows, n_cols = x.shape
 
     def factor(array: np.ndarray | None) -> np.ndarray:
@@ -561,8 +678,8 @@ def binary_rows(
     status = np.zeros(n_rows * -(-n_cols // BINARY_CHUNK), dtype=np.uint8)
     with _LAUNCH:
         _binary_rows(
-            _frozen(np.ascontiguousarray(x)),
-            _frozen(np.ascontiguousarray(y, dtype=dtype)),
+            x,
+            y,
             factor(w),
             factor(p),
             float(grad_scale),
@@ -637,11 +754,22 @@ GRADIENTS = BufferPool(min_bytes=1 << 20, max_bytes=1 << 30)
 
 
 def warm_up() -> None:
-    """Compile (or load from the cache) the kernels for float32 and float64 rows."""
-    for dtype in (np.float32, np.float64):
-        x = np.zeros((2, 3), dtype=dtype)
+    """Compile (or load from the cache) the kernels for rows of every native dtype."""
+    for name in sorted(NATIVE_INPUT_DTYPES):
+        dtype = np.dtype(COMPUTE_DTYPES[name])
+        x = np.zeros((2, 3), dtype=dtype).astype(_native_dtype(name))
         labels = np.zeros(2, dtype=np.int64)
         valid = np.ones(2, dtype=np.bool_)
         ones = np.ones(2, dtype=dtype)
         softmax_rows(x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones)
         binary_rows(x, x, None, None)
+
+
+def _native_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a name in `NATIVE_INPUT_DTYPES` (bfloat16: ml_dtypes')."""
+    if name == "bfloat16":
+        import ml_dtypes  # the codecs' bfloat16; only needed here to make one
+
+        bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    return np.dtype(name)

@@ -18,11 +18,21 @@ from service.engine._reduction import LossResult
 from service.errors import InvalidInput
 
 
-def logit_rows(logits: Array, compute_dtype: ComputeDtype | None, *, xp: ModuleType) -> Array:
-    """`logits` [..., C] as [M, C] rows in the compute dtype."""
+def logit_rows(
+    logits: Array,
+    compute_dtype: ComputeDtype | None,
+    *,
+    xp: ModuleType,
+    native: frozenset[str] = frozenset(),
+) -> Array:
+    """`logits` [..., C] as [M, C] rows in the compute dtype, or as they are where their dtype is
+    `native` to the kernel about to read them (`_engine_path.native_dtypes`: 16-bit rows are
+    widened element by element inside it) and the compute dtype is their default one."""
     require(logits.ndim >= 1, "logits", "expected at least one axis (the class axis), got a scalar")
     require(logits.shape[-1] >= 1, "logits", "the class axis (the last one) is empty")
     dtype = compute_dtype_for(logits.dtype, compute_dtype)
+    if logits.dtype.name in native and dtype == compute_dtype_for(logits.dtype):
+        return logits.reshape(-1, logits.shape[-1])
     with errstate(xp, over="ignore"):  # float64 -> float32 may overflow: rejected just below
         x = as_compute(logits, dtype)
     if x is not logits and bool(xp.any(xp.isposinf(x))):

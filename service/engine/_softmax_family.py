@@ -30,8 +30,8 @@ import numpy as np
 from service.engine._checks import check_nonnegative, check_option_range, require
 from service.engine._class_balance import resolve_class_weight
 from service.engine._cross_entropy import TargetMass, cross_entropy, softmax_gradient
-from service.engine._dtypes import ComputeDtype, as_compute
-from service.engine._engine_path import fused_kernels
+from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
+from service.engine._engine_path import fused_kernels, native_dtypes
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.engine._rows import class_indices, class_weight, finish_rows, logit_rows
@@ -77,11 +77,14 @@ def focal(
     """
     xp = array_namespace(logits, labels, alpha, class_counts)
     check_option_range(gamma, "gamma", low=0.0)
-    x, y, valid = index_rows(logits, labels, ignore_index, compute_dtype, xp=xp)
-    a = resolve_class_weight(
-        alpha, "alpha", class_counts, class_balance_beta, x.shape[1], x.dtype, xp=xp
-    )
     fused = fused_kernels(xp)
+    x, y, valid = index_rows(
+        logits, labels, ignore_index, compute_dtype, xp=xp, native=native_dtypes(fused)
+    )
+    dtype = compute_dtype_for(logits.dtype, compute_dtype)
+    a = resolve_class_weight(
+        alpha, "alpha", class_counts, class_balance_beta, x.shape[1], dtype, xp=xp
+    )
     if fused is not None:
         return _fused_label_loss(
             fused, fused.FOCAL, gamma, a, logits, x, y, valid, grad_reduction, xp=xp
@@ -122,8 +125,10 @@ def poly1(
     `grad_reduction`: as `cross_entropy`'s."""
     xp = array_namespace(logits, labels)
     check_option_range(epsilon, "epsilon", low=-1.0)
-    x, y, valid = index_rows(logits, labels, ignore_index, compute_dtype, xp=xp)
     fused = fused_kernels(xp)
+    x, y, valid = index_rows(
+        logits, labels, ignore_index, compute_dtype, xp=xp, native=native_dtypes(fused)
+    )
     if fused is not None:
         return _fused_label_loss(
             fused, fused.POLY1, epsilon, None, logits, x, y, valid, grad_reduction, xp=xp
@@ -290,9 +295,11 @@ def index_rows(
     compute_dtype: ComputeDtype | None,
     *,
     xp: ModuleType,
+    native: frozenset[str] = frozenset(),
 ) -> tuple[Array, Array, Array]:
-    """Checked rows [M, C] in the compute dtype, class indices [M] (0 where ignored), valid [M]."""
-    x = logit_rows(logits, compute_dtype, xp=xp)
+    """Checked rows [M, C] in the compute dtype (or a `native` one: see `logit_rows`), class
+    indices [M] (0 where ignored), valid [M]."""
+    x = logit_rows(logits, compute_dtype, xp=xp, native=native)
     _require_index_labels(logits, labels)
     y, valid = class_indices(labels, x.shape[1], ignore_index, xp=xp)
     return x, y, valid
