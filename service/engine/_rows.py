@@ -111,8 +111,9 @@ def finish_rows(
         n_valid = per_sample.shape[0]
     else:
         n_valid = int(xp.count_nonzero(valid))
-        per_sample = xp.where(valid, per_sample, 0)
-        grad[~valid] = 0
+        if n_valid < per_sample.shape[0]:  # else nothing to mask: two passes saved
+            per_sample = xp.where(valid, per_sample, 0)
+            grad[~valid] = 0
     infinite = ~xp.isfinite(per_sample)
     if bool(xp.any(infinite)):
         position = first_position(infinite.reshape(lead_shape), xp)
