@@ -66,7 +66,10 @@ class ComputeContext:
         """Decode `body`'s tensors, call the loss's engine function once, build the response."""
         inputs, first = self.decode_tensors(body)
         result = spec.function(
-            **inputs, **loss_options(body), compute_dtype=body.compute_dtype, **_scaling(spec, body)
+            **inputs,
+            **loss_options(body),
+            compute_dtype=body.compute_dtype,
+            **grad_reduction_option(spec, body),
         )
         form = body.output_encoding or (first.form if first else "json")
         input_dtype = first.array.dtype if first else None
@@ -93,7 +96,7 @@ class ComputeContext:
                         **options,
                         **loss_options(item),
                         compute_dtype=body.compute_dtype,
-                        **_scaling(spec, item),
+                        **grad_reduction_option(spec, item),
                     )
                 except InvalidInput as error:
                     raise _within(error, path) from None
@@ -178,7 +181,7 @@ class ComputeContext:
         return json_array(host) if form == "json" else encode_tensor(host, form)
 
 
-def _scaling(spec: LossSpec, options: LossOptions) -> dict[str, object]:
+def grad_reduction_option(spec: LossSpec, options: LossOptions) -> dict[str, object]:
     """`grad_reduction` for a loss that takes it: its gradient then needs no rescaling."""
     return {"grad_reduction": options.reduction} if spec.takes_grad_reduction else {}
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from service import __version__
 from service.api.catalogue import LossSpec
-from service.api.compute import ComputeContext, grad_in_dtype
+from service.api.compute import ComputeContext, grad_in_dtype, grad_reduction_option
 from service.api.metrics import count_elements
 from service.api.schemas.common import tensor_fields
 from service.api.schemas.losses import loss_options
@@ -92,7 +92,10 @@ def infer(
     )
     arrays = _decode_inputs(spec, request, binary, compute)
     result = spec.function(
-        **arrays, **loss_options(loss_request), compute_dtype=loss_request.compute_dtype
+        **arrays,
+        **loss_options(loss_request),
+        compute_dtype=loss_request.compute_dtype,
+        **grad_reduction_option(spec, loss_request),
     )
     reduced = reduce_loss(result, loss_request.reduction, empty=loss_request.empty)
 
