@@ -8,6 +8,7 @@ reductions x shapes x float32/float64, with logits of 1e4, 100 and -inf, targets
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -90,13 +91,26 @@ def test_binary_cross_entropy_paths_agree(
     )
 
 
+@pytest.mark.parametrize("weight", ["full", "last-axis", None])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(2, 9000), (10000,)], ids=["long-rows", "one-long-row"])
-def test_rows_longer_than_a_work_item(shape: Any, dtype: Any) -> None:
-    assert shape[-1] > _fused.BINARY_CHUNK
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 9000), (10000,), (2000, 5), (3, 700, 6)],
+    ids=["long-rows", "one-long-row", "short-rows-grouped", "grouped-3d"],
+)
+def test_rows_longer_than_a_work_item_and_grouped_short_rows(
+    shape: Any, dtype: Any, weight: str | None
+) -> None:
+    """Long rows are cut into work items; short ones go to the kernel in groups of
+    `BINARY_CHUNK // C` rows, and the rows that do not fill one in a second launch."""
+    n_cols = shape[-1]
+    assert n_cols > _fused.BINARY_CHUNK or math.prod(shape[:-1]) % (_fused.BINARY_CHUNK // n_cols)
     logits, labels = logits_and_labels(shape, dtype)
-    weight = factor("full", shape, dtype)
-    reference, fused = both_paths(logits, labels, reduction="mean", weight=weight)
+    options = {
+        "weight": factor(weight, shape, dtype),
+        "pos_weight": factor("last-axis", shape, dtype),
+    }
+    reference, fused = both_paths(logits, labels, reduction="mean", **options)
     assert_same(fused, reference, dtype)
 
 
@@ -210,8 +224,9 @@ def test_float32_loss_and_gradient_against_float64(target: float) -> None:
     x = np.concatenate([np.linspace(-100, 100, 400_001), [-1e4, 1e4, -87.5, 87.5]])
     x = x.astype(np.float32)
     y = np.full_like(x, target)
-    per_element, grad, status = _fused.binary_rows(x[None], y[None], None, None)
+    per_element, grad, status, total = _fused.binary_rows(x[None], y[None], None, None)
     assert status == 0
+    assert total == pytest.approx(np.sum(per_element, dtype=np.float64), rel=1e-12)
     x64 = x.astype(np.float64)
     loss = target * np.logaddexp(0, -x64) + (1 - target) * np.logaddexp(0, x64)
     np.testing.assert_allclose(per_element[0], loss, rtol=1e-6, atol=1e-37)

@@ -143,7 +143,7 @@ def _fused_binary_cross_entropy(
     y = (as_compute(labels, dtype) if cast else labels).reshape(rows)
     divisor = float(x.size)
     scale = grad_scale(grad_reduction, divisor)
-    per_element, grad, status = kernels.binary_rows(
+    per_element, grad, status, total = kernels.binary_rows(
         x, y, _factor_rows(w, shape), _factor_rows(p, shape), grad_scale=scale
     )
     per_element, grad = per_element.reshape(shape), grad.reshape(shape)
@@ -157,6 +157,7 @@ def _fused_binary_cross_entropy(
         n_valid=x.size,
         divisor=divisor,
         grad_scale=scale,
+        total=total,
     )
 
 

@@ -360,6 +360,16 @@ def _row_sum(values: Any, i: int) -> float:
 
 
 @_compiled(fastmath={"reassoc"}, error_model="numpy")
+def _span_sum(values: Any, i: int, start: int, stop: int) -> float:
+    """The float64 sum of `values[i, start:stop]` (apart from the loop that writes the values,
+    whose vectorisation a strict float64 sum would prevent)."""
+    total = 0.0
+    for c in range(start, stop):
+        total += np.float64(values[i, c])
+    return total
+
+
+@_compiled(fastmath={"reassoc"}, error_model="numpy")
 def _shifted_dot(x: Any, i: int, shift: Any, weights: Any) -> float:
     """sum_c w_c (x_c - shift) of row i; a zero weight adds 0 even where x_c = -inf."""
     total = 0.0
@@ -527,6 +537,7 @@ def _binary_rows(
     per_element: Any,
     grad: Any,
     status: Any,
+    sums: Any,
 ) -> None:
     """BCE with logits of rows `x` [M, C] against targets `y`: `_binary.binary_cross_entropy`.
 
@@ -534,7 +545,8 @@ def _binary_rows(
     [M, C]. Per element, in the rows' dtype as the reference, with e = exp(-|x|):
     softplus(+-x) = max(+-x, 0) + log1p(e), loss = w (p y softplus(-x) + (1 - y) softplus(x)),
     gradient `grad_scale` w (sigmoid(x)(p y + 1 - y) - p y), sigmoid and log1p(e) from
-    `_sigmoid_pair`. `status[k]` collects the bits of work item k (`LABEL_OUTSIDE`, `NOT_FINITE`).
+    `_sigmoid_pair`. `status[k]` collects the bits of work item k (`LABEL_OUTSIDE`, `NOT_FINITE`),
+    `sums[k]` the float64 sum of its losses.
     """
     n_rows, n_cols = x.shape
     pieces = (n_cols + BINARY_CHUNK - 1) // BINARY_CHUNK
@@ -565,6 +577,7 @@ def _binary_rows(
             per_element[i, c] = loss
             grad[i, c] = g * _cast(grad_scale, v)  # as `reduce_loss` scales: the same bits
         status[k] = (LABEL_OUTSIDE if label_outside else 0) | (NOT_FINITE if not_finite else 0)
+        sums[k] = _span_sum(per_element, i, start, min(start + BINARY_CHUNK, n_cols))  # in cache
 
 
 # --- the Python side -------------------------------------------------------------------------
@@ -654,40 +667,63 @@ def binary_rows(
     p: np.ndarray | None,
     *,
     grad_scale: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, int, float]:
     """BCE with logits on rows `x` [M, C] against targets `y` [M, C] of the same dtype (any of
     `NATIVE_INPUT_DTYPES`), with a weight `w` and a pos_weight `p` of shape [C] or [M, C] (None:
     absent) in its compute dtype, that of the outputs.
 
-    Returns (per-element loss [M, C], gradient [M, C] multiplied by `grad_scale`, status): the
-    status ORs `LABEL_OUTSIDE` and `NOT_FINITE`; where it is not 0 the arrays are unspecified.
+    Returns (per-element loss [M, C], gradient [M, C] multiplied by `grad_scale`, status, the
+    float64 sum of the losses): the status ORs `LABEL_OUTSIDE` and `NOT_FINITE`; where it is not
+    0 the other results are unspecified.
+
+    Short rows reach the kernel `BINARY_CHUNK // C` at a time, as one row of that many times C
+    elements (a [C] factor repeated as often): a loop over 10 elements costs as much as one over
+    100. The rows that do not fill a group go as they are, in a second launch.
     """
     x, dtype = _kernel_rows(x)
     y, _ = _kernel_rows(y)
     n_rows, n_cols = x.shape
-
-    def factor(array: np.ndarray | None) -> np.ndarray:
-        if array is None:
-            array = np.ones(n_cols, dtype=dtype)
-        return _frozen(
-            np.ascontiguousarray(array, dtype=dtype).reshape(-1 if n_cols else 1, n_cols)
-        )
-
+    w_rows, p_rows = (
+        np.ones((1, n_cols), dtype=dtype)
+        if array is None
+        else np.ascontiguousarray(array, dtype=dtype).reshape(-1 if n_cols else 1, n_cols)
+        for array in (w, p)
+    )
     per_element = GRADIENTS.empty(x.shape, dtype)
     grad = GRADIENTS.empty(x.shape, dtype)
-    status = np.zeros(n_rows * -(-n_cols // BINARY_CHUNK), dtype=np.uint8)
+    group = max(1, BINARY_CHUNK // n_cols) if n_cols else 1
+    whole = n_rows // group * group
+    status = 0
+    total = 0.0
     with _LAUNCH:
-        _binary_rows(
-            x,
-            y,
-            factor(w),
-            factor(p),
-            float(grad_scale),
-            per_element,
-            grad,
-            status,
-        )
-    return per_element, grad, int(np.bitwise_or.reduce(status, initial=0))
+        for first, stop, size in ((0, whole, group), (whole, n_rows, 1)):
+            if stop == first:
+                continue
+            rows = slice(first, stop)
+            shape = ((stop - first) // size, size * n_cols)
+            bits = np.zeros(shape[0] * -(-shape[1] // BINARY_CHUNK), dtype=np.uint8)
+            sums = np.zeros(bits.shape, dtype=np.float64)
+            _binary_rows(
+                x[rows].reshape(shape),
+                y[rows].reshape(shape),
+                _grouped(w_rows, rows, shape),
+                _grouped(p_rows, rows, shape),
+                float(grad_scale),
+                per_element[rows].reshape(shape),  # views: the kernel writes the outputs
+                grad[rows].reshape(shape),
+                bits,
+                sums,
+            )
+            status |= int(np.bitwise_or.reduce(bits, initial=0))
+            total += float(np.sum(sums))
+    return per_element, grad, status, total
+
+
+def _grouped(factor: np.ndarray, rows: slice, shape: tuple[int, int]) -> np.ndarray:
+    """A [1, C] or [M, C] factor for `rows` of `binary_rows` grouped into rows of `shape`."""
+    if factor.shape[0] == 1:  # the same for every row: repeated along the group
+        return _frozen(np.tile(factor, (1, shape[1] // max(factor.shape[1], 1))))
+    return _frozen(factor[rows].reshape(shape))
 
 
 class BufferPool:

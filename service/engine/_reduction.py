@@ -32,6 +32,7 @@ class LossResult:
     n_valid: int  # samples that count (not ignored)
     divisor: float  # what `mean` divides the sum by
     grad_scale: float = 1.0  # the factor `grads` already carry (see `grad_scale`)
+    total: float | None = None  # sum(per_sample) in float64, where the kernel added it up
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ def reduce_loss(
     """
     xp = array_namespace(result.per_sample)
     # Accumulate in float64 whatever the compute dtype: float32 sums over 1e6 tokens drift.
-    total = float(xp.sum(result.per_sample, dtype=xp.float64))
+    total = result.total
+    if total is None:
+        total = float(xp.sum(result.per_sample, dtype=xp.float64))
     loss = total
     if reduction == "mean" and result.divisor == 0:
         loss = 0.0 if empty == "zero" else float("nan")
