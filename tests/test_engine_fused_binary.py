@@ -175,6 +175,7 @@ ERRORS: list[tuple[Any, Any, dict[str, Any]]] = [
     (np.array([0.0, -np.inf]), np.array([0.0, 1.0]), {"weight": np.array([1.0, 0.0])}),
     (np.array([0.0, np.inf]), np.array([0.0, 0.0]), {}),
     (np.array([0.0, np.nan]), np.array([0.0, 0.0]), {}),
+    (np.array([0.0, np.nan], np.float32), np.array([0.0, 0.0], np.float32), {}),
     (np.zeros(3), np.array([0.0, 1.5, 1.0]), {}),
     (np.zeros(3), np.array([0.0, -0.5, 1.0]), {}),
     (np.zeros(3), np.array([0.0, np.nan, 1.0]), {}),

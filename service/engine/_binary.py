@@ -59,6 +59,18 @@ def binary_cross_entropy(
         return _fused_binary_cross_entropy(
             kernels, logits, labels, weight, pos_weight, compute_dtype, grad_reduction, xp=xp
         )
+    return _reference_binary_cross_entropy(logits, labels, weight, pos_weight, compute_dtype, xp=xp)
+
+
+def _reference_binary_cross_entropy(
+    logits: Array,
+    labels: Array,
+    weight: Array | None,
+    pos_weight: Array | None,
+    compute_dtype: ComputeDtype | None,
+    *,
+    xp: ModuleType,
+) -> LossResult:
     x, y, w = _logits_and_targets(logits, labels, weight, compute_dtype, xp=xp)
     p = broadcast_weight(pos_weight, "pos_weight", logits.shape, x.dtype, xp=xp)
     positive = y if p is None else p * y  # coefficient of -log sigmoid(x)
@@ -122,7 +134,7 @@ def _fused_binary_cross_entropy(
     that also checks the targets, the gradient written already scaled for `grad_reduction`.
 
     Errors are the reference's, in its order: the kernel only says that something is wrong, and
-    the reference's checks then say what.
+    the reference code then says what.
     """
     _require_same_shape(logits, labels)
     shape = logits.shape
@@ -146,14 +158,14 @@ def _fused_binary_cross_entropy(
     per_element, grad, status, total = kernels.binary_rows(
         x, y, _factor_rows(w, shape), _factor_rows(p, shape), grad_scale=scale
     )
-    per_element, grad = per_element.reshape(shape), grad.reshape(shape)
-    if status & kernels.LABEL_OUTSIDE:
-        check_unit_interval(labels, "labels", xp)
-    if status & kernels.NOT_FINITE:  # a positive scale keeps every element (non-)finite
-        reject_non_finite(per_element, grad, xp=xp)
+    if status:  # a target outside [0, 1], a loss not finite or a NaN logit: the reference
+        # code raises its own error (it is the specification; any result it gives is right)
+        return _reference_binary_cross_entropy(
+            logits, labels, weight, pos_weight, compute_dtype, xp=xp
+        )
     return LossResult(
-        per_sample=per_element,
-        grads={"logits": grad},
+        per_sample=per_element.reshape(shape),
+        grads={"logits": grad.reshape(shape)},
         n_valid=x.size,
         divisor=divisor,
         grad_scale=scale,
@@ -255,23 +267,6 @@ def finish_elements(
         if w is not None:
             per_element = per_element * w
             grad = grad * w
-    reject_non_finite(per_element, grad, field=field, reason=reason, xp=xp)
-    numel = per_element.size
-    return LossResult(
-        per_sample=per_element, grads={field: grad}, n_valid=numel, divisor=float(numel)
-    )
-
-
-def reject_non_finite(
-    per_element: Array,
-    grad: Array,
-    *,
-    field: str = "logits",
-    reason: str = "a positive target meets a -inf logit",
-    xp: ModuleType,
-) -> None:
-    """InvalidInput naming the first element whose loss or gradient is not finite, if any."""
-    with errstate(xp, invalid="ignore"):
         bad = ~(xp.isfinite(per_element) & xp.isfinite(grad))
     if bool(xp.any(bad)):
         position = first_position(bad, xp)
@@ -279,3 +274,7 @@ def reject_non_finite(
             f"{field}: the loss at index {position} is not finite in {per_element.dtype}: {reason}",
             field=field,
         )
+    numel = per_element.size
+    return LossResult(
+        per_sample=per_element, grads={field: grad}, n_valid=numel, divisor=float(numel)
+    )
