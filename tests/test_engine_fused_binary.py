@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine import LossResult, _fused, binary_cross_entropy, reduce_loss
+from service.engine import LossResult, _fused, binary_cross_entropy, reduce_loss, sigmoid_focal
 from service.errors import InvalidInput
 from tests.fused_cases import assert_same
 from tests.test_engine_fused import on_path
@@ -65,9 +65,11 @@ GRID = list(
 GRID_IDS = [f"w-{w}-p-{p}-{r}-{len(shape)}d-{np.dtype(d).name}" for w, p, r, shape, d in GRID]
 
 
-def both_paths(*args: Any, reduction: str, **options: Any) -> tuple[Any, Any]:
-    reference = on_path("reference", binary_cross_entropy, *args, **options)
-    fused = on_path("fused", binary_cross_entropy, *args, grad_reduction=reduction, **options)
+def both_paths(
+    *args: Any, reduction: str, function: Any = binary_cross_entropy, **options: Any
+) -> tuple[Any, Any]:
+    reference = on_path("reference", function, *args, **options)
+    fused = on_path("fused", function, *args, grad_reduction=reduction, **options)
     assert isinstance(reference, LossResult), reference
     assert isinstance(fused, LossResult), fused
     return reduce_loss(reference, reduction), reduce_loss(fused, reduction)  # type: ignore[arg-type]
@@ -114,10 +116,14 @@ def test_rows_longer_than_a_work_item_and_grouped_short_rows(
     assert_same(fused, reference, dtype)
 
 
-@pytest.mark.parametrize("shape", [(0,), (0, 5), (4, 0)])
-def test_empty_batches(shape: Any) -> None:
+@pytest.mark.parametrize("function", [binary_cross_entropy, sigmoid_focal])
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (4, 0), (0, 3, 5)])
+def test_empty_batches(shape: Any, function: Any) -> None:
     logits, labels = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    reference, fused = both_paths(logits, labels, reduction="mean", pos_weight=None)
+    weight = np.ones(shape[-1], np.float32)  # a [C] weight, broadcast over no rows
+    reference, fused = both_paths(
+        logits, labels, reduction="mean", function=function, weight=weight
+    )
     assert_same(fused, reference, np.float32)
     assert fused.loss == 0.0 and fused.grads["logits"].shape == shape
 
@@ -234,3 +240,76 @@ def test_float32_loss_and_gradient_against_float64(target: float) -> None:
     sigmoid = 0.5 * (1 + np.tanh(0.5 * x64))
     # sigmoid in [0.5, 1) has float32 spacing 6e-8: two of them
     np.testing.assert_allclose(grad[0], sigmoid - target, rtol=1e-6, atol=1.2e-7)
+
+
+# --- the sigmoid focal loss (the same kernel's other kind) ----------------------------------
+
+FOCAL_GRID = list(
+    itertools.product(
+        [None, 0.25, 0.0, 1.0],  # alpha
+        [0.0, 0.5, 1.5, 2.0],  # gamma
+        [None, "last-axis", "full"],  # weight
+        ["mean", "none"],
+        [np.float32, np.float64],
+    )
+)
+FOCAL_IDS = [f"a{a}-g{g}-w-{w}-{r}-{np.dtype(d).name}" for a, g, w, r, d in FOCAL_GRID]
+
+
+@pytest.mark.parametrize(
+    ("alpha", "gamma", "weight", "reduction", "dtype"), FOCAL_GRID, ids=FOCAL_IDS
+)
+def test_sigmoid_focal_paths_agree(
+    alpha: float | None, gamma: float, weight: str | None, reduction: str, dtype: Any
+) -> None:
+    shape = (5, 6)
+    logits, labels = logits_and_labels(shape, dtype)
+    if alpha == 0.0:  # alpha_t = 0 silences a label 1 at -inf: put one there
+        labels.reshape(-1)[5] = 1.0
+    options = {"alpha": alpha, "gamma": gamma, "weight": factor(weight, shape, dtype)}
+    reference, fused = both_paths(
+        logits, labels, reduction=reduction, function=sigmoid_focal, **options
+    )
+    assert_same(fused, reference, dtype)
+
+
+def test_sigmoid_focal_in_groups_of_short_rows() -> None:
+    shape = (3000, 3)
+    logits, labels = logits_and_labels(shape, np.float32)
+    options = {"alpha": 0.25, "gamma": 2.0, "weight": factor("full", shape, np.float32)}
+    reference, fused = both_paths(
+        logits, labels, reduction="mean", function=sigmoid_focal, **options
+    )
+    assert_same(fused, reference, np.float32)
+
+
+def test_sigmoid_focal_gamma_zero_is_the_fused_binary_cross_entropy_bit_for_bit() -> None:
+    logits, labels = logits_and_labels((4, 5), np.float64)
+    focal = on_path("fused", sigmoid_focal, logits, labels, alpha=None, gamma=0.0)
+    bce = on_path("fused", binary_cross_entropy, logits, labels)
+    np.testing.assert_array_equal(focal.per_sample, bce.per_sample)
+    np.testing.assert_array_equal(focal.grads["logits"], bce.grads["logits"])
+
+
+FOCAL_ERRORS: list[tuple[Any, Any, dict[str, Any]]] = [
+    (np.array([0.0, -np.inf]), np.array([0.0, 1.0]), {"alpha": 0.25}),
+    (np.array([0.0, -np.inf], np.float32), np.array([0.0, 0.5], np.float32), {"alpha": None}),
+    (np.array([0.0, np.nan], np.float32), np.array([0.0, 0.0], np.float32), {}),
+    (np.zeros(3), np.array([0.0, 1.5, 1.0]), {}),
+    (np.zeros(3), np.array([0.0, 2.0, 1.0]), {"weight": -np.ones(3)}),  # labels first
+    (np.zeros(3), np.array([0.0, 1.0, 1.0]), {"weight": -np.ones(3)}),
+    (np.zeros(3), np.array([0.0, 1.0, 1.0]), {"alpha": 1.5}),
+    (np.zeros(3), np.array([0.0, 1.0, 1.0]), {"gamma": -1.0}),
+]
+
+
+@pytest.mark.parametrize(("logits", "labels", "options"), FOCAL_ERRORS)
+def test_sigmoid_focal_errors_are_identical(
+    logits: Any, labels: Any, options: dict[str, Any]
+) -> None:
+    reference, fused = (
+        on_path(path, sigmoid_focal, logits, labels, **options) for path in ("reference", "fused")
+    )
+    assert isinstance(reference, InvalidInput), reference
+    assert isinstance(fused, InvalidInput), fused
+    assert (fused.detail, fused.field) == (reference.detail, reference.field)

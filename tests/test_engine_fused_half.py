@@ -23,6 +23,7 @@ from service.engine import (
     focal,
     poly1,
     reduce_loss,
+    sigmoid_focal,
 )
 from tests.fused_cases import C, assert_same
 from tests.test_engine_fused import FOLDING, FOLDING_IDS, on_path
@@ -114,6 +115,23 @@ def test_16_bit_binary_cross_entropy(
     np.testing.assert_array_equal(native.per_sample, widened.per_sample)
     np.testing.assert_array_equal(native.grads["logits"], widened.grads["logits"])
     reference = on_path("reference", binary_cross_entropy, logits, targets, **factors)
+    assert_same(reduce_loss(native, "none"), reduce_loss(reference, "none"), np.float32)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+def test_16_bit_sigmoid_focal(dtype: np.dtype, kernel_inputs: list[str]) -> None:
+    logits = half_rows(dtype, (3, 2))
+    logits.reshape(-1)[0] = 100  # not the largest bfloat16: the reference's ce * r overflows
+    targets = (RNG.uniform(size=logits.shape) < 0.5).astype(dtype)
+    targets[np.isneginf(logits)] = 0
+    options = {"alpha": 0.25, "gamma": 2.0}
+    native = on_path("fused", sigmoid_focal, logits, targets, **options)
+    wide = (logits.astype(np.float32), targets.astype(np.float32))
+    widened = on_path("fused", sigmoid_focal, *wide, **options)
+    assert kernel_inputs == [dtype.name, "float32"]
+    np.testing.assert_array_equal(native.per_sample, widened.per_sample)
+    np.testing.assert_array_equal(native.grads["logits"], widened.grads["logits"])
+    reference = on_path("reference", sigmoid_focal, logits, targets, **options)
     assert_same(reduce_loss(native, "none"), reduce_loss(reference, "none"), np.float32)
 
 

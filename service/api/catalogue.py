@@ -121,6 +121,7 @@ OTHERS: tuple[LossSpec, ...] = (
     LossSpec(
         name="sigmoid-focal",
         function=engine.sigmoid_focal,
+        takes_grad_reduction=True,
         request=SigmoidFocalRequest,
         summary="Binary focal loss on logits, elementwise",
         reference="torchvision.ops.sigmoid_focal_loss (Lin et al. 2017)",

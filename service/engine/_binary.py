@@ -8,18 +8,20 @@ softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)) never overflows, and the two shar
 A term with zero coefficient is 0 even at x = -inf, where PyTorch returns NaN for a label of
 exactly 0. `mean` divides by the number of elements, as PyTorch.
 
-On NumPy arrays, binary cross-entropy runs in one compiled pass (`_fused.binary_rows`, see
-`_engine_path`) that computes these formulas per element and checks the targets on the way; the
-array code here is the reference it is tested against, and the CuPy path.
-
 The sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", 2017) is that
 cross-entropy times `(1 - p_t)^gamma`, with torchvision's `sigmoid_focal_loss` conventions.
+
+On NumPy arrays, both run in one compiled pass (`_fused.binary_rows`, see `_engine_path`) that
+computes these formulas per element and checks the targets on the way; the array code here is the
+reference it is tested against, the CuPy path, and what raises the errors.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +58,18 @@ def binary_cross_entropy(
     xp = array_namespace(logits, labels, weight, pos_weight)
     kernels = fused_kernels(xp)
     if kernels is not None and hasattr(kernels, "binary_rows"):  # numba's; CUDA has none yet
-        return _fused_binary_cross_entropy(
-            kernels, logits, labels, weight, pos_weight, compute_dtype, grad_reduction, xp=xp
+        return _fused_elementwise(
+            kernels,
+            logits,
+            labels,
+            weight,
+            pos_weight,
+            compute_dtype,
+            grad_reduction,
+            lambda: _reference_binary_cross_entropy(
+                logits, labels, weight, pos_weight, compute_dtype, xp=xp
+            ),
+            xp=xp,
         )
     return _reference_binary_cross_entropy(logits, labels, weight, pos_weight, compute_dtype, xp=xp)
 
@@ -86,6 +98,7 @@ def sigmoid_focal(
     gamma: float = 2.0,
     weight: Array | None = None,
     compute_dtype: ComputeDtype | None = None,
+    grad_reduction: Reduction = "sum",
 ) -> LossResult:
     """torchvision's `sigmoid_focal_loss`: `alpha_t (1 - p_t)^gamma BCE(x, y)` per element.
 
@@ -93,11 +106,43 @@ def sigmoid_focal(
     `alpha=None` leaves alpha_t out (torchvision's `alpha < 0`) and `gamma = 0` is BCE.
     `weight` broadcasts and multiplies each element, and `mean` divides by the number of
     elements. An element whose alpha_t is 0 costs nothing, even a label 1 at a -inf logit.
+    `grad_reduction`: as `binary_cross_entropy`'s.
     """
     xp = array_namespace(logits, labels, weight)
     if alpha is not None:
         check_option_range(alpha, "alpha", low=0.0, high=1.0)
     check_option_range(gamma, "gamma", low=0.0)
+    kernels = fused_kernels(xp)
+    if kernels is not None and hasattr(kernels, "binary_rows"):
+        return _fused_elementwise(
+            kernels,
+            logits,
+            labels,
+            weight,
+            None,
+            compute_dtype,
+            grad_reduction,
+            lambda: _reference_sigmoid_focal(
+                logits, labels, alpha, gamma, weight, compute_dtype, xp=xp
+            ),
+            xp=xp,
+            kind=kernels.SIGMOID_FOCAL,
+            gamma=gamma,
+            alpha=alpha,
+        )
+    return _reference_sigmoid_focal(logits, labels, alpha, gamma, weight, compute_dtype, xp=xp)
+
+
+def _reference_sigmoid_focal(
+    logits: Array,
+    labels: Array,
+    alpha: float | None,
+    gamma: float,
+    weight: Array | None,
+    compute_dtype: ComputeDtype | None,
+    *,
+    xp: ModuleType,
+) -> LossResult:
     x, y, w = _logits_and_targets(logits, labels, weight, compute_dtype, xp=xp)
     softplus, softplus_neg = softplus_pair(x, xp=xp)
     ce, d_ce = bce_terms(softplus, softplus_neg, y, 1 - y, xp=xp)  # d_ce = sigmoid(x) - y
@@ -119,7 +164,7 @@ def sigmoid_focal(
     return finish_elements(per_element, grad, w, xp=xp)
 
 
-def _fused_binary_cross_entropy(
+def _fused_elementwise(
     kernels: ModuleType,
     logits: Array,
     labels: Array,
@@ -127,14 +172,17 @@ def _fused_binary_cross_entropy(
     pos_weight: Array | None,
     compute_dtype: ComputeDtype | None,
     grad_reduction: Reduction,
+    reference: Callable[[], LossResult],
     *,
     xp: ModuleType,
+    **options: Any,
 ) -> LossResult:
-    """The same loss from the fused kernel (`_fused.binary_rows`): one pass over the elements
-    that also checks the targets, the gradient written already scaled for `grad_reduction`.
+    """The same loss from the fused kernel (`_fused.binary_rows` with `options`: BCE or the
+    sigmoid focal loss): one pass over the elements that also checks the targets, the gradient
+    written already scaled for `grad_reduction`.
 
     Errors are the reference's, in its order: the kernel only says that something is wrong, and
-    the reference code then says what.
+    the `reference` code then says what.
     """
     _require_same_shape(logits, labels)
     shape = logits.shape
@@ -156,13 +204,10 @@ def _fused_binary_cross_entropy(
     divisor = float(x.size)
     scale = grad_scale(grad_reduction, divisor)
     per_element, grad, status, total = kernels.binary_rows(
-        x, y, _factor_rows(w, shape), _factor_rows(p, shape), grad_scale=scale
+        x, y, _factor_rows(w, shape), _factor_rows(p, shape), grad_scale=scale, **options
     )
     if status:  # a target outside [0, 1], a loss not finite or a NaN logit: the reference
-        # code raises its own error (it is the specification; any result it gives is right)
-        return _reference_binary_cross_entropy(
-            logits, labels, weight, pos_weight, compute_dtype, xp=xp
-        )
+        return reference()  # code raises its own error (and any result it gives is right)
     return LossResult(
         per_sample=per_element.reshape(shape),
         grads={"logits": grad.reshape(shape)},
@@ -181,9 +226,11 @@ def _factor_rows(factor: Array | None, shape: tuple[int, ...]) -> Array | None:
     full = np.broadcast_to(factor, shape)
     if not shape:
         return full.reshape(1)
-    if all(stride == 0 or n == 1 for stride, n in zip(full.strides[:-1], shape[:-1], strict=True)):
+    n_rows = math.prod(shape[:-1])
+    repeated = zip(full.strides[:-1], shape[:-1], strict=True)
+    if n_rows and all(stride == 0 or n == 1 for stride, n in repeated):
         return full[(0,) * (len(shape) - 1)]
-    return full.reshape(math.prod(shape[:-1]), shape[-1])
+    return full.reshape(n_rows, shape[-1])
 
 
 def softplus_pair(x: Array, *, xp: ModuleType) -> tuple[Array, Array]:

@@ -14,8 +14,9 @@ NumPy arrays, `_fused_cupy` (a CUDA kernel) on CuPy arrays. Both modules have on
 - `fused`: fused where it applies, and an error if numba does not import (NumPy arrays).
 
 "Where it applies": NumPy or CuPy arrays, class-index labels, and a loss with a fused form
-(cross-entropy, focal, poly-1); also binary cross-entropy on NumPy arrays (`_fused.binary_rows`,
-which the CUDA module does not have: CuPy arrays take the reference code there). Inside a
+(cross-entropy, focal, poly-1); also binary cross-entropy and the sigmoid focal loss on NumPy
+arrays (`_fused.binary_rows`, which the CUDA module does not have: CuPy arrays take the
+reference code there). Inside a
 `shared_softmax()` block too: the kernel costs less than the copy of the shared exponentials a
 reference loss starts from, and `/v1/evaluate` then gives bit for bit the numbers of
 `/v1/losses/{name}`; the other losses still share one softmax there.

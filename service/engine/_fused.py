@@ -32,7 +32,9 @@ for them, so they arrive as their bits (int16 / uint16, `_HALF_BITS`) and each e
 to float32 where it is read (`_widen`, exact); the maximum is found on the bits. They compute as
 float32 rows, bit for bit, with a float32 gradient, and no float32 copy of the logits is made.
 
-`binary_rows` is binary cross-entropy with logits, one pass per element (`_binary_rows`).
+`binary_rows` is binary cross-entropy with logits (`_binary_rows`) or the sigmoid focal loss
+(`_sigmoid_focal_rows`), one pass per element; float32 elements use polynomials for exp and log1p
+only, so that LLVM vectorises the loop.
 
 Ignored rows are skipped (`finish_rows` zeroes their gradient rows), except that with a z-loss
 their log-sum-exp is computed, as the reference checks the z-loss term of every row for overflow.
@@ -474,6 +476,8 @@ def _softmax_rows(
 # Elements per work item of `_binary_rows`: a row, or a piece of a long one (a 1-D batch is one
 # row), so that both cores get work whatever the shape.
 BINARY_CHUNK: Final = 4096
+BINARY_CROSS_ENTROPY: Final = 0  # the `kind`s of `binary_rows`
+SIGMOID_FOCAL: Final = 1
 LABEL_OUTSIDE: Final = 1  # status bits of a work item: a label not in [0, 1] (or NaN)
 NOT_FINITE: Final = 2  # a loss or gradient element not finite (or a NaN logit)
 
@@ -522,6 +526,37 @@ def _sigmoid_pair_impl(v: Any) -> Callable[[Any], Any] | None:
             # the reference's operations, with the C library's exp and log1p
             tail = math.log1p(math.exp(-abs(v)))
             return tail, math.exp(-(_positive_part(-v) + tail))
+
+        return library
+    return None
+
+
+def _sigmoid_parts(v: Any) -> Any:
+    """(log(1 + e^-|v|), sigmoid(v), 1 - sigmoid(v)): `_sigmoid_pair` and the complement, which
+    neither form by subtraction (it keeps every digit of a confident logit's 1 - p_t)."""
+    raise NotImplementedError("compiled only")  # pragma: no cover
+
+
+@overload(_sigmoid_parts, inline="always")
+def _sigmoid_parts_impl(v: Any) -> Callable[[Any], Any] | None:
+    if v == types.float32:
+
+        def vectorised(v: Any) -> Any:
+            e = _exp_f32(-abs(v))
+            inverse = _ONE / (_ONE + e)
+            small = e * inverse  # e / (1 + e): sigmoid(-|v|)
+            if v >= 0:
+                return _log1p_unit_f32(e), inverse, small
+            return _log1p_unit_f32(e), small, inverse
+
+        return vectorised
+    if v == types.float64:
+
+        def library(v: Any) -> Any:
+            # the reference's: exp(-softplus(-v)) and exp(-softplus(v))
+            tail = math.log1p(math.exp(-abs(v)))
+            sigmoid = math.exp(-(_positive_part(-v) + tail))
+            return tail, sigmoid, math.exp(-(_positive_part(v) + tail))
 
         return library
     return None
@@ -578,6 +613,65 @@ def _binary_rows(
             grad[i, c] = g * _cast(grad_scale, v)  # as `reduce_loss` scales: the same bits
         status[k] = (LABEL_OUTSIDE if label_outside else 0) | (NOT_FINITE if not_finite else 0)
         sums[k] = _span_sum(per_element, i, start, min(start + BINARY_CHUNK, n_cols))  # in cache
+
+
+@_compiled(parallel=True, fastmath=False, error_model="numpy", nogil=True)
+def _sigmoid_focal_rows(
+    x: Any,
+    y: Any,
+    w: Any,
+    alpha: float,
+    gamma: float,
+    grad_scale: float,
+    per_element: Any,
+    grad: Any,
+    status: Any,
+    sums: Any,
+) -> None:
+    """The sigmoid focal loss of rows `x` against targets `y`: `_binary.sigmoid_focal`, operation
+    for operation, in the work items of `_binary_rows` (whose arguments these are, `alpha` < 0
+    for none and `gamma` instead of a pos_weight). With m = 1 - p_t and r = p (1 - p) / m:
+    loss = alpha_t m^gamma ce, gradient alpha_t m^gamma (d ce + gamma ce r (1 - 2 y)).
+    """
+    n_rows, n_cols = x.shape
+    pieces = (n_cols + BINARY_CHUNK - 1) // BINARY_CHUNK
+    weighted = alpha >= 0
+    for k in prange(n_rows * pieces):
+        i = k // pieces
+        start = (k % pieces) * BINARY_CHUNK
+        wi = i if w.shape[0] > 1 else 0
+        label_outside = False
+        not_finite = False
+        for c in range(start, min(start + BINARY_CHUNK, n_cols)):
+            v = _widen(x[i, c])
+            target = _widen(y[i, c])
+            zero = _cast(0.0, v)
+            one = _cast(1.0, v)
+            tail, p, q = _sigmoid_parts(v)  # log(1 + e^-|v|), sigmoid(v), 1 - sigmoid(v)
+            softplus = _positive_part(v) + tail
+            softplus_neg = _positive_part(-v) + tail
+            negative = one - target
+            ce = (zero if target == 0 else target * softplus_neg) + negative * softplus
+            d_ce = p * (target + negative) - target
+            m = negative * p + target * q  # 1 - p_t, a sum of non-negative terms
+            g_ = _cast(gamma, v)
+            modulator = m * m if gamma == 2 else (one if gamma == 0 else m**g_)  # 0^0 = 1
+            r = p * q / m if m > 0 else zero  # in [0, 1]: m^(gamma - 1) never formed
+            loss = ce * modulator
+            g = modulator * (d_ce + g_ * ce * r * (one - _cast(2.0, v) * target))
+            if weighted:
+                a = _cast(alpha, v)
+                alpha_t = a * target + (one - a) * negative
+                loss = zero if alpha_t == 0 else alpha_t * loss  # silences even inf * 0
+                g = zero if alpha_t == 0 else alpha_t * g
+            loss = loss * w[wi, c]
+            g = g * w[wi, c]
+            label_outside |= not (target >= 0 and target <= 1)
+            not_finite |= not (math.isfinite(loss) and math.isfinite(g)) or v != v
+            per_element[i, c] = loss
+            grad[i, c] = g * _cast(grad_scale, v)
+        status[k] = (LABEL_OUTSIDE if label_outside else 0) | (NOT_FINITE if not_finite else 0)
+        sums[k] = _span_sum(per_element, i, start, min(start + BINARY_CHUNK, n_cols))
 
 
 # --- the Python side -------------------------------------------------------------------------
@@ -667,10 +761,14 @@ def binary_rows(
     p: np.ndarray | None,
     *,
     grad_scale: float = 1.0,
+    kind: int = BINARY_CROSS_ENTROPY,
+    gamma: float = 0.0,
+    alpha: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
     """BCE with logits on rows `x` [M, C] against targets `y` [M, C] of the same dtype (any of
     `NATIVE_INPUT_DTYPES`), with a weight `w` and a pos_weight `p` of shape [C] or [M, C] (None:
-    absent) in its compute dtype, that of the outputs.
+    absent) in its compute dtype, that of the outputs. `kind=SIGMOID_FOCAL`: the sigmoid focal
+    loss with `gamma` and `alpha` (None: no alpha_t) instead, and no pos_weight.
 
     Returns (per-element loss [M, C], gradient [M, C] multiplied by `grad_scale`, status, the
     float64 sum of the losses): the status ORs `LABEL_OUTSIDE` and `NOT_FINITE`; where it is not
@@ -703,17 +801,14 @@ def binary_rows(
             shape = ((stop - first) // size, size * n_cols)
             bits = np.zeros(shape[0] * -(-shape[1] // BINARY_CHUNK), dtype=np.uint8)
             sums = np.zeros(bits.shape, dtype=np.float64)
-            _binary_rows(
-                x[rows].reshape(shape),
-                y[rows].reshape(shape),
-                _grouped(w_rows, rows, shape),
-                _grouped(p_rows, rows, shape),
-                float(grad_scale),
-                per_element[rows].reshape(shape),  # views: the kernel writes the outputs
-                grad[rows].reshape(shape),
-                bits,
-                sums,
-            )
+            inputs = (x[rows].reshape(shape), y[rows].reshape(shape), _grouped(w_rows, rows, shape))
+            # views: the kernel writes the outputs
+            outputs = (per_element[rows].reshape(shape), grad[rows].reshape(shape), bits, sums)
+            if kind == SIGMOID_FOCAL:
+                a = -1.0 if alpha is None else float(alpha)
+                _sigmoid_focal_rows(*inputs, a, float(gamma), float(grad_scale), *outputs)
+            else:
+                _binary_rows(*inputs, _grouped(p_rows, rows, shape), float(grad_scale), *outputs)
             status |= int(np.bitwise_or.reduce(bits, initial=0))
             total += float(np.sum(sums))
     return per_element, grad, status, total
@@ -799,6 +894,7 @@ def warm_up() -> None:
         ones = np.ones(2, dtype=dtype)
         softmax_rows(x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones)
         binary_rows(x, x, None, None)
+        binary_rows(x, x, None, None, kind=SIGMOID_FOCAL, gamma=2.0)
 
 
 def _native_dtype(name: str) -> np.dtype:
