@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples per calibration request"
     )
+    # glibc: freed memory the process keeps for the next large body (service.api.malloc)
+    retain_freed_bytes: int = Field(
+        1024 * MiB, ge=0, description="freed memory kept for reuse; 0: the C library's default"
+    )
     api_keys: CommaSeparated = Field(default_factory=list, description="comma-separated")
     api_keys_file: Path | None = Field(
         None, description="one API key per line, added to `api_keys`; read once at startup"

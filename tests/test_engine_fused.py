@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from service import engine
+from service.buffers import ArrayPool
 from service.engine import (
     LossResult,
     ReducedLoss,
@@ -30,7 +31,7 @@ from service.engine import (
     reduce_loss,
     shared_softmax,
 )
-from service.engine._fused import EXP_F32_FLUSH, BufferPool
+from service.engine._fused import EXP_F32_FLUSH
 from service.errors import InvalidInput
 from tests.fused_cases import (
     FAMILY,
@@ -446,7 +447,7 @@ MIB = 1 << 20
 
 
 def test_pool_hands_a_buffer_out_again_only_once_it_is_free() -> None:
-    pool = BufferPool(min_bytes=MIB, max_bytes=8 * MIB)
+    pool = ArrayPool(min_bytes=MIB, max_bytes=8 * MIB)
     first = pool.empty((MIB // 4,), np.dtype(np.float32))
     address = first.__array_interface__["data"][0]
     second = pool.empty((MIB // 4,), np.dtype(np.float32))
@@ -465,7 +466,7 @@ def test_pool_hands_a_buffer_out_again_only_once_it_is_free() -> None:
 
 
 def test_pool_stays_under_its_cap_and_ignores_small_arrays() -> None:
-    pool = BufferPool(min_bytes=MIB, max_bytes=3 * MIB)
+    pool = ArrayPool(min_bytes=MIB, max_bytes=3 * MIB)
     small = pool.empty((16,), np.dtype(np.float32))
     assert small.base is None and pool.nbytes == 0
     held = [pool.empty((MIB,), np.dtype(np.uint8)) for _ in range(4)]

@@ -106,13 +106,18 @@ def test_a_marker_sent_by_a_client_stays_a_string() -> None:
     assert parsed["y"]["data"] == "\x00" + "0" * 16 + ":0"
 
 
-def test_lifting_from_a_body_buffer() -> None:
+def test_lifting_from_the_start_of_a_larger_body_buffer() -> None:
+    """As `read_body` hands it over: a view of the first bytes of a pooled buffer, whose stale
+    bytes past the body are never read."""
     raw = f'{{"x": {{"data": "{LONG}"}}}}'.encode()
-    buffer = body_buffer(len(raw))
-    buffer[:] = raw
-    parsed = loads_json(buffer)
+    stale = b' "data": "' + LONG.encode() + b'" \\ "'
+    buffer = body_buffer(len(raw) + len(stale))
+    buffer[:] = raw + stale
+    parsed = loads_json(memoryview(buffer)[: len(raw)])
     assert str(parsed["x"]["data"]) == LONG
     assert len(parsed["x"]["data"]) == len(LONG)
+    with pytest.raises(json.JSONDecodeError):  # unterminated within the view
+        loads_json(memoryview(buffer)[: len(raw) - 3])
 
 
 def test_dumps_json_splices_the_text_back() -> None:

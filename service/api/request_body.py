@@ -4,36 +4,35 @@ Starlette's `Request.body()` keeps the chunks the server hands over and joins th
 for a 33 MB body, a second allocation of 33 MB that glibc maps fresh from the kernel, whose
 every 4 KiB page then faults on first touch (~25 ms per 44 MB on the 2-core machines we measure
 on: more than the copy itself). A body that declares a Content-Length of at least
-`LARGE_BODY_BYTES` goes instead into an mmap of exactly that size (`body_buffer`: huge pages,
-512x fewer faults), written through as the chunks arrive. The mmap is
-what `service.codecs.loads_json` scans (`find`) and what views of the body (OIP binary tensors,
-base64 text) point into; it is unmapped when the last of them is gone.
+`LARGE_BODY_BYTES` goes instead into a pooled mmap (`body_view`: huge pages, 512x fewer faults,
+and no faults at all once the pool holds a buffer of that size), written through as the chunks
+arrive. The mmap is what `service.codecs.loads_json` scans (`find`) and what views of the body
+(OIP binary tensors, base64 text) point into; it is reused once the last of them is gone.
 """
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
-from service.codecs._json_body import JsonBody, body_buffer
+from service.codecs._json_body import JsonBody, body_view
 from service.errors import InvalidInput
 
 LARGE_BODY_BYTES = 1 << 20
 
 
 async def read_body(request: Request) -> JsonBody:
-    """The whole body: an mmap when it is large and its length declared, bytes otherwise."""
+    """The whole body: a view of a pooled mmap when it is large and its length declared, bytes
+    otherwise."""
     declared = request.headers.get("content-length", "")
     size = int(declared) if declared.isascii() and declared.isdigit() else -1
     if size < LARGE_BODY_BYTES:
         return b"".join([chunk async for chunk in request.stream()])
-    buffer = body_buffer(size)
-    view, received = memoryview(buffer), 0
+    view, received = body_view(size), 0
     async for chunk in request.stream():
         if received + len(chunk) > size:  # an HTTP server frames the body by Content-Length
             raise InvalidInput(f"Content-Length: the body is longer than {size} bytes")
         view[received : received + len(chunk)] = chunk
         received += len(chunk)
-    view.release()
     if received < size:  # a client that ends the body early disconnects; not an HTTP server
         raise InvalidInput(f"Content-Length: the body ends after {received} of {size} bytes")
-    return buffer
+    return view

@@ -6,18 +6,17 @@ Allocations that large are mapped fresh from the kernel, and faulting their 4 Ki
 costs more than the copy (`service.api.request_body` has the numbers). Here a body is a list of
 buffers (the JSON around the tensors, the tensors' own bytes or base64 text) streamed in
 `PIECE_BYTES` slices with their total Content-Length, and an answer of declared length is read
-into one `body_buffer`, which `service.codecs.loads_json` parses in place.
+into one pooled buffer (`body_view`), which `service.codecs.loads_json` parses in place.
 """
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
 
-from service.codecs._json_body import JsonBody, body_buffer
+from service.codecs._json_body import JsonBody, body_view
 
 PIECE_BYTES = 1 << 20
 LARGE_ANSWER_BYTES = 1 << 20
@@ -56,14 +55,14 @@ class Answer:
     body: JsonBody
 
 
-def _buffer(response: httpx.Response) -> mmap.mmap | None:
-    """An mmap for the body of a large successful answer of declared length, else None."""
+def _buffer(response: httpx.Response) -> memoryview | None:
+    """A buffer for the body of a large successful answer of declared length, else None."""
     declared = response.headers.get("content-length", "")
     if response.status_code >= 400 or not declared.isdigit():
         return None
     if int(declared) < LARGE_ANSWER_BYTES:
         return None
-    return body_buffer(int(declared))
+    return body_view(int(declared))
 
 
 def _write(view: memoryview, received: int, chunk: bytes) -> int:
@@ -73,7 +72,7 @@ def _write(view: memoryview, received: int, chunk: bytes) -> int:
     return received + len(chunk)
 
 
-def _filled(buffer: mmap.mmap, received: int) -> mmap.mmap:
+def _filled(buffer: memoryview, received: int) -> memoryview:
     if received != len(buffer):
         raise httpx.RemoteProtocolError(f"the answer ended after {received} of {len(buffer)} bytes")
     return buffer
@@ -92,10 +91,9 @@ def exchange(
         buffer = _buffer(response)
         if buffer is None:
             return Answer(response, response.read())
-        received, view = 0, memoryview(buffer)
+        received = 0
         for chunk in response.iter_raw():
-            received = _write(view, received, chunk)
-        view.release()
+            received = _write(buffer, received, chunk)
     return Answer(response, _filled(buffer, received))
 
 
@@ -115,10 +113,9 @@ async def async_exchange(
         buffer = _buffer(response)
         if buffer is None:
             return Answer(response, await response.aread())
-        received, view = 0, memoryview(buffer)
+        received = 0
         async for chunk in response.aiter_raw():
-            received = _write(view, received, chunk)
-        view.release()
+            received = _write(buffer, received, chunk)
     finally:
         await response.aclose()
     return Answer(response, _filled(buffer, received))

@@ -7,6 +7,10 @@ than the codec itself on the machines we measure on. Here the text and the bytes
 buffers (NumPy asks for transparent huge pages on large ones, 512x fewer faults), and the codec
 runs on pieces of `PIECE_BYTES` whose results malloc recycles.
 
+Both come from `BUFFERS`, which keeps them for the next request once nothing refers to them
+(`service.buffers`): the text of a gradient is the same size every time a client sends the same
+shape.
+
 `Base64Text` is base64 text that stays in such a buffer: an encoded output tensor, or the
 `data` of an encoded input tensor still inside the request body (`service.codecs.loads_json`).
 The response writer sends its bytes as they are (`service.api.routing`); `str()` makes it a
@@ -21,9 +25,14 @@ import numpy as np
 import pybase64
 from numpy.typing import NDArray
 
+from service.buffers import ArrayPool
+
 # Multiples of 3 bytes (4 characters): no piece but the last has padding.
 PIECE_BYTES = 3 << 20
 PIECE_CHARS = PIECE_BYTES // 3 * 4
+# Texts and decoded bytes of at least 1 MiB; up to 512 MiB of them kept.
+BUFFERS = ArrayPool(min_bytes=1 << 20, max_bytes=1 << 29)
+_BYTE = np.dtype(np.uint8)
 
 
 class Base64Text:
@@ -47,7 +56,7 @@ class Base64Text:
 def b64encode(raw: memoryview | bytes) -> Base64Text:
     """Standard base64 of `raw` (padded), in a NumPy buffer."""
     raw = memoryview(raw).cast("B")
-    text = np.empty(-(-len(raw) // 3) * 4, dtype=np.uint8)
+    text = BUFFERS.empty((-(-len(raw) // 3) * 4,), _BYTE)
     written = 0
     for start in range(0, len(raw), PIECE_BYTES):
         piece = pybase64.b64encode(raw[start : start + PIECE_BYTES])
@@ -70,7 +79,7 @@ def b64decode(text: str | Base64Text) -> NDArray[np.uint8]:
     padding = 0
     if source[-1] in ("=", 61):  # a str gives characters, a buffer gives byte values
         padding = 2 if source[-2] in ("=", 61) else 1
-    raw = np.empty(len(source) // 4 * 3 - padding, dtype=np.uint8)
+    raw = BUFFERS.empty((len(source) // 4 * 3 - padding,), _BYTE)
     written = 0
     for start in range(0, len(source), PIECE_CHARS):
         piece = pybase64.b64decode(source[start : start + PIECE_CHARS], validate=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from service.buffers import BufferPool
 from service.codecs._base64 import Base64Text
 
 LIFT_MIN_CHARS = 1 << 16
@@ -38,19 +39,36 @@ MAX_STRINGS_SCANNED = 4096
 _QUOTE, _BACKSLASH = 0x22, 0x5C
 _DATA_KEY = b"data"
 _WHITESPACE = b" \t\r\n"
+_HUGE_PAGE = 1 << 21
 
-JsonBody = bytes | bytearray | mmap.mmap
+# bytes, or a memoryview of the first bytes of an mmap (`body_buffer`) or of bytes
+JsonBody = bytes | memoryview
 
 
 def body_buffer(size: int) -> mmap.mmap:
     """A zeroed buffer of `size` bytes for a large body, cheap to fault in: private anonymous
     memory advised for transparent huge pages (2 MiB pages, 512x fewer faults than glibc's
     fresh 4 KiB ones; a shared mapping would be tmpfs pages, slower still). It supports the
-    buffer protocol and `find`, which `loads_json` needs."""
+    buffer protocol and `find`, which `loads_json` scans a body with."""
     buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux
         buffer.madvise(mmap.MADV_HUGEPAGE)
     return buffer
+
+
+def _whole_huge_pages(size: int) -> mmap.mmap:
+    # so that a slightly longer body fits the same buffer next time
+    return body_buffer(-(-size // _HUGE_PAGE) * _HUGE_PAGE)
+
+
+# Up to 512 MiB of body buffers kept; a body takes one of its size to twice its size.
+BODY_BUFFERS = BufferPool(_whole_huge_pages, max_bytes=1 << 29, slack=2.0)
+
+
+def body_view(size: int) -> memoryview:
+    """`size` writable bytes for a large body: the start of a `BODY_BUFFERS` buffer, which
+    `loads_json` can scan, and which is reused once the last view of it is gone."""
+    return memoryview(BODY_BUFFERS.take(size))[:size]
 
 
 def loads_json(body: JsonBody) -> Any:
@@ -58,7 +76,7 @@ def loads_json(body: JsonBody) -> Any:
 
     Raises orjson's `JSONDecodeError` (a `json.JSONDecodeError`) for a body that is not JSON.
     """
-    spans = _long_data_strings(body)
+    spans = _long_data_strings(*_searchable(body))
     if not spans:
         return orjson.loads(memoryview(body))
     nonce = secrets.token_hex(8)  # a marker a client cannot send on purpose
@@ -105,45 +123,56 @@ def dumps_json(
     return pieces
 
 
-def _long_data_strings(body: JsonBody) -> list[tuple[int, int]]:
-    """(start, end) of the characters of each long string that is the value of a "data" key."""
+def _searchable(body: JsonBody) -> tuple[bytes | mmap.mmap, int]:
+    """What `body` is a view of, which has `find`, and the body's length in it."""
+    if isinstance(body, memoryview):
+        source = body.obj
+        if isinstance(source, bytes | mmap.mmap):
+            return source, len(body)
+        return bytes(body), len(body)
+    return body, len(body)
+
+
+def _long_data_strings(text: bytes | mmap.mmap, length: int) -> list[tuple[int, int]]:
+    """(start, end) of the characters of each long string that is the value of a "data" key,
+    in the first `length` bytes of `text`."""
     spans: list[tuple[int, int]] = []
     previous: tuple[int, int] | None = None  # the string before, which may be the key
     position = 0
     for _ in range(MAX_STRINGS_SCANNED):
-        start = body.find(b'"', position) + 1
+        start = text.find(b'"', position, length) + 1
         if start == 0:
             return spans
-        end = _closing_quote(body, start)
+        end = _closing_quote(text, start, length)
         if end < 0:
             return spans  # unterminated: orjson says so
         if (
             end - start >= LIFT_MIN_CHARS
-            and _is_data_value(body, previous, start - 1)
-            and body.find(b"\\", start, end) < 0  # an escape is not base64: orjson reads it
+            and _is_data_value(text, previous, start - 1)
+            and text.find(b"\\", start, end) < 0  # an escape is not base64: orjson reads it
         ):
             spans.append((start, end))
         previous, position = (start, end), end + 1
     return []
 
 
-def _closing_quote(body: JsonBody, start: int) -> int:
-    end = body.find(b'"', start)
+def _closing_quote(text: bytes | mmap.mmap, start: int, length: int) -> int:
+    end = text.find(b'"', start, length)
     while end > 0:
         backslashes = 0
-        while body[end - 1 - backslashes] == _BACKSLASH:
+        while text[end - 1 - backslashes] == _BACKSLASH:
             backslashes += 1
         if backslashes % 2 == 0:
             return end
-        end = body.find(b'"', end + 1)
+        end = text.find(b'"', end + 1, length)
     return end
 
 
-def _is_data_value(body: JsonBody, key: tuple[int, int] | None, quote: int) -> bool:
+def _is_data_value(text: bytes | mmap.mmap, key: tuple[int, int] | None, quote: int) -> bool:
     """Whether the string opening at `quote` follows the key string `key` and a colon."""
-    if key is None or body[key[0] : key[1]] != _DATA_KEY:
+    if key is None or text[key[0] : key[1]] != _DATA_KEY:
         return False
-    return body[key[1] + 1 : quote].strip(_WHITESPACE) == b":"
+    return text[key[1] + 1 : quote].strip(_WHITESPACE) == b":"
 
 
 def _put_back(node: Any, markers: dict[str, Base64Text]) -> None:

@@ -48,7 +48,6 @@ through `_engine_path`.
 from __future__ import annotations
 
 import math
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -58,6 +57,8 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
+
+from service.buffers import ArrayPool
 
 CROSS_ENTROPY: Final = 0
 FOCAL: Final = 1
@@ -821,67 +822,8 @@ def _grouped(factor: np.ndarray, rows: slice, shape: tuple[int, int]) -> np.ndar
     return _frozen(factor[rows].reshape(shape))
 
 
-class BufferPool:
-    """Gradient buffers kept between calls and handed out again once no one else refers to them.
-
-    On this kind of machine (a VM that returns freed memory to its host) a fresh 262 MB buffer
-    costs 40-100 ms of page faults, more than the kernel that fills it (PERF-NOTES.md). A buffer
-    is idle when the pool holds the only reference to it: every array handed out, and every view
-    of one, refers to it through `.base`. Buffers under `min_bytes` come from `np.empty`; idle
-    buffers are dropped, oldest first, to keep the pool under `max_bytes`.
-    """
-
-    def __init__(self, *, min_bytes: int, max_bytes: int) -> None:
-        self.min_bytes = min_bytes
-        self.max_bytes = max_bytes
-        self._buffers: list[np.ndarray] = []  # uint8, least recently handed out first
-        self._idle_refs: int | None = None
-        self._lock = threading.Lock()
-
-    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes < self.min_bytes:
-            return np.empty(shape, dtype=dtype)
-        with self._lock:
-            buffer = self._take(nbytes)
-        return buffer.view(dtype).reshape(shape)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._buffers.clear()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(buffer.nbytes for buffer in self._buffers)
-
-    def _refs(self, index: int) -> int:
-        return sys.getrefcount(self._buffers[index])
-
-    def _idle(self, index: int) -> bool:
-        return self._refs(index) == self._idle_refs
-
-    def _take(self, nbytes: int) -> np.ndarray:
-        for index in range(len(self._buffers)):
-            if self._buffers[index].nbytes == nbytes and self._idle(index):
-                buffer = self._buffers.pop(index)
-                self._buffers.append(buffer)
-                return buffer
-        index = 0
-        while self.nbytes + nbytes > self.max_bytes and index < len(self._buffers):
-            if self._idle(index):
-                del self._buffers[index]
-            else:
-                index += 1
-        buffer = np.empty(nbytes, dtype=np.uint8)
-        if self.nbytes + nbytes <= self.max_bytes:
-            self._buffers.append(buffer)
-            if self._idle_refs is None:  # the count `_idle` sees with nothing handed out
-                self._idle_refs = self._refs(len(self._buffers) - 1) - 1  # less `buffer`
-        return buffer
-
-
 # Gradients of at least 1 MiB; up to 1 GiB of them kept (four 2048 x 32000 float32 ones).
-GRADIENTS = BufferPool(min_bytes=1 << 20, max_bytes=1 << 30)
+GRADIENTS = ArrayPool(min_bytes=1 << 20, max_bytes=1 << 30)
 
 
 def warm_up() -> None:
