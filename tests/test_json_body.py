@@ -11,7 +11,14 @@ import orjson
 import pybase64
 import pytest
 
-from service.codecs import Base64Text, _json_body, dumps_json, loads_json
+from service.codecs import (
+    Base64Output,
+    Base64Text,
+    _json_body,
+    body_pieces,
+    dumps_json,
+    loads_json,
+)
 from service.codecs import _base64 as codec
 from service.codecs._json_body import LIFT_MIN_CHARS, body_buffer
 
@@ -21,8 +28,8 @@ SHORT = pybase64.b64encode_as_string(b"abc")
 
 
 def _plain(value: Any) -> Any:
-    """`value` with every Base64Text as the str it stands for."""
-    if isinstance(value, Base64Text):
+    """`value` with every Base64Text or Base64Output as the str it stands for."""
+    if isinstance(value, Base64Text | Base64Output):
         return str(value)
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
@@ -39,6 +46,13 @@ def _lifted(value: Any) -> list[Base64Text]:
     if isinstance(value, list):
         return [text for item in value for text in _lifted(item)]
     return []
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces of 3 bytes / 4 characters: every tensor here spans many."""
+    monkeypatch.setattr(codec, "PIECE_BYTES", 3)
+    monkeypatch.setattr(codec, "PIECE_CHARS", 4)
 
 
 BODIES = {
@@ -120,13 +134,20 @@ def test_lifting_from_the_start_of_a_larger_body_buffer() -> None:
         loads_json(memoryview(buffer)[: len(raw) - 3])
 
 
-def test_dumps_json_splices_the_text_back() -> None:
-    texts = [codec.b64encode(RNG.bytes(n)) for n in (0, 5, 3000)]
-    content = {"a": [1.5, None, "\x00x"], "b": {"data": texts[0]}, "c": texts[1], "d": texts[2]}
-    content["grid"] = np.arange(6, dtype=np.float32).reshape(2, 3)
+@pytest.mark.usefixtures("small_pieces")
+def test_dumps_json_splices_the_base64_back() -> None:
+    outputs = [Base64Output(RNG.bytes(n)) for n in (0, 5, 3000)]
+    lifted = Base64Text(memoryview(LONG.encode()))
+    content = {"a": [1.5, None, "\x00x"], "b": {"data": outputs[0]}, "c": outputs[1]}
+    content |= {"d": outputs[2], "e": lifted, "grid": np.arange(6, dtype=np.float32).reshape(2, 3)}
     pieces = dumps_json(content)
-    assert any(piece is text.view for piece in pieces for text in texts[1:])
-    joined = b"".join(bytes(piece) for piece in pieces)
+    assert outputs[2] in pieces  # encoded as it is sent, not before
+    assert any(piece is lifted.view for piece in pieces)
+    sent = list(body_pieces(pieces))
+    assert not any(isinstance(piece, Base64Output) for piece in sent)
+    assert len(sent) > 1000  # 3 bytes per piece: the 3000 bytes went out in many
+    joined = b"".join(bytes(piece) for piece in sent)
+    assert len(joined) == sum(len(piece) for piece in pieces)  # the Content-Length
     expected = {**content, "grid": content["grid"].tolist()}
     assert json.loads(joined) == _plain(expected)
 
@@ -139,20 +160,15 @@ def test_dumps_json_refuses_unknown_types_without_default() -> None:
 # --- base64 in pieces ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pieces of 3 bytes / 4 characters: every tensor here spans many."""
-    monkeypatch.setattr(codec, "PIECE_BYTES", 3)
-    monkeypatch.setattr(codec, "PIECE_CHARS", 4)
-
-
 @pytest.mark.usefixtures("small_pieces")
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 6, 7, 31, 32, 33])
 def test_base64_in_pieces_equals_one_call(size: int) -> None:
     raw = RNG.bytes(size)
-    text = codec.b64encode(raw)
-    assert str(text) == pybase64.b64encode_as_string(raw)
-    for source in (text, str(text)):
+    output = Base64Output(raw)
+    text = b"".join(output.pieces())
+    assert text.decode() == str(output) == pybase64.b64encode_as_string(raw)
+    assert len(output) == len(text)
+    for source in (Base64Text(memoryview(text)), text.decode()):
         assert codec.b64decode(source).tobytes() == raw
 
 

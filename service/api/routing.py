@@ -9,8 +9,9 @@ bodies still become FastAPI's 422 `json_invalid`.
 
 `OrjsonResponse` writes a response model without pydantic's serializer: output tensors in the
 JSON form are NumPy arrays (`service.codecs.json_array`) that orjson writes natively, ~10x
-faster than turning 10^7 floats into Python lists first; base64 text (`Base64Text`) is not
-copied into the JSON but sent as it is, between the pieces of JSON around it (`PiecesResponse`).
+faster than turning 10^7 floats into Python lists first; base64 outputs (`Base64Output`) are not
+copied into the JSON but encoded piece by piece as they are sent, between the pieces of JSON
+around them (`PiecesResponse`).
 The routes still declare their `response_model`, which is what the OpenAPI document shows.
 """
 
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from service.api.request_body import read_body
-from service.codecs import dumps_json, loads_json
+from service.codecs import BodyPiece, body_pieces, dumps_json, loads_json
 from service.codecs._json_body import JsonBody
 
 
@@ -58,7 +59,7 @@ class PiecesResponse(Response):
 
     def __init__(
         self,
-        pieces: Sequence[bytes | memoryview],
+        pieces: Sequence[BodyPiece],
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         media_type: str | None = None,
@@ -76,16 +77,14 @@ class PiecesResponse(Response):
 
     @property
     def body(self) -> bytes:  # type: ignore[override]
-        return b"".join(self.pieces)
+        return b"".join(body_pieces(self.pieces))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
-        last = len(self.pieces) - 1
-        for index, piece in enumerate(self.pieces):
-            await send({"type": "http.response.body", "body": piece, "more_body": index < last})
-        if not self.pieces:
-            await send({"type": "http.response.body", "body": b""})
+        for piece in body_pieces(self.pieces):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
 
 class OrjsonResponse(PiecesResponse):

@@ -9,7 +9,7 @@ import numpy as np
 
 from service.client._exceptions import ResponseError
 from service.client._types import Array, ArrayLike, Encoding
-from service.codecs._base64 import Base64Text, b64decode, b64encode
+from service.codecs._base64 import Base64Output, Base64Text, b64decode
 
 WIRE_DTYPES = (
     "float16",
@@ -69,11 +69,11 @@ def encode(value: ArrayLike, name: str, encoding: Encoding) -> Any:
         if array.dtype.name == "bfloat16":
             array = array.astype(np.float32)
         return array.tolist()
-    # Base64Text: the request body sends its buffer as it is (`service.codecs.dumps_json`).
+    # Encoded as the request body is sent, a piece at a time (`service.codecs.body_pieces`).
     return {
         "dtype": array.dtype.name,
         "shape": list(array.shape),
-        "data": b64encode(le_bytes(array)),
+        "data": Base64Output(le_bytes(array)),
     }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from service.codecs._json_body import JsonBody, body_view
+from service.codecs._json_body import BodyPiece, JsonBody, body_pieces, body_view
 
 PIECE_BYTES = 1 << 20
 LARGE_ANSWER_BYTES = 1 << 20
@@ -26,7 +26,7 @@ LARGE_ANSWER_BYTES = 1 << 20
 class Body:
     """A request body as the buffers it is made of, and its content type."""
 
-    pieces: Sequence[bytes | memoryview]
+    pieces: Sequence[BodyPiece]
     content_type: str
 
     def headers(self) -> dict[str, str]:
@@ -36,7 +36,10 @@ class Body:
     def __iter__(self) -> Iterator[bytes]:
         # bytes, not views: the HTTP layer copies each slice once either way (h11 joins what it
         # sends, and returns a lone bytes object as it is).
-        for piece in self.pieces:
+        for piece in body_pieces(self.pieces):
+            if isinstance(piece, bytes):  # JSON, or base64 just encoded: sent as it is
+                yield piece
+                continue
             view = memoryview(piece).cast("B")
             for start in range(0, len(view), PIECE_BYTES):
                 yield bytes(view[start : start + PIECE_BYTES])

@@ -5,9 +5,9 @@ with `encode_tensor`; the element limit, the accepted dtypes and the finiteness 
 """
 
 from service.codecs import _oip as oip
-from service.codecs._base64 import Base64Text
+from service.codecs._base64 import Base64Output, Base64Text
 from service.codecs._dtypes import WIRE_DTYPES
-from service.codecs._json_body import dumps_json, loads_json
+from service.codecs._json_body import BodyPiece, body_pieces, dumps_json, loads_json
 from service.codecs._tensors import (
     DecodedTensor,
     TensorForm,
@@ -20,10 +20,13 @@ from service.codecs._tensors import (
 
 __all__ = [
     "WIRE_DTYPES",
+    "Base64Output",
     "Base64Text",
+    "BodyPiece",
     "DecodedTensor",
     "TensorForm",
     "TensorLimits",
+    "body_pieces",
     "decode_tensor",
     "dumps_json",
     "encode_tensor",

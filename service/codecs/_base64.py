@@ -3,22 +3,23 @@
 A 2048 x 32000 float32 gradient is 262 MB of bytes and 350 MB of base64. Encoding or decoding
 it in one call of the SIMD codec (pybase64) returns a new `bytes` of that size, which glibc maps
 fresh from the kernel: each of its 4 KiB pages then faults on first touch, which costs more
-than the codec itself on the machines we measure on. Here the text and the bytes live in NumPy
-buffers (NumPy asks for transparent huge pages on large ones, 512x fewer faults), and the codec
-runs on pieces of `PIECE_BYTES` whose results malloc recycles.
+than the codec itself on the machines we measure on. Here the codec runs on pieces of
+`PIECE_BYTES`, whose results malloc recycles:
 
-Both come from `BUFFERS`, which keeps them for the next request once nothing refers to them
-(`service.buffers`): the text of a gradient is the same size every time a client sends the same
-shape.
+- `Base64Output` is bytes to be written as base64: nothing is encoded until the body is sent,
+  a piece at a time (`service.api.routing.PiecesResponse`, `service.client`), so the encoding
+  of one piece overlaps the sending of the last and no text of the whole tensor ever exists;
+- `Base64Text` is base64 text that stays where it arrived: the `data` of an encoded input
+  tensor inside the request body (`service.codecs.loads_json`);
+- `b64decode` writes the bytes into a NumPy buffer from `BUFFERS`, which keeps it for the next
+  request once nothing refers to it (`service.buffers`).
 
-`Base64Text` is base64 text that stays in such a buffer: an encoded output tensor, or the
-`data` of an encoded input tensor still inside the request body (`service.codecs.loads_json`).
-The response writer sends its bytes as they are (`service.api.routing`); `str()` makes it a
-Python string for everything else.
+`str()` of either makes a Python string, for everything that is not a large body.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from service.buffers import ArrayPool
 # Multiples of 3 bytes (4 characters): no piece but the last has padding.
 PIECE_BYTES = 3 << 20
 PIECE_CHARS = PIECE_BYTES // 3 * 4
-# Texts and decoded bytes of at least 1 MiB; up to 512 MiB of them kept.
+# Decoded bytes of at least 1 MiB; up to 512 MiB of them kept.
 BUFFERS = ArrayPool(min_bytes=1 << 20, max_bytes=1 << 29)
 _BYTE = np.dtype(np.uint8)
 
@@ -53,16 +54,26 @@ class Base64Text:
         return f"Base64Text({len(self)} characters)"
 
 
-def b64encode(raw: memoryview | bytes) -> Base64Text:
-    """Standard base64 of `raw` (padded), in a NumPy buffer."""
-    raw = memoryview(raw).cast("B")
-    text = BUFFERS.empty((-(-len(raw) // 3) * 4,), _BYTE)
-    written = 0
-    for start in range(0, len(raw), PIECE_BYTES):
-        piece = pybase64.b64encode(raw[start : start + PIECE_BYTES])
-        text[written : written + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
-        written += len(piece)
-    return Base64Text(text.data)
+class Base64Output:
+    """Bytes to be written as standard (padded) base64 text, a piece at a time."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: memoryview | bytes) -> None:
+        self.raw = memoryview(raw).cast("B")
+
+    def __len__(self) -> int:
+        return -(-len(self.raw) // 3) * 4
+
+    def pieces(self) -> Iterator[bytes]:
+        for start in range(0, len(self.raw), PIECE_BYTES):
+            yield pybase64.b64encode(self.raw[start : start + PIECE_BYTES])
+
+    def __str__(self) -> str:
+        return b"".join(self.pieces()).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"Base64Output({len(self.raw)} bytes)"
 
 
 def b64decode(text: str | Base64Text) -> NDArray[np.uint8]:

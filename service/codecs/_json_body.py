@@ -11,9 +11,9 @@ read), so the characters in the body are the string's own, and strict base64 dec
 them exactly when the plain parse would have given a valid base64 string (the alphabet is ASCII
 letters, digits, "+", "/" and "="): both parses give the same tensor, or both a 422.
 
-`dumps_json` is the way out: a `Base64Text` in the content is written as a marker, and the
-JSON comes back as pieces with the text's own buffer between them, to be sent one after another
-(`service.api.routing.PiecesResponse`, `service.client`).
+`dumps_json` is the way out: a `Base64Output` (or `Base64Text`) in the content is written as a
+marker, and the JSON comes back as pieces with the base64 between them, encoded as it is sent
+(`body_pieces`: `service.api.routing.PiecesResponse`, `service.client`).
 
 Finding strings needs no parser: outside strings, a JSON text has no quotes, so quotes pair up
 in order, a closing one being the next quote not preceded by an odd run of backslashes. A body
@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import mmap
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
 
 from service.buffers import BufferPool
-from service.codecs._base64 import Base64Text
+from service.codecs._base64 import Base64Output, Base64Text
 
 LIFT_MIN_CHARS = 1 << 16
 # Past this many strings the scan stops and orjson parses the whole body (a body of many short
@@ -95,16 +95,19 @@ def loads_json(body: JsonBody) -> Any:
     return parsed
 
 
-def dumps_json(
-    content: Any, default: Callable[[Any], Any] | None = None
-) -> list[bytes | memoryview]:
+# A piece of a body: bytes as they are, or base64 to be encoded as it is sent.
+BodyPiece = bytes | memoryview | Base64Output
+
+
+def dumps_json(content: Any, default: Callable[[Any], Any] | None = None) -> list[BodyPiece]:
     """`orjson.dumps(content)` (NumPy arrays natively, `default` for other types) as pieces:
-    each `Base64Text` in `content` is a piece of its own, its buffer as it is."""
-    texts: list[Base64Text] = []
+    each `Base64Output` or `Base64Text` in `content` is a piece of its own (`body_pieces`
+    encodes the first as it is sent; the second is sent from its buffer)."""
+    texts: list[Base64Output | Base64Text] = []
     nonce = secrets.token_hex(8)  # no string of the content is a marker by chance
 
     def markers(value: object) -> object:
-        if isinstance(value, Base64Text):
+        if isinstance(value, Base64Output | Base64Text):
             texts.append(value)
             return f"\x00{nonce}:{len(texts) - 1}"
         if default is None:
@@ -112,15 +115,24 @@ def dumps_json(
         return default(value)
 
     rendered = orjson.dumps(content, default=markers, option=orjson.OPT_SERIALIZE_NUMPY)
-    pieces: list[bytes | memoryview] = []
+    pieces: list[BodyPiece] = []
     view, position = memoryview(rendered), 0
     for index, text in enumerate(texts):
         marker = f"\\u0000{nonce}:{index}".encode()  # as orjson escapes the NUL
         found = rendered.index(marker, position)
-        pieces += [view[position:found], text.view]
+        pieces += [view[position:found], text.view if isinstance(text, Base64Text) else text]
         position = found + len(marker)
     pieces.append(view[position:])
     return pieces
+
+
+def body_pieces(pieces: Iterable[BodyPiece]) -> Iterator[bytes | memoryview]:
+    """The bytes of `pieces` in order, each `Base64Output` encoded a piece at a time."""
+    for piece in pieces:
+        if isinstance(piece, Base64Output):
+            yield from piece.pieces()
+        elif len(piece):
+            yield piece
 
 
 def _searchable(body: JsonBody) -> tuple[bytes | mmap.mmap, int]:

@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from service.codecs._base64 import Base64Text, b64decode, b64encode
+from service.codecs._base64 import Base64Output, Base64Text, b64decode
 from service.codecs._dtypes import (
     _BFLOAT16,
     MAX_NDIM,
@@ -138,8 +138,8 @@ def encode_tensor(
     """`array` in the wire `form`: nested lists (a bare number for 0-d) or an encoded object.
 
     JSON output is `tolist()`: plain Python numbers (bool arrays give booleans), with NaN and
-    infinities as Python floats. An encoded object's `data` is a `Base64Text` (`str()` of it is
-    the string). A dtype without a wire name raises TypeError: that is a bug in the caller, not
+    infinities as Python floats. An encoded object's `data` is a `Base64Output` (`str()` of it
+    is the string). A dtype without a wire name raises TypeError: that is a bug in the caller, not
     bad input.
     """
     array = np.asarray(array)
@@ -148,8 +148,8 @@ def encode_tensor(
         return values
     if form == "base64":
         name, raw = to_le_bytes(array)
-        # The text stays a buffer: the response writer sends it without making a str of it.
-        return {"dtype": name, "shape": list(array.shape), "data": b64encode(raw)}
+        # Encoded as the response is sent, a piece at a time (service.codecs.body_pieces).
+        return {"dtype": name, "shape": list(array.shape), "data": Base64Output(raw)}
     raise ValueError(f"unknown tensor form {form!r}; expected 'json' or 'base64'")
 
 
