@@ -134,3 +134,18 @@ async def test_a_body_that_does_not_match_its_content_length_is_refused(
     )
     assert 400 <= response.status_code < 500
     assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("depth", [900, 1000])
+async def test_deep_nesting_beside_a_large_tensor_is_422_not_a_crash(
+    client: httpx.AsyncClient, depth: int
+) -> None:
+    """Within orjson's nesting limit, past Python's recursion limit, with a string lifted."""
+    logits = encoded(BIG, "float32")
+    deep = "[" * depth + "]" * depth
+    raw = orjson.dumps({"logits": logits, "labels": BIG_LABELS.tolist()})[:-1]
+    raw += f', "weight": {deep}}}'.encode()
+    response = await client.post(CE, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] == "weight"  # parsed: the body was read

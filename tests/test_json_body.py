@@ -113,6 +113,18 @@ def test_invalid_json_still_fails(body: str) -> None:
         loads_json(raw)
 
 
+def test_deep_nesting_beside_a_lifted_string_is_parsed() -> None:
+    """orjson takes 1024 levels, more than Python's recursion limit."""
+    deep = "[" * 1000 + "]" * 1000
+    body = f'{{"x": {{"data": "{LONG}"}}, "y": {deep}}}'.encode()
+    parsed = loads_json(body)
+    assert str(parsed["x"]["data"]) == LONG
+    depth, node = 0, parsed["y"]
+    while node:
+        depth, node = depth + 1, node[0]
+    assert depth == 999  # the innermost array is empty
+
+
 def test_a_marker_sent_by_a_client_stays_a_string() -> None:
     body = f'{{"x": {{"data": "{LONG}"}}, "y": {{"data": "\\u0000{"0" * 16}:0"}}}}'.encode()
     parsed = loads_json(body)

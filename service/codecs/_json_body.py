@@ -187,15 +187,18 @@ def _is_data_value(text: bytes | mmap.mmap, key: tuple[int, int] | None, quote: 
     return text[key[1] + 1 : quote].strip(_WHITESPACE) == b":"
 
 
-def _put_back(node: Any, markers: dict[str, Base64Text]) -> None:
+def _put_back(root: Any, markers: dict[str, Base64Text]) -> None:
     """Replace marker strings under "data" keys by their text. Encoded tensors sit in objects
-    and in arrays of objects: arrays of numbers (a JSON-form tensor) are not walked."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "data" and type(value) is str and value in markers:
-                node[key] = markers[value]
-            elif isinstance(value, dict | list):
-                _put_back(value, markers)
-    elif isinstance(node, list) and node and isinstance(node[0], dict | list):
-        for item in node:
-            _put_back(item, markers)
+    and in arrays of objects: arrays of numbers (a JSON-form tensor) are not walked. A stack,
+    not recursion: the body may nest as deep as orjson allows (1024), past Python's limit."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "data" and type(value) is str and value in markers:
+                    node[key] = markers[value]
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(node, list) and node and isinstance(node[0], dict | list):
+            stack.extend(node)
