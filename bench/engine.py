@@ -97,32 +97,31 @@ def _floor(logits: np.ndarray) -> Callable[[], object]:
     return lambda: np.copyto(out, logits)
 
 
-def _torch(logits: np.ndarray, labels: np.ndarray) -> Callable[[], object] | None:
+def torch_step(loss: str, logits: np.ndarray, labels: np.ndarray) -> Callable[[], object] | None:
+    """`torch.nn.functional.<loss>` forward + backward on the same arrays (16-bit logits in
+    torch's own 16-bit dtype), or None without torch or without a CPU kernel for the dtype."""
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         return None
-    x = torch.from_numpy(logits)
+    if logits.dtype.name == "bfloat16":  # which torch.from_numpy cannot read: its bits
+        x = torch.from_numpy(logits.view(np.int16)).view(torch.bfloat16)
+    else:
+        x = torch.from_numpy(logits)
     y = torch.from_numpy(labels)
+    function = getattr(F, loss)
 
     def step() -> object:
         leaf = x.detach().requires_grad_()
-        F.cross_entropy(leaf, y).backward()
+        function(leaf, y).backward()
         return leaf.grad
 
+    try:
+        step()
+    except RuntimeError:  # no CPU kernel for this dtype
+        return None
     return step
-
-
-def _peak_ratio(logits: np.ndarray, labels: np.ndarray, path: str) -> float:
-    from service.engine._fused import GRADIENTS
-
-    GRADIENTS.clear()  # the gradient's allocation counts
-    tracemalloc.start()
-    _engine(logits, labels, path)()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak / (2 * logits.nbytes)
 
 
 def _measure(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -161,12 +160,13 @@ def bench_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
         "fused fresh": _fused_fresh(logits, labels),
         "reference": _engine(logits, labels, "reference"),
     }
-    torch_step = _torch(logits, labels)
-    if torch_step is not None:
-        contenders["torch"] = torch_step
+    torch = torch_step("cross_entropy", logits, labels)
+    if torch is not None:
+        contenders["torch"] = torch
     result = _measure(contenders, repeats)
-    result["peak_fused"] = _peak_ratio(logits, labels, "fused")
-    result["peak_reference"] = _peak_ratio(logits, labels, "reference")
+    io = 2 * logits.nbytes  # logits + gradient
+    result["peak_fused"] = _peak_bytes(_engine(logits, labels, "fused")) / io
+    result["peak_reference"] = _peak_bytes(_engine(logits, labels, "reference")) / io
     return result
 
 
@@ -182,23 +182,6 @@ def _bce_engine(logits: np.ndarray, labels: np.ndarray, path: str) -> Callable[[
     return step
 
 
-def _bce_torch(logits: np.ndarray, labels: np.ndarray) -> Callable[[], object] | None:
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        return None
-    x = torch.from_numpy(logits)
-    y = torch.from_numpy(labels)
-
-    def step() -> object:
-        leaf = x.detach().requires_grad_()
-        F.binary_cross_entropy_with_logits(leaf, y).backward()
-        return leaf.grad
-
-    return step
-
-
 def bench_bce_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((rows, classes), dtype=np.float32)
@@ -209,9 +192,9 @@ def bench_bce_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
         "fused": _bce_engine(logits, labels, "fused"),
         "reference": _bce_engine(logits, labels, "reference"),
     }
-    torch_step = _bce_torch(logits, labels)
-    if torch_step is not None:
-        contenders["torch"] = torch_step
+    torch = torch_step("binary_cross_entropy_with_logits", logits, labels)
+    if torch is not None:
+        contenders["torch"] = torch
     result = _measure(contenders, repeats)
     io = 2 * logits.nbytes  # logits + gradient, as for cross-entropy
     result["peak_fused"] = _peak_bytes(_bce_engine(logits, labels, "fused")) / io
@@ -220,29 +203,6 @@ def bench_bce_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
 
 
 # --- 16-bit logits ----------------------------------------------------------------------------
-
-
-def _torch_16(logits: np.ndarray, labels: np.ndarray) -> Callable[[], object] | None:
-    """`F.cross_entropy` forward + backward on 16-bit logits, where this torch runs it."""
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        return None
-    dtype = torch.bfloat16 if logits.dtype.name == "bfloat16" else torch.float16
-    x = torch.from_numpy(logits.view(np.int16)).view(dtype)
-    y = torch.from_numpy(labels)
-
-    def step() -> object:
-        leaf = x.detach().requires_grad_()
-        F.cross_entropy(leaf, y).backward()
-        return leaf.grad
-
-    try:
-        step()
-    except RuntimeError:  # no CPU kernel for this dtype
-        return None
-    return step
 
 
 def bench_half_shape(rows: int, classes: int, dtype: str, repeats: int) -> dict[str, float]:
@@ -264,9 +224,9 @@ def bench_half_shape(rows: int, classes: int, dtype: str, repeats: int) -> dict[
         "widened": widened,
         "reference": _engine(logits, labels, "reference"),
     }
-    torch_step = _torch_16(logits, labels)
-    if torch_step is not None:
-        contenders["torch"] = torch_step
+    torch = torch_step("cross_entropy", logits, labels)
+    if torch is not None:
+        contenders["torch"] = torch
     result = _measure(contenders, repeats)
     io = logits.nbytes + out.nbytes  # 16-bit logits + float32 gradient
     result["peak_fused"] = _peak_bytes(_engine(logits, labels, "fused")) / io

@@ -1,6 +1,7 @@
 """End to end over loopback: one cross-entropy request with its gradient, per transport.
 
     python -m bench.transport [--rows 8192] [--classes 1000] [--repeats 5]
+                              [--setting LOSS_SERVICE_RETAIN_FREED_BYTES=0 ...]
 
 Starts `loss-service serve` on a free loopback port and times, interleaved, the whole round trip
 as a client sees it (encode, send, compute, receive, decode the gradient) for nested JSON lists,
@@ -29,18 +30,21 @@ import httpx
 import numpy as np
 import orjson
 
+from bench.engine import torch_step
 from service.client import LossClient
 from service.engine import cross_entropy, reduce_loss
 
 
 @contextmanager
-def serving() -> Iterator[str]:
+def serving(settings: dict[str, str] | None = None) -> Iterator[str]:
+    """`loss-service serve` with its defaults, on the CPU, but for `settings` (LOSS_SERVICE_*)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
     command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
     env["LOSS_SERVICE_DEVICE"] = "cpu"
+    env.update(settings or {})
     server = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -83,35 +87,27 @@ def _oip_binary(client: LossClient, logits: np.ndarray, labels: np.ndarray) -> n
     return result.grad
 
 
-def _torch(logits: np.ndarray, labels: np.ndarray) -> Callable[[], object] | None:
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        return None
-    x, y = torch.from_numpy(logits), torch.from_numpy(labels)
-
-    def step() -> object:
-        leaf = x.detach().requires_grad_()
-        F.cross_entropy(leaf, y).backward()
-        return leaf.grad
-
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="LOSS_SERVICE_NAME=VALUE",
+        help="a server setting (repeatable), e.g. LOSS_SERVICE_RETAIN_FREED_BYTES=0",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.setting)
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((args.rows, args.classes), dtype=np.float32)
     labels = rng.integers(0, args.classes, size=args.rows)
     expected = reduce_loss(cross_entropy(logits, labels), "mean").grads["logits"]
 
     with (
-        serving() as url,
+        serving(settings) as url,
         httpx.Client(base_url=url, timeout=120) as http,
         LossClient(url, timeout=120) as client,
     ):
@@ -121,9 +117,9 @@ def main() -> None:
             "base64 JSON": lambda: _base64(client, logits, labels),
             "OIP binary": lambda: _oip_binary(client, logits, labels),
         }
-        torch_step = _torch(logits, labels)
-        if torch_step is not None:
-            runs["PyTorch in process"] = torch_step
+        torch = torch_step("cross_entropy", logits, labels)
+        if torch is not None:
+            runs["PyTorch in process"] = torch
         for name in ("nested JSON", "base64 JSON", "OIP binary"):  # the answers are right
             np.testing.assert_allclose(runs[name](), expected, rtol=1e-6, atol=1e-9)  # type: ignore[arg-type]
         times: dict[str, list[float]] = {name: [] for name in runs}

@@ -28,6 +28,7 @@ from service.api.schemas.oip import (
     TensorMetadata,
 )
 from service.codecs import TensorLimits, oip
+from service.codecs._dtypes import to_le_bytes
 from service.codecs._json_body import JsonBody
 from service.engine import Array, reduce_loss
 from service.errors import FieldPath, InvalidInput
@@ -133,8 +134,7 @@ def infer(
             "datatype": oip.oip_datatype(array),
         }
         if as_binary:
-            little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-            raw = np.ascontiguousarray(little).reshape(-1).view(np.uint8).data
+            _, raw = to_le_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

@@ -1,13 +1,13 @@
 """Freed memory kept in the server process for the next request, on glibc.
 
 Every large body passes through many short-lived buffers on its way in and out: uvicorn's
-per-read chunks and their copies, the JSON and base64 around the tensors. glibc serves
-allocations over its mmap threshold (128 KiB at first) with fresh pages from the kernel and
-gives them back on free, so each request faults its buffers in again, page by page; on the
-2-core VMs we measure on, that is most of the time uvicorn spends receiving a 33 MB body (an echo
-of it took 70-85 ms, 32-35 ms with the settings below, `bench.transport`'s machine). Raising the
-mmap threshold to its 32 MiB ceiling and the trim threshold to `retain_freed_bytes` lets the
-heap keep that memory and hand it out again without faults. Other C libraries are left alone.
+per-read chunks and their copies, the JSON around the tensors. glibc serves allocations over its
+mmap threshold (128 KiB at first) with fresh pages from the kernel and gives them back on free,
+so each request faults its buffers in again, page by page, which on the VMs we measure on costs
+more than filling them (`python -m bench.transport --setting LOSS_SERVICE_RETAIN_FREED_BYTES=0`
+compares). Raising the mmap threshold to its 32 MiB ceiling and the trim threshold to
+`retain_freed_bytes` lets the heap keep that memory and hand it out again without faults. Other
+C libraries are left alone.
 """
 
 from __future__ import annotations

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from service.codecs._json_body import JsonBody, body_view
+from service.codecs._json_body import LARGE_BODY_BYTES, JsonBody, body_view
 from service.errors import InvalidInput
-
-LARGE_BODY_BYTES = 1 << 20
 
 
 async def read_body(request: Request) -> JsonBody:

@@ -64,7 +64,7 @@ class PiecesResponse(Response):
         headers: Mapping[str, str] | None = None,
         media_type: str | None = None,
     ) -> None:
-        self.pieces = [piece for piece in pieces if len(piece)]
+        self.pieces = pieces
         self.status_code = status_code
         self.media_type = media_type or self.media_type
         self.background = None

@@ -10,6 +10,7 @@ import numpy as np
 from service.client._exceptions import ResponseError
 from service.client._types import Array, ArrayLike, Encoding
 from service.codecs._base64 import Base64Output, Base64Text, b64decode
+from service.codecs._dtypes import to_le_bytes
 
 WIRE_DTYPES = (
     "float16",
@@ -56,12 +57,6 @@ def as_array(value: ArrayLike, name: str) -> Array:
     return array
 
 
-def le_bytes(array: Array) -> memoryview:
-    """The raw little-endian, row-major bytes of `array`: a view of it when it already is."""
-    little = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    return np.ascontiguousarray(array, dtype=little).reshape(-1).view(np.uint8).data
-
-
 def encode(value: ArrayLike, name: str, encoding: Encoding) -> Any:
     """A tensor field's value: an encoded tensor object, or nested JSON lists."""
     array = as_array(value, name)
@@ -73,7 +68,7 @@ def encode(value: ArrayLike, name: str, encoding: Encoding) -> Any:
     return {
         "dtype": array.dtype.name,
         "shape": list(array.shape),
-        "data": Base64Output(le_bytes(array)),
+        "data": Base64Output(to_le_bytes(array)[1]),
     }
 
 
@@ -106,7 +101,7 @@ def decode(value: Any, name: str) -> Array | None:
 def oip_input(name: str, value: ArrayLike) -> tuple[dict[str, Any], memoryview]:
     """An OIP input entry for the binary extension, and its bytes."""
     array = as_array(value, name)
-    raw = le_bytes(array)
+    _, raw = to_le_bytes(array)
     entry = {
         "name": name,
         "shape": list(array.shape),

@@ -16,10 +16,15 @@ from dataclasses import dataclass
 
 import httpx
 
-from service.codecs._json_body import BodyPiece, JsonBody, body_pieces, body_view
+from service.codecs._json_body import (
+    LARGE_BODY_BYTES,
+    BodyPiece,
+    JsonBody,
+    body_pieces,
+    body_view,
+)
 
 PIECE_BYTES = 1 << 20
-LARGE_ANSWER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def _buffer(response: httpx.Response) -> memoryview | None:
     declared = response.headers.get("content-length", "")
     if response.status_code >= 400 or not declared.isdigit():
         return None
-    if int(declared) < LARGE_ANSWER_BYTES:
+    if int(declared) < LARGE_BODY_BYTES:
         return None
     return body_view(int(declared))
 

@@ -11,8 +11,8 @@ read), so the characters in the body are the string's own, and strict base64 dec
 them exactly when the plain parse would have given a valid base64 string (the alphabet is ASCII
 letters, digits, "+", "/" and "="): both parses give the same tensor, or both a 422.
 
-`dumps_json` is the way out: a `Base64Output` (or `Base64Text`) in the content is written as a
-marker, and the JSON comes back as pieces with the base64 between them, encoded as it is sent
+`dumps_json` is the way out: a `Base64Output` in the content is written as a marker, and the
+JSON comes back as pieces with the base64 between them, encoded as it is sent
 (`body_pieces`: `service.api.routing.PiecesResponse`, `service.client`).
 
 Finding strings needs no parser: outside strings, a JSON text has no quotes, so quotes pair up
@@ -40,6 +40,8 @@ _QUOTE, _BACKSLASH = 0x22, 0x5C
 _DATA_KEY = b"data"
 _WHITESPACE = b" \t\r\n"
 _HUGE_PAGE = 1 << 21
+# Bodies from this size on are read into a `body_view` (smaller ones: plain bytes).
+LARGE_BODY_BYTES = 1 << 20
 
 # bytes, or a memoryview of the first bytes of an mmap (`body_buffer`) or of bytes
 JsonBody = bytes | memoryview
@@ -101,13 +103,13 @@ BodyPiece = bytes | memoryview | Base64Output
 
 def dumps_json(content: Any, default: Callable[[Any], Any] | None = None) -> list[BodyPiece]:
     """`orjson.dumps(content)` (NumPy arrays natively, `default` for other types) as pieces:
-    each `Base64Output` or `Base64Text` in `content` is a piece of its own (`body_pieces`
-    encodes the first as it is sent; the second is sent from its buffer)."""
-    texts: list[Base64Output | Base64Text] = []
+    each `Base64Output` in `content` is a piece of its own, encoded as it is sent
+    (`body_pieces`)."""
+    texts: list[Base64Output] = []
     nonce = secrets.token_hex(8)  # no string of the content is a marker by chance
 
     def markers(value: object) -> object:
-        if isinstance(value, Base64Output | Base64Text):
+        if isinstance(value, Base64Output):
             texts.append(value)
             return f"\x00{nonce}:{len(texts) - 1}"
         if default is None:
@@ -120,7 +122,7 @@ def dumps_json(content: Any, default: Callable[[Any], Any] | None = None) -> lis
     for index, text in enumerate(texts):
         marker = f"\\u0000{nonce}:{index}".encode()  # as orjson escapes the NUL
         found = rendered.index(marker, position)
-        pieces += [view[position:found], text.view if isinstance(text, Base64Text) else text]
+        pieces += [view[position:found], text]
         position = found + len(marker)
     pieces.append(view[position:])
     return pieces

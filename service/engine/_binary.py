@@ -33,7 +33,7 @@ from service.engine._checks import (
     first_position,
     require,
 )
-from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
+from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for, read_as_is
 from service.engine._engine_path import fused_kernels, native_dtypes
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
@@ -188,8 +188,8 @@ def _fused_elementwise(
     shape = logits.shape
     dtype = compute_dtype_for(logits.dtype, compute_dtype)
     # The kernel reads a pair of one native dtype (16-bit uploads) as it is, else the compute dtype
-    native = labels.dtype == logits.dtype and logits.dtype.name in native_dtypes(kernels)
-    cast = not (native and dtype == compute_dtype_for(logits.dtype))
+    native = native_dtypes(kernels)
+    cast = labels.dtype != logits.dtype or not read_as_is(logits.dtype, compute_dtype, native)
     if cast and labels.dtype != dtype:  # a cast may round a value into [0, 1]: check them first
         check_unit_interval(labels, "labels", xp)
     try:

@@ -29,6 +29,12 @@ def compute_dtype_for(dtype: np.dtype, requested: ComputeDtype | None = None) ->
     return np.dtype(np.float32)  # float16, float32 and bfloat16 (an ml_dtypes dtype of kind "V")
 
 
+def read_as_is(dtype: np.dtype, requested: ComputeDtype | None, native: frozenset[str]) -> bool:
+    """Whether a kernel that reads the dtypes `native` as they are takes an array of `dtype`
+    without a cast: its dtype is native and the compute dtype asked for is its default one."""
+    return dtype.name in native and compute_dtype_for(dtype, requested) == compute_dtype_for(dtype)
+
+
 def as_compute(array: Array, dtype: np.dtype) -> Array:
     """`array` in `dtype`, copied only when the dtype changes (callers never write into it)."""
     return array if array.dtype == dtype else array.astype(dtype)

@@ -64,9 +64,7 @@ def fused_kernels(xp: ModuleType) -> ModuleType | None:
 def native_dtypes(kernels: ModuleType | None) -> frozenset[str]:
     """The logits' dtypes that `kernels` reads as they are (`NATIVE_INPUT_DTYPES`): a loss about
     to call them widens nothing else (`_rows.logit_rows`). None (the reference code): none."""
-    return (
-        frozenset() if kernels is None else frozenset(getattr(kernels, "NATIVE_INPUT_DTYPES", ()))
-    )
+    return frozenset() if kernels is None else frozenset(kernels.NATIVE_INPUT_DTYPES)
 
 
 def is_cupy(xp: ModuleType) -> bool:

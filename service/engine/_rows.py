@@ -12,7 +12,7 @@ from types import ModuleType
 import numpy as np
 
 from service.engine._checks import check_nonnegative, first_position, require
-from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
+from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for, read_as_is
 from service.engine._namespace import Array, errstate
 from service.engine._reduction import LossResult
 from service.errors import InvalidInput
@@ -30,9 +30,9 @@ def logit_rows(
     widened element by element inside it) and the compute dtype is their default one."""
     require(logits.ndim >= 1, "logits", "expected at least one axis (the class axis), got a scalar")
     require(logits.shape[-1] >= 1, "logits", "the class axis (the last one) is empty")
-    dtype = compute_dtype_for(logits.dtype, compute_dtype)
-    if logits.dtype.name in native and dtype == compute_dtype_for(logits.dtype):
+    if read_as_is(logits.dtype, compute_dtype, native):
         return logits.reshape(-1, logits.shape[-1])
+    dtype = compute_dtype_for(logits.dtype, compute_dtype)
     with errstate(xp, over="ignore"):  # float64 -> float32 may overflow: rejected just below
         x = as_compute(logits, dtype)
     if x is not logits and bool(xp.any(xp.isposinf(x))):
