@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from service.api.catalogue import BY_NAME, LOSSES
 from service.api.compute import ComputeContext
 from service.api.routing import OrjsonResponse
 from service.api.schemas.common import tensor_fields
+from service.api.server_protocol import BodyIntoProtocol
 from service.config import Settings, get_settings
 from service.engine import select_backend
 from service.errors import LossServiceError
@@ -59,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         access_log=False,  # the app logs one line per request itself (service.api.observe)
+        http=cast(type[asyncio.Protocol], BodyIntoProtocol),  # a buffered one: uvicorn takes it
     )
 
 

@@ -5,15 +5,18 @@ for a 33 MB body, a second allocation of 33 MB that glibc maps fresh from the ke
 every 4 KiB page then faults on first touch (~25 ms per 44 MB on the 2-core machines we measure
 on: more than the copy itself). A body that declares a Content-Length of at least
 `LARGE_BODY_BYTES` goes instead into a pooled mmap (`body_view`: huge pages, 512x fewer faults,
-and no faults at all once the pool holds a buffer of that size), written through as the chunks
-arrive. The mmap is what `service.codecs.loads_json` scans (`find`) and what views of the body
-(OIP binary tensors, base64 text) point into; it is reused once the last of them is gone.
+and no faults at all once the pool holds a buffer of that size). Under `loss-service serve`
+the server reads the socket straight into it (`service.api.server_protocol`); under any other
+ASGI server the chunks it hands over are copied in as they arrive. The mmap is what
+`service.codecs.loads_json` scans (`find`) and what views of the body (OIP binary tensors,
+base64 text) point into; it is reused once the last of them is gone.
 """
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
+from service.api.server_protocol import BODY_INTO, BodyInto
 from service.codecs._json_body import LARGE_BODY_BYTES, JsonBody, body_view
 from service.errors import InvalidInput
 
@@ -25,12 +28,18 @@ async def read_body(request: Request) -> JsonBody:
     size = int(declared) if declared.isascii() and declared.isdigit() else -1
     if size < LARGE_BODY_BYTES:
         return b"".join([chunk async for chunk in request.stream()])
-    view, received = body_view(size), 0
+    view = body_view(size)
+    into: BodyInto | None = request.scope.get("extensions", {}).get(BODY_INTO)
+    if into is not None:
+        into.start(view)  # the server fills `view`; the messages that follow are empty
+    received = 0 if into is None else into.filled
     async for chunk in request.stream():
         if received + len(chunk) > size:  # an HTTP server frames the body by Content-Length
             raise InvalidInput(f"Content-Length: the body is longer than {size} bytes")
         view[received : received + len(chunk)] = chunk
         received += len(chunk)
+    if into is not None:
+        received = into.filled
     if received < size:  # a client that ends the body early disconnects; not an HTTP server
         raise InvalidInput(f"Content-Length: the body ends after {received} of {size} bytes")
     return view

@@ -1,0 +1,220 @@
+"""`BodyIntoProtocol` under a real uvicorn, on uvloop and on plain asyncio: large bodies read
+into the app's buffer arrive whole and in order, and the connection goes on serving after them
+(keep-alive, pipelining, Expect: 100-continue, an app that never reads, a client that leaves)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.api.request_body import read_body
+from service.api.server_protocol import BODY_INTO, BodyIntoProtocol
+from service.codecs._json_body import LARGE_BODY_BYTES
+
+LARGE = LARGE_BODY_BYTES * 3 + 12345  # several reads' worth, and not a round number
+
+
+async def digest(request: Request) -> Response:
+    """The body's length and SHA-256 as `read_body` returns it, and how much of it the server
+    read straight into the buffer."""
+    body = await read_body(request)
+    into = request.scope.get("extensions", {}).get(BODY_INTO)
+    return JSONResponse(
+        {
+            "length": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+            "into": into.filled if into is not None else None,
+        }
+    )
+
+
+async def plain(request: Request) -> Response:
+    """Starlette's own body reading: uvicorn's messages, never the extension."""
+    body = await request.body()
+    return JSONResponse({"length": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+
+
+async def ignore(request: Request) -> Response:
+    return Response(b"not read")
+
+
+APP = Starlette(
+    routes=[
+        Route("/digest", digest, methods=["POST"]),
+        Route("/plain", plain, methods=["POST"]),
+        Route("/ignore", ignore, methods=["POST"]),
+    ]
+)
+
+
+@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
+def address(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        APP, host="127.0.0.1", port=port, http=BodyIntoProtocol, loop=request.param
+    )
+    config.log_level = "warning"
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield "127.0.0.1", port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _body(size: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def _request(path: str, body: bytes, *extra: str) -> bytes:
+    headers = [f"POST {path} HTTP/1.1", "host: test", f"content-length: {len(body)}", *extra]
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body
+
+
+def _read_response(sock: socket.socket, pending: bytearray) -> tuple[bytes, bytes]:
+    """(status line, body) of the next response on `sock`; `pending` keeps what follows it."""
+    while b"\r\n\r\n" not in pending:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        pending += chunk
+    head, _, rest = bytes(pending).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length")
+    )
+    pending[:] = rest
+    while len(pending) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        pending += chunk
+    body = bytes(pending[:length])
+    del pending[:length]
+    return lines[0], body
+
+
+def _expected(body: bytes, *, into: int | None) -> dict[str, object]:
+    return {"length": len(body), "sha256": hashlib.sha256(body).hexdigest(), "into": into}
+
+
+def _json(answer: bytes) -> object:
+    import json
+
+    return json.loads(answer)
+
+
+def _connect(address: tuple[str, int]) -> socket.socket:
+    sock = socket.create_connection(address, timeout=20)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def test_large_bodies_in_turn_on_one_connection(address: tuple[str, int]) -> None:
+    bodies = [_body(LARGE, 1), b'{"small": true}', _body(LARGE + 1, 2), _body(LARGE_BODY_BYTES, 3)]
+    pending = bytearray()
+    with _connect(address) as sock:
+        for body in bodies:
+            sock.sendall(_request("/digest", body))
+            status, answer = _read_response(sock, pending)
+            assert status == b"HTTP/1.1 200 OK"
+            # Large bodies are read into the buffer whole; small ones come as messages.
+            into = len(body) if len(body) >= LARGE_BODY_BYTES else None
+            if into is None:
+                assert _json(answer)["into"] == 0  # type: ignore[index]
+                continue
+            assert _json(answer) == _expected(body, into=into)
+
+
+def test_pipelined_requests_are_answered_in_order(address: tuple[str, int]) -> None:
+    bodies = [_body(LARGE, 4), _body(LARGE, 5), b"x" * 100]
+    pending = bytearray()
+    with _connect(address) as sock:
+        sock.sendall(b"".join(_request("/digest", body) for body in bodies))
+        answers = [_json(_read_response(sock, pending)[1]) for _ in bodies]
+    assert answers[0] == _expected(bodies[0], into=LARGE)
+    assert answers[1] == _expected(bodies[1], into=LARGE)
+    assert answers[2]["sha256"] == hashlib.sha256(bodies[2]).hexdigest()  # type: ignore[index]
+
+
+def test_a_body_that_trickles_in(address: tuple[str, int]) -> None:
+    """Some of the body arrives before the app asks for it, the rest in small pieces after."""
+    body = _body(LARGE, 6)
+    message = _request("/digest", body)
+    pending = bytearray()
+    with _connect(address) as sock:
+        sock.sendall(message[: len(message) - len(body) + 100_000])
+        time.sleep(0.2)  # the app asks now: 100 kB of the body are already there
+        for start in range(len(message) - len(body) + 100_000, len(message), 700_001):
+            sock.sendall(message[start : start + 700_001])
+            time.sleep(0.01)
+        _, answer = _read_response(sock, pending)
+    assert _json(answer) == _expected(body, into=LARGE)
+
+
+def test_expect_100_continue(address: tuple[str, int]) -> None:
+    body = _body(LARGE, 7)
+    message = _request("/digest", body, "expect: 100-continue")
+    pending = bytearray()
+    with _connect(address) as sock:
+        sock.sendall(message[: len(message) - len(body)])
+        interim = sock.recv(1024)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        sock.sendall(body)
+        _, answer = _read_response(sock, pending)
+    assert _json(answer) == _expected(body, into=LARGE)
+
+
+@pytest.mark.parametrize("path", ["/plain", "/ignore"])
+def test_an_app_that_does_not_ask_gets_uvicorns_messages(
+    address: tuple[str, int], path: str
+) -> None:
+    """Starlette's `body()` reads the messages; an app that never reads leaves the body to be
+    skipped. Either way the next request on the connection is served."""
+    body, after = _body(LARGE, 8), _body(LARGE, 9)
+    pending = bytearray()
+    with _connect(address) as sock:
+        sock.sendall(_request(path, body))
+        status, answer = _read_response(sock, pending)
+        assert status == b"HTTP/1.1 200 OK"
+        if path == "/plain":
+            assert _json(answer) == {"length": LARGE, "sha256": hashlib.sha256(body).hexdigest()}
+        sock.sendall(_request("/digest", after))
+        _, answer = _read_response(sock, pending)
+    assert _json(answer) == _expected(after, into=LARGE)
+
+
+def test_a_client_that_leaves_mid_body(address: tuple[str, int]) -> None:
+    body = _body(LARGE, 10)
+    message = _request("/digest", body)
+    with _connect(address) as sock:
+        sock.sendall(message[: len(message) - len(body) // 2])
+        time.sleep(0.1)
+    after = _body(LARGE, 11)
+    pending = bytearray()
+    with _connect(address) as sock:
+        sock.sendall(_request("/digest", after))
+        _, answer = _read_response(sock, pending)
+    assert _json(answer) == _expected(after, into=LARGE)
+
+
+def test_the_protocol_is_buffered_for_the_event_loop() -> None:
+    """uvloop reads into `get_buffer` only for a protocol that is not an `asyncio.Protocol`."""
+    assert issubclass(BodyIntoProtocol, asyncio.BufferedProtocol)
+    assert not issubclass(BodyIntoProtocol, asyncio.Protocol)
