@@ -52,7 +52,8 @@ def _lifted(value: Any) -> list[Base64Text]:
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pieces of 3 bytes / 4 characters: every tensor here spans many."""
     monkeypatch.setattr(codec, "PIECE_BYTES", 3)
-    monkeypatch.setattr(codec, "PIECE_CHARS", 4)
+    monkeypatch.setattr(codec, "DECODE_PIECE_BYTES", 3)
+    monkeypatch.setattr(codec, "DECODE_PIECE_CHARS", 4)
 
 
 BODIES = {

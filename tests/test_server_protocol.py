@@ -218,3 +218,21 @@ def test_the_protocol_is_buffered_for_the_event_loop() -> None:
     """uvloop reads into `get_buffer` only for a protocol that is not an `asyncio.Protocol`."""
     assert issubclass(BodyIntoProtocol, asyncio.BufferedProtocol)
     assert not issubclass(BodyIntoProtocol, asyncio.Protocol)
+
+
+def test_a_chunked_body_is_left_to_uvicorn(address: tuple[str, int]) -> None:
+    """Chunks carry their own framing: such a body is never read around the parser."""
+    body = _body(LARGE, 12)
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[start : start + 500_000]), body[start : start + 500_000])
+        for start in range(0, len(body), 500_000)
+    )
+    head = "POST /plain HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n"
+    pending = bytearray()
+    with _connect(address) as sock:
+        sock.sendall(head.encode() + chunks + b"0\r\n\r\n")
+        _, answer = _read_response(sock, pending)
+        assert _json(answer) == {"length": LARGE, "sha256": hashlib.sha256(body).hexdigest()}
+        sock.sendall(_request("/digest", body))
+        _, answer = _read_response(sock, pending)
+    assert _json(answer) == _expected(body, into=LARGE)

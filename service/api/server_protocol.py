@@ -51,8 +51,9 @@ class BodyInto:
         buffer[: len(arrived)] = arrived
         self._cycle.body = bytearray()
         self.filled = len(arrived)
-        if self._cycle.more_body and not self._cycle.disconnected:
-            self._protocol.read_into(self, buffer[len(arrived) :])
+        rest = buffer[len(arrived) :]
+        if rest and self._cycle.more_body and not self._cycle.disconnected:
+            self._protocol.read_into(self, rest)
 
 
 class BodyIntoProtocol(asyncio.BufferedProtocol):
@@ -126,7 +127,8 @@ class _HttpToolsInto(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         before = self.cycle
         super().on_headers_complete()
-        if self.cycle is not before:  # not an upgrade: a new request for the app
+        chunked = any(name == b"transfer-encoding" for name, _ in self.headers)
+        if self.cycle is not before and not chunked:  # a request for the app, framed by length
             extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
             extensions[BODY_INTO] = BodyInto(self, self.cycle)
 

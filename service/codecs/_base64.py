@@ -4,7 +4,7 @@ A 2048 x 32000 float32 gradient is 262 MB of bytes and 350 MB of base64. Encodin
 it in one call of the SIMD codec (pybase64) returns a new `bytes` of that size, which glibc maps
 fresh from the kernel: each of its 4 KiB pages then faults on first touch, which costs more
 than the codec itself on the machines we measure on. Here the codec runs on pieces of
-`PIECE_BYTES`, whose results malloc recycles:
+`PIECE_BYTES` (`DECODE_PIECE_BYTES` decoding), whose results malloc recycles:
 
 - `Base64Output` is bytes to be written as base64: nothing is encoded until the body is sent,
   a piece at a time (`service.api.routing.PiecesResponse`, `service.client`), so the encoding
@@ -28,9 +28,12 @@ from numpy.typing import NDArray
 
 from service.buffers import ArrayPool
 
-# Multiples of 3 bytes (4 characters): no piece but the last has padding.
+# Multiples of 3 bytes (4 characters): no piece but the last has padding. Encoded pieces are
+# sent as they are made; decoded ones are copied into the output at once, so they stay small
+# enough to be copied from L2 (192 KiB: 33 MB decoded in ~4.8 ms instead of ~5.8 ms).
 PIECE_BYTES = 3 << 20
-PIECE_CHARS = PIECE_BYTES // 3 * 4
+DECODE_PIECE_BYTES = 3 << 16
+DECODE_PIECE_CHARS = DECODE_PIECE_BYTES // 3 * 4
 # Decoded bytes of at least 1 MiB; up to 512 MiB of them kept.
 BUFFERS = ArrayPool(min_bytes=1 << 20, max_bytes=1 << 29)
 _BYTE = np.dtype(np.uint8)
@@ -83,7 +86,7 @@ def b64decode(text: str | Base64Text) -> NDArray[np.uint8]:
     alphabet, a length that is not a multiple of 4, padding anywhere but at the end.
     """
     source: Any = text.view if isinstance(text, Base64Text) else text
-    if len(source) <= PIECE_CHARS:
+    if len(source) <= DECODE_PIECE_CHARS:
         return np.frombuffer(pybase64.b64decode(source, validate=True), dtype=np.uint8)
     if len(source) % 4:
         raise ValueError(f"{len(source)} characters is not a multiple of 4")
@@ -92,9 +95,9 @@ def b64decode(text: str | Base64Text) -> NDArray[np.uint8]:
         padding = 2 if source[-2] in ("=", 61) else 1
     raw = BUFFERS.empty((len(source) // 4 * 3 - padding,), _BYTE)
     written = 0
-    for start in range(0, len(source), PIECE_CHARS):
-        piece = pybase64.b64decode(source[start : start + PIECE_CHARS], validate=True)
-        if len(piece) != min(PIECE_BYTES, len(raw) - written):
+    for start in range(0, len(source), DECODE_PIECE_CHARS):
+        piece = pybase64.b64decode(source[start : start + DECODE_PIECE_CHARS], validate=True)
+        if len(piece) != min(DECODE_PIECE_BYTES, len(raw) - written):
             # "=" ends the data: the codec accepts it at the end of any piece.
             raise ValueError("padding before the end of the data")
         raw[written : written + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
