@@ -10,33 +10,8 @@ import numpy as np
 from service.client._exceptions import ResponseError
 from service.client._types import Array, ArrayLike, Encoding
 from service.codecs._base64 import Base64Output, Base64Text, b64decode
-from service.codecs._dtypes import to_le_bytes
-
-WIRE_DTYPES = (
-    "float16",
-    "bfloat16",
-    "float32",
-    "float64",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "bool",
-)
-OIP_DATATYPES = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "bfloat16": "BF16",
-    "float32": "FP32",
-    "float64": "FP64",
-}
-_WIRE_OF_OIP = {oip: wire for wire, oip in OIP_DATATYPES.items()}
+from service.codecs._dtypes import WIRE_DTYPES, from_le_bytes, numpy_dtype, to_le_bytes
+from service.codecs._oip import OIP_DATATYPES, OIP_OF_WIRE
 
 
 def is_array(value: object) -> bool:
@@ -72,27 +47,18 @@ def encode(value: ArrayLike, name: str, encoding: Encoding) -> Any:
     }
 
 
-def numpy_dtype(name: str) -> np.dtype[Any]:
-    if name == "bfloat16":
-        import ml_dtypes  # only needed for bfloat16, like the service
-
-        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-        return bfloat16
-    return np.dtype(name).newbyteorder("<")
-
-
 def decode(value: Any, name: str) -> Array | None:
     """An output tensor as sent (an encoded object, nested lists, a number, or null)."""
     if value is None:
         return None
     if isinstance(value, Mapping):
         try:
-            dtype = numpy_dtype(str(value["dtype"]))
+            wire = str(value["dtype"])
             data = value["data"]
             if not isinstance(data, str | Base64Text):
                 raise TypeError(f"data is a {type(data).__name__}, not base64 text")
             shape = tuple(int(n) for n in value["shape"])
-            return b64decode(data).view(dtype).reshape(shape)
+            return from_le_bytes(b64decode(data), wire).reshape(shape)
         except (KeyError, TypeError, ValueError) as error:
             raise ResponseError(f"{name}: not an encoded tensor ({error})") from None
     return np.asarray(value, dtype=np.float64)
@@ -105,7 +71,7 @@ def oip_input(name: str, value: ArrayLike) -> tuple[dict[str, Any], memoryview]:
     entry = {
         "name": name,
         "shape": list(array.shape),
-        "datatype": OIP_DATATYPES[array.dtype.name],
+        "datatype": OIP_OF_WIRE[array.dtype.name],
         "parameters": {"binary_data_size": len(raw)},
     }
     return entry, raw
@@ -115,14 +81,14 @@ def oip_output(entry: Mapping[str, Any], binary: memoryview, offset: int) -> tup
     """An OIP output as an array, from its binary bytes at `offset` or its JSON `data`."""
     try:
         shape = tuple(int(n) for n in entry["shape"])
-        dtype = numpy_dtype(_WIRE_OF_OIP[str(entry["datatype"])])
+        wire = OIP_DATATYPES[str(entry["datatype"])]
         size = (entry.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             chunk = binary[offset : offset + int(size)]
             if len(chunk) != int(size):
                 raise ValueError(f"{size} bytes announced, {len(chunk)} left")
-            return np.frombuffer(chunk, dtype=dtype).reshape(shape), offset + int(size)
+            return from_le_bytes(chunk, wire).reshape(shape), offset + int(size)
         data = [np.nan if v is None else v for v in entry.get("data", [])]
-        return np.asarray(data, dtype=dtype).reshape(shape), offset
+        return np.asarray(data, dtype=numpy_dtype(wire)).reshape(shape), offset
     except (KeyError, TypeError, ValueError) as error:
         raise ResponseError(f"an output of the inference answer is malformed ({error})") from None

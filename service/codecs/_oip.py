@@ -42,7 +42,7 @@ OIP_DATATYPES: dict[str, str] = {
     "FP32": "float32",
     "FP64": "float64",
 }
-_OIP_OF_WIRE = {wire: oip for oip, wire in OIP_DATATYPES.items()}
+OIP_OF_WIRE = {wire: oip for oip, wire in OIP_DATATYPES.items()}
 HEADER_LENGTH = "inference-header-content-length"
 
 
@@ -120,17 +120,17 @@ def _cast_exactly(values: NDArray[Any], wire: str, path: FieldPath) -> NDArray[A
     dtype = numpy_dtype(wire)
     if dtype.kind in "iub":
         if values.dtype.kind == "f" and not np.all(values == np.floor(values)):
-            raise invalid(path, f"datatype {_OIP_OF_WIRE[wire]} needs whole numbers")
+            raise invalid(path, f"datatype {OIP_OF_WIRE[wire]} needs whole numbers")
         info = np.iinfo(dtype) if dtype.kind in "iu" else None
         if (
             info is not None
             and values.size
             and (values.min() < info.min or values.max() > info.max)
         ):
-            raise invalid(path, f"values do not fit datatype {_OIP_OF_WIRE[wire]}")
+            raise invalid(path, f"values do not fit datatype {OIP_OF_WIRE[wire]}")
     with np.errstate(over="ignore"):  # an overflow to inf is reported by check_finite
         return values.astype(dtype)
 
 
 def oip_datatype(array: NDArray[Any]) -> str:
-    return _OIP_OF_WIRE[wire_name(array.dtype)]
+    return OIP_OF_WIRE[wire_name(array.dtype)]
