@@ -32,14 +32,16 @@ async def read_body(request: Request) -> JsonBody:
     into: BodyInto | None = request.scope.get("extensions", {}).get(BODY_INTO)
     if into is not None:
         into.start(view)  # the server fills `view`; the messages that follow are empty
-    received = 0 if into is None else into.filled
-    async for chunk in request.stream():
-        if received + len(chunk) > size:  # an HTTP server frames the body by Content-Length
-            raise InvalidInput(f"Content-Length: the body is longer than {size} bytes")
-        view[received : received + len(chunk)] = chunk
-        received += len(chunk)
-    if into is not None:
+        async for _ in request.stream():  # until the body is in, or the client is gone
+            pass
         received = into.filled
+    else:
+        received = 0
+        async for chunk in request.stream():
+            if received + len(chunk) > size:  # an HTTP server frames the body by its length
+                raise InvalidInput(f"Content-Length: the body is longer than {size} bytes")
+            view[received : received + len(chunk)] = chunk
+            received += len(chunk)
     if received < size:  # a client that ends the body early disconnects; not an HTTP server
         raise InvalidInput(f"Content-Length: the body ends after {received} of {size} bytes")
     return view
