@@ -4,28 +4,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
-from service.api import create_app
-from service.api.catalogue import BY_NAME, LOSSES
-from service.api.compute import ComputeContext
-from service.api.routing import OrjsonResponse
-from service.api.schemas.common import tensor_fields
-from service.api.server_protocol import BodyIntoProtocol
+from service.codecs import body_pieces
 from service.config import Settings, get_settings
+from service.core import BY_NAME, LOSSES, Context
+from service.core.offline import offline_loss
+from service.core.responses import render_json
 from service.engine import select_backend
 from service.errors import LossServiceError
-from service.logs import logging_config
-from service.offline import compute_loss, load_arrays
+from service.npy_files import load_arrays
 
 COMPUTE_EPILOG = """\
 Inputs are named as in the HTTP API: --logits a.npy --labels b.npy; --NAME file.npz takes the
@@ -48,21 +43,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    if args.command == "openapi":
-        json.dump(create_app(settings).openapi(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
     if args.command == "compute":
         sys.exit(_compute(args, settings))
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_config=logging_config(settings.log_level, settings.log_format),
-        log_level=settings.log_level,
-        access_log=False,  # the app logs one line per request itself (service.api.observe)
-        http=cast(type[asyncio.Protocol], BodyIntoProtocol),  # a buffered one: uvicorn takes it
-    )
+    # The server's modules (FastAPI, uvicorn) are imported only by the commands that use them.
+    from service.api import server
+
+    if args.command == "openapi":
+        json.dump(server.openapi_document(settings), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    server.serve(settings, host=args.host, port=args.port)
 
 
 def _add_compute(commands: Any) -> None:
@@ -76,7 +66,7 @@ def _add_compute(commands: Any) -> None:
     compute.add_argument("loss", choices=list(BY_NAME), metavar="LOSS", help="e.g. cross-entropy")
     compute.add_argument("npz", nargs="*", metavar="FILE.npz", help="arrays named as inputs")
     inputs = compute.add_argument_group("inputs (each a .npy, .npz or .npz:KEY)")
-    for name in sorted({name for spec in LOSSES for name in tensor_fields(spec.request)}):
+    for name in sorted({name for spec in LOSSES for name in spec.inputs}):
         inputs.add_argument(f"--{name}", metavar="PATH", dest=f"input_{name}")
     compute.add_argument(
         "-o",
@@ -124,13 +114,13 @@ def _compute(args: argparse.Namespace, settings: Settings) -> int:
 
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = _ProgressLine(args.loss) if show else None
-    compute = ComputeContext(backend=select_backend(settings.device), settings=settings)
+    ctx = Context(select_backend(settings.device), settings)
     try:
-        response = compute_loss(
+        response = offline_loss(
             BY_NAME[args.loss],
             arrays,
             options,
-            compute,
+            ctx=ctx,
             chunk_rows=args.chunk_rows,
             progress=progress,
         )
@@ -141,8 +131,8 @@ def _compute(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if progress is not None:
             progress.close()
-    # Rendered by the HTTP route's own response class: the same bytes the API would send.
-    text = bytes(OrjsonResponse(response).body) + b"\n"
+    # Rendered as the HTTP route renders it: the same bytes the API would send.
+    text = b"".join(body_pieces(render_json(response))) + b"\n"
     if args.out is None:
         sys.stdout.buffer.write(text)
         sys.stdout.flush()

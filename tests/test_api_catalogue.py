@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.catalogue import BY_NAME, LOSSES
+from service.core.registry import BY_NAME, LOSSES
 from service.engine import reduce_loss
 
 pytestmark = pytest.mark.anyio

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from service import engine
-from service.api.catalogue import BY_NAME
+from service.core.registry import BY_NAME
 
 pytestmark = pytest.mark.anyio
 

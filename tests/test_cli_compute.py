@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 
 from service import cli
-from service.api.catalogue import BY_NAME
-from service.api.compute import ComputeContext
+from service.codecs import body_pieces
 from service.config import Settings
+from service.core import Context
+from service.core.offline import offline_loss
+from service.core.registry import BY_NAME
+from service.core.responses import render_json
 from service.engine import CPU
-from service.offline import compute_loss, load_arrays
+from service.npy_files import load_arrays
 from tests.live_server import _env
 from tests.test_server import _console_script
 
@@ -42,9 +45,9 @@ def run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
 def offline(
     name: str, arrays: dict[str, Any], chunk_rows: int | None = None, **options: Any
 ) -> Any:
-    compute = ComputeContext(backend=CPU, settings=SETTINGS)
-    response = compute_loss(BY_NAME[name], arrays, options, compute, chunk_rows=chunk_rows)
-    return json.loads(cli.OrjsonResponse(response).body)
+    ctx = Context(CPU, SETTINGS)
+    response = offline_loss(BY_NAME[name], arrays, options, ctx=ctx, chunk_rows=chunk_rows)
+    return json.loads(b"".join(body_pieces(render_json(response))))
 
 
 def encoded(array: np.ndarray) -> dict[str, Any]:
@@ -343,14 +346,14 @@ def test_chunks_bound_the_memory(tmp_path: Path) -> None:
     np.save(tmp_path / "y.npy", RNG.integers(0, classes, rows))
     arrays = {**load_arrays(str(tmp_path / "x.npy"), "logits")}
     arrays.update(load_arrays(str(tmp_path / "y.npy"), "labels"))
-    compute = ComputeContext(backend=CPU, settings=SETTINGS)
+    ctx = Context(CPU, SETTINGS)
 
     def peak(chunk_rows: int) -> int:
-        compute_loss(BY_NAME["cross-entropy"], arrays, {}, compute, chunk_rows=chunk_rows)
+        offline_loss(BY_NAME["cross-entropy"], arrays, {}, ctx=ctx, chunk_rows=chunk_rows)
         tracemalloc.start()  # after a first call: the kernels are compiled
         try:
-            response = compute_loss(
-                BY_NAME["cross-entropy"], arrays, {}, compute, chunk_rows=chunk_rows
+            response = offline_loss(
+                BY_NAME["cross-entropy"], arrays, {}, ctx=ctx, chunk_rows=chunk_rows
             )
             return tracemalloc.get_traced_memory()[1]
         finally:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import service.client
-from service.api.catalogue import LOSSES
 from service.client import (
     APIError,
     AsyncLossClient,
@@ -25,6 +24,7 @@ from service.client import (
     ResponseError,
     UnauthorizedError,
 )
+from service.core.registry import LOSSES
 from tests.live_server import running_server
 
 ClientFactory = Callable[..., Any]

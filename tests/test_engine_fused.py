@@ -509,7 +509,7 @@ def test_concurrent_calls_keep_their_own_gradients(monkeypatch: pytest.MonkeyPat
 
 def test_the_catalogue_passes_grad_reduction_to_every_loss_that_takes_it() -> None:
     """The routes fold `mean` into the kernels only for losses flagged in the catalogue."""
-    from service.api.catalogue import BY_NAME
+    from service.core.registry import BY_NAME
 
     for spec in BY_NAME.values():
         takes = "grad_reduction" in inspect.signature(spec.function).parameters

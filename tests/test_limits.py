@@ -22,9 +22,9 @@ import pydantic
 import pytest
 
 from service import engine
-from service.api.catalogue import BY_NAME
 from service.api.concurrency import ComputeGate, _Ticket
 from service.config import Settings
+from service.core.registry import BY_NAME
 from service.errors import ComputeTimeout, Overloaded
 
 pytestmark = pytest.mark.anyio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import subprocess
@@ -276,13 +277,13 @@ async def test_an_unexpected_error_carries_the_request_id(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from service.api.catalogue import BY_NAME
+    from service.core.registry import BY_NAME
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
     spec = BY_NAME["cross-entropy"]
-    monkeypatch.setitem(BY_NAME, "cross-entropy", type(spec)(**{**vars(spec), "function": broken}))
+    monkeypatch.setitem(BY_NAME, "cross-entropy", dataclasses.replace(spec, function=broken))
     with caplog.at_level(logging.INFO):
         response = await client.post(CE, json=BODY, headers={"X-Request-ID": "boom-1"})
     assert response.status_code == 500

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from service.api.catalogue import BY_NAME, LOSSES
+from service.core.registry import BY_NAME, LOSSES
 from service.engine import reduce_loss
 from tests.live_server import running_server
 

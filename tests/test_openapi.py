@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from service.api import create_app
-from service.api.catalogue import LOSSES
 from service.config import Settings
+from service.core.registry import LOSSES
 
 COMMITTED = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
 PROBLEM = "application/problem+json"

@@ -21,7 +21,7 @@ EXAMPLES = [
 
 
 def test_the_readme_has_examples_for_every_loss() -> None:
-    from service.api.catalogue import LOSSES
+    from service.core.registry import LOSSES
 
     paths = {url for url, _ in EXAMPLES}
     for spec in LOSSES:

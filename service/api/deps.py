@@ -1,4 +1,4 @@
-"""Dependencies shared by the routes: settings, API keys, and the compute context.
+"""Dependencies shared by the routes: settings, API keys, and the compute runner.
 
 All are coroutines: FastAPI runs a plain function dependency on the thread pool, a thread hop
 per request for nothing.
@@ -7,15 +7,20 @@ per request for nothing.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.api.compute import ComputeContext
 from service.api.concurrency import ComputeGate
+from service.codecs import request_elements
 from service.config import Settings
+from service.core import Context
 from service.errors import Unauthorized
+
+T = TypeVar("T")
 
 
 async def _settings(request: Request) -> Settings:
@@ -34,13 +39,31 @@ def _gate(request: Request, settings: Settings) -> ComputeGate:
     return gate
 
 
-async def _compute(request: Request, settings: SettingsDep) -> ComputeContext:
-    return ComputeContext(
-        backend=request.app.state.backend, settings=settings, gate=_gate(request, settings)
-    )
+@dataclass(frozen=True)
+class Compute:
+    """Runs a core use case for a route: on a worker thread (heavy NumPy never blocks the event
+    loop), once one of the compute slots is free (`service.api.concurrency`), within
+    `request_timeout_s`, the tensors it decodes holding at most `max_request_elements`."""
+
+    ctx: Context
+    gate: ComputeGate
+
+    async def run(self, use_case: Callable[..., T], *args: object) -> T:
+        """`use_case(*args, ctx=...)`, its result or its exception."""
+        settings = self.ctx.settings
+
+        def work() -> T:
+            return use_case(*args, ctx=self.ctx)
+
+        with request_elements(settings.max_request_elements):
+            return await self.gate.run(work, timeout_s=settings.request_timeout_s)
 
 
-ComputeDep = Annotated[ComputeContext, Depends(_compute)]
+async def _compute(request: Request, settings: SettingsDep) -> Compute:
+    return Compute(Context(request.app.state.backend, settings), _gate(request, settings))
+
+
+ComputeDep = Annotated[Compute, Depends(_compute)]
 
 # Both schemes appear in the OpenAPI document on every operation that requires a key; either
 # one is enough. auto_error=False: the check below answers 401 in the service's own form.

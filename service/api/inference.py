@@ -16,26 +16,26 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from service import __version__
-from service.api.catalogue import LossSpec
-from service.api.compute import ComputeContext, grad_in_dtype, grad_reduction_option
-from service.api.metrics import count_elements
-from service.api.schemas.common import tensor_fields
-from service.api.schemas.losses import loss_options
-from service.api.schemas.oip import (
+from service.codecs import TensorLimits, oip
+from service.codecs._dtypes import to_le_bytes
+from service.codecs._json_body import JsonBody
+from service.core import Context, LossSpec
+from service.core.losses import call_loss
+from service.core.responses import grad_in_dtype
+from service.engine import Array, reduce_loss
+from service.errors import FieldPath, InvalidInput
+from service.schemas.oip import (
     InferRequest,
     ModelMetadata,
     ServerMetadata,
     TensorMetadata,
 )
-from service.codecs import TensorLimits, oip
-from service.codecs._dtypes import to_le_bytes
-from service.codecs._json_body import JsonBody
-from service.engine import Array, reduce_loss
-from service.errors import FieldPath, InvalidInput
+from service.telemetry import count_elements
 
 PLATFORM = "loss-service"
 MODEL_VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "parameters"]
+_DATATYPES = {"index": "INT64", "float": "FP32"}  # what each kind of input is usually sent as
 # Request parameters that belong to the protocol, not to the loss.
 PROTOCOL_PARAMETERS = {"binary_data_output", "priority", "timeout"}
 
@@ -49,8 +49,8 @@ def server_metadata() -> ServerMetadata:
 def model_metadata(spec: LossSpec) -> ModelMetadata:
     """Inputs as the loss names them (any numeric datatype is accepted; the usual is listed)."""
     inputs = [
-        TensorMetadata(name=name, datatype="INT64" if name == "labels" else "FP32", shape=[-1])
-        for name in tensor_fields(spec.request)
+        TensorMetadata(name=name, datatype=_DATATYPES[mark.kind], shape=[-1])
+        for name, mark in spec.inputs.items()
     ]
     outputs = [
         TensorMetadata(name="loss", datatype="FP64", shape=[1]),
@@ -69,7 +69,7 @@ def _grad_outputs(spec: LossSpec) -> list[str]:
 
 
 def infer(
-    spec: LossSpec, body: JsonBody, header_length: str | None, compute: ComputeContext
+    spec: LossSpec, body: JsonBody, header_length: str | None, *, ctx: Context
 ) -> tuple[bytes, list[memoryview]]:
     """One inference: the response's JSON and the binary outputs that follow it (views of the
     output arrays: the response sends them as they are)."""
@@ -79,7 +79,7 @@ def infer(
     if len(set(names)) != len(names):
         raise InvalidInput("inputs: an input name appears twice", field="inputs")
     options = {k: v for k, v in request.parameters.items() if k not in PROTOCOL_PARAMETERS}
-    for name in options.keys() & tensor_fields(spec.request).keys():
+    for name in options.keys() & spec.inputs.keys():
         raise InvalidInput(
             f"parameters.{name}: {name} is a tensor; send it as an input, not a parameter",
             field=("parameters", name),
@@ -89,14 +89,15 @@ def infer(
         spec.request,
         {**options, **{name: [] for name in names}},
         ("parameters",),
-        inputs=list(tensor_fields(spec.request)),
+        inputs=list(spec.inputs),
     )
-    arrays = _decode_inputs(spec, request, binary, compute)
-    result = spec.function(
-        **arrays,
-        **loss_options(loss_request),
+    arrays = _decode_inputs(spec, request, binary, ctx)
+    result = call_loss(
+        spec,
+        arrays,
+        loss_request,
         compute_dtype=loss_request.compute_dtype,
-        **grad_reduction_option(spec, loss_request),
+        reduction=loss_request.reduction,
     )
     reduced = reduce_loss(result, loss_request.reduction, empty=loss_request.empty)
 
@@ -127,7 +128,7 @@ def infer(
                 f"available: {', '.join(available)}",
                 field=("outputs", index, "name"),
             )
-        array = compute.backend.to_numpy(available[name])
+        array = ctx.backend.to_numpy(available[name])
         entry: dict[str, Any] = {
             "name": name,
             "shape": list(array.shape),
@@ -150,10 +151,9 @@ def infer(
 
 
 def _decode_inputs(
-    spec: LossSpec, request: InferRequest, binary: bytes | memoryview, compute: ComputeContext
+    spec: LossSpec, request: InferRequest, binary: bytes | memoryview, ctx: Context
 ) -> dict[str, Array]:
-    marks = tensor_fields(spec.request)
-    limits = TensorLimits(max_elements=compute.settings.max_elements)
+    limits = TensorLimits(max_elements=ctx.settings.max_elements)
     arrays, offset = {}, 0
     for index, item in enumerate(request.inputs):
         field: FieldPath = ("inputs", index)
@@ -167,7 +167,7 @@ def _decode_inputs(
                     field=(*field, "parameters", "binary_data_size"),
                 )
             chunk, offset = binary[offset : offset + size], offset + size
-        is_logits = marks[item.name].logits
+        is_logits = spec.inputs[item.name].logits
         array = oip.decode_input(
             item.shape,
             item.datatype,
@@ -178,9 +178,9 @@ def _decode_inputs(
             allow_neg_inf=is_logits,
         )
         if is_logits:
-            compute.check_classes(field, array)
+            ctx.check_classes(field, array)
         count_elements(array.size)
-        arrays[item.name] = compute.backend.asarray(array)
+        arrays[item.name] = ctx.backend.asarray(array)
     if offset != len(binary):
         raise InvalidInput(
             f"the body has {len(binary) - offset} binary bytes that no input claims",

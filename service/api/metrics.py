@@ -5,14 +5,14 @@ Routes are labelled by their template (`/v2/models/{model_name}/infer`), never b
 so that a scanner's 404s cannot grow the number of series; a path no route matches is
 `<unmatched>`.
 
-Decoded tensor elements are counted by `count_elements`, called where the API decodes a tensor:
-one integer addition on the current request's record, published once when the request ends.
+Decoded tensor elements are counted by `service.telemetry.count_elements`, called where the core
+decodes a tensor: one integer addition on the current request's record, published once when the
+request ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +32,9 @@ from prometheus_client.registry import Collector
 
 from service import __version__
 from service.api.problems import problem_responses
+from service.telemetry import RequestRecord
 
 PREFIX = "loss_service"
-UNMATCHED = "<unmatched>"
 # Any other method a client makes up is counted as `other`: labels stay a bounded set.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds: from a cached /healthz to a computation at the default 120 s request timeout.
@@ -58,34 +58,6 @@ LATENCY_BUCKETS = (
 )
 # Bytes: 256 B to 1 GiB in powers of 4 (the default body limit is 512 MiB).
 SIZE_BUCKETS = tuple(float(256 * 4**i) for i in range(12))
-
-
-@dataclass
-class RequestRecord:
-    """What one request adds up to while it runs (the middleware publishes it at the end)."""
-
-    method: str
-    request_id: str
-    route: str = UNMATCHED
-    status: int = 500
-    request_bytes: int = 0
-    response_bytes: int = 0
-    elements: int = 0
-    problem_type: str | None = None
-
-
-current_request: ContextVar[RequestRecord | None] = ContextVar("current_request", default=None)
-
-
-def count_elements(n: int) -> None:
-    """Add `n` decoded tensor elements to the current request (no-op outside a request).
-
-    Called from the request's worker thread: anyio copies the context into it, and the record is
-    the same object, so the addition is seen by the middleware.
-    """
-    record = current_request.get()
-    if record is not None:
-        record.elements += n
 
 
 class _BackendCollector(Collector):

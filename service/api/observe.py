@@ -23,10 +23,11 @@ import anyio
 from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.metrics import UNMATCHED, Metrics, RequestRecord, current_request
+from service.api.metrics import Metrics
 from service.api.problems import OIP_PREFIX, PROBLEM_MEDIA_TYPE, STATUS_OF, TYPE_PREFIX
 from service.errors import InvalidInput
 from service.logs import request_id_var
+from service.telemetry import UNMATCHED, RequestRecord, current_request
 
 logger = logging.getLogger("service.access")
 

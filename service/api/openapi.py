@@ -9,8 +9,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service.api.problems import Problem
-from service.api.schemas.oip import InferRequest
 from service.codecs import WIRE_DTYPES
+from service.schemas.oip import InferRequest
 
 TENSOR_SCHEMAS: dict[str, Any] = {
     "Tensor": {

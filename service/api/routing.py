@@ -20,15 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
-import numpy as np
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from service.api.request_body import read_body
-from service.codecs import BodyPiece, body_pieces, dumps_json, loads_json
+from service.codecs import BodyPiece, body_pieces, loads_json
 from service.codecs._json_body import JsonBody
+from service.core.responses import render_json
 
 
 class OrjsonRequest(Request):
@@ -93,16 +92,4 @@ class OrjsonResponse(PiecesResponse):
     def __init__(
         self, content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
     ) -> None:
-        super().__init__(dumps_json(content, default=_fields), status_code, headers)
-
-
-def _fields(value: object) -> dict[str, Any] | list[Any] | float | int | bool:
-    """A response model as its fields, shallowly: their values are JSON-ready already. The
-    arrays orjson does not write natively, 0-d (a scalar loss's gradient) and non-contiguous
-    ones, become Python numbers and lists."""
-    if isinstance(value, BaseModel):
-        return dict(value)
-    if isinstance(value, np.ndarray):
-        items: list[Any] | float | int | bool = value.tolist()
-        return items
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+        super().__init__(render_json(content), status_code, headers)

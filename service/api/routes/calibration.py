@@ -6,20 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from service.api import calibration_reports
-from service.api.compute import ComputeContext
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
 from service.api.routing import OrjsonRoute
-from service.api.schemas.calibration import (
-    CalibrationInputs,
+from service.core.calibration import calibrate, diagram, merge_states
+from service.plots import MEDIA_TYPES, ImageFormat
+from service.schemas.calibration import (
     CalibrationMergeRequest,
     CalibrationRequest,
     CalibrationResponse,
     ReliabilityDiagramRequest,
 )
-from service.engine import calibration
-from service.plots import MEDIA_TYPES, ImageFormat, reliability_diagram
 
 router = APIRouter(
     prefix="/v1/calibration",
@@ -46,11 +43,7 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Calibration report (ECE, MCE, Brier, NLL, ...) with a mergeable state",
 )
 async def calibration_report(body: CalibrationRequest, compute: ComputeDep) -> CalibrationResponse:
-    return await compute.run(_calibration_report, body, compute)
-
-
-def _calibration_report(body: CalibrationRequest, compute: ComputeContext) -> CalibrationResponse:
-    return calibration_reports.report(_decode_inputs(body, compute), body, compute)
+    return await compute.run(calibrate, body)
 
 
 @router.post(
@@ -61,17 +54,7 @@ def _calibration_report(body: CalibrationRequest, compute: ComputeContext) -> Ca
 async def calibration_merge(
     body: CalibrationMergeRequest, compute: ComputeDep
 ) -> CalibrationResponse:
-    return await compute.run(_calibration_merge, body, compute)
-
-
-def _calibration_merge(
-    body: CalibrationMergeRequest, compute: ComputeContext
-) -> CalibrationResponse:
-    states = [
-        calibration.CalibrationState.from_dict(state.model_dump(), ("states", i))
-        for i, state in enumerate(body.states)
-    ]
-    return calibration_reports.response(calibration.merge_report(states), compute)
+    return await compute.run(merge_states, body)
 
 
 @router.post(
@@ -88,22 +71,5 @@ async def reliability_diagram_image(
         ImageFormat, Query(alias="format", description="`png` (600 x 700 px) or `svg`")
     ] = "png",
 ) -> Response:
-    image = await compute.run(_reliability_diagram, body, compute, image_format)
+    image = await compute.run(diagram, body, image_format)
     return Response(content=image, media_type=MEDIA_TYPES[image_format])
-
-
-def _reliability_diagram(
-    body: ReliabilityDiagramRequest, compute: ComputeContext, image_format: ImageFormat
-) -> bytes:
-    report = calibration.calibration_report(
-        **_decode_inputs(body, compute), n_bins=body.n_bins, binning=body.binning
-    )
-    return reliability_diagram(report.metrics, image_format)
-
-
-def _decode_inputs(body: CalibrationInputs, compute: ComputeContext) -> dict[str, Any]:
-    """`logits` or `probs`, and `labels`, on the backend; `probs` counts against max_classes."""
-    arrays, _ = compute.decode_tensors(body)
-    if "probs" in arrays:
-        compute.check_classes(("probs",), arrays["probs"])
-    return arrays

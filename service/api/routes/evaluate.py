@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Response
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
 from service.api.routing import OrjsonResponse, OrjsonRoute
-from service.api.schemas.evaluate import EvaluateRequest, EvaluateResponse
+from service.core.evaluate import EvaluateRequest, EvaluateResponse, evaluate
 
 router = APIRouter(
     prefix="/v1",
@@ -24,5 +24,5 @@ router = APIRouter(
     summary="Several losses from one upload; the softmax is computed once",
     response_model=EvaluateResponse,
 )
-async def evaluate(body: EvaluateRequest, compute: ComputeDep) -> Response:
-    return OrjsonResponse(await compute.run(compute.evaluate, body))
+async def evaluate_route(body: EvaluateRequest, compute: ComputeDep) -> Response:
+    return OrjsonResponse(await compute.run(evaluate, body))

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from service import __version__
 from service.api.problems import problem_responses
-from service.api.schemas import Health, Readiness
+from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"], responses=problem_responses(500))
 

@@ -6,11 +6,12 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Response
 
-from service.api.catalogue import BY_NAME, LOSSES, LossSpec
 from service.api.deps import ComputeDep, require_api_key
 from service.api.problems import problem_responses
 from service.api.routing import OrjsonResponse, OrjsonRoute
-from service.api.schemas import (
+from service.core.losses import compute_loss
+from service.core.registry import BY_NAME, LOSSES, LossSpec
+from service.schemas import (
     LossCatalogue,
     LossRequest,
     LossResponse,
@@ -40,7 +41,7 @@ async def list_losses() -> LossCatalogue:
 def _endpoint(spec: LossSpec) -> Callable[..., Awaitable[Response]]:
     async def endpoint(body: LossRequest, compute: ComputeDep) -> Response:
         # Looked up per request, so that tests can stand a spec in for another.
-        return OrjsonResponse(await compute.run(compute.loss, BY_NAME[spec.name], body))
+        return OrjsonResponse(await compute.run(compute_loss, BY_NAME[spec.name], body))
 
     # FastAPI reads the body's model from the annotation: each loss has its own.
     endpoint.__annotations__["body"] = spec.request

@@ -9,12 +9,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.catalogue import BY_NAME, LossSpec
 from service.api.deps import ComputeDep, require_api_key
 from service.api.inference import infer, model_metadata, server_metadata
 from service.api.request_body import read_body
 from service.api.routing import PiecesResponse
-from service.api.schemas.oip import (
+from service.codecs import oip
+from service.core.registry import BY_NAME, LossSpec
+from service.errors import NotFound
+from service.schemas.oip import (
     InferResponse,
     ModelMetadata,
     ModelReady,
@@ -23,8 +25,6 @@ from service.api.schemas.oip import (
     ServerMetadata,
     ServerReady,
 )
-from service.codecs import oip
-from service.errors import NotFound
 
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -100,7 +100,7 @@ async def _infer(model_name: str, request: Request, compute: ComputeDep) -> Resp
     spec = _spec(model_name)
     body = await read_body(request)
     header_length = request.headers.get(oip.HEADER_LENGTH)
-    json_part, binary = await compute.run(infer, spec, body, header_length, compute)
+    json_part, binary = await compute.run(infer, spec, body, header_length)
     if not binary:
         return PiecesResponse([json_part], media_type="application/json")
     return PiecesResponse(

@@ -1,6 +1,6 @@
 """Request and response bodies, one module per resource, with DESIGN.md's names."""
 
-from service.api.schemas.calibration import (
+from service.schemas.calibration import (
     CalibrationMergeRequest,
     CalibrationOptions,
     CalibrationRequest,
@@ -8,7 +8,7 @@ from service.api.schemas.calibration import (
     CalibrationState,
     ReliabilityDiagramRequest,
 )
-from service.api.schemas.common import (
+from service.schemas.common import (
     Body,
     Logits,
     OptionalLogits,
@@ -18,8 +18,8 @@ from service.api.schemas.common import (
     TensorField,
     tensor_fields,
 )
-from service.api.schemas.health import Health, Readiness
-from service.api.schemas.losses import (
+from service.schemas.health import Health, Readiness
+from service.schemas.losses import (
     BinaryCrossEntropyRequest,
     CrossEntropyRequest,
     LossCatalogue,

@@ -6,16 +6,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from service.api.schemas.common import (
+from service.engine import ComputeDtype, EmptyPolicy, Reduction
+from service.schemas.common import (
     Body,
+    ElementLogits,
+    IndexLabels,
     Logits,
+    OptionalBroadcastTensor,
     OptionalLogits,
+    OptionalSharedTensor,
     OptionalTensor,
     OutputEncoding,
+    SharedTensor,
     Tensor,
     tensor_fields,
 )
-from service.engine import ComputeDtype, EmptyPolicy, Reduction
 
 GradDtype = Literal["input", "float16", "bfloat16", "float32", "float64"]
 
@@ -63,14 +68,14 @@ class ClassIndexRequest(LossRequest):
     """Softmax losses over logits [..., C] with class-index labels."""
 
     logits: Logits = Field(description=LOGITS_DESCRIPTION)
-    labels: Tensor = Field(description=INDEX_LABELS_DESCRIPTION)
+    labels: IndexLabels = Field(description=INDEX_LABELS_DESCRIPTION)
     ignore_index: int = Field(-100, description=IGNORE_INDEX_DESCRIPTION)
 
 
 class ClassBalance(BaseModel):
     """Cui et al. 2019: per-class factors from class counts, (1 - beta) / (1 - beta^n)."""
 
-    class_counts: OptionalTensor = Field(
+    class_counts: OptionalSharedTensor = Field(
         None, description="[C] training counts (> 0); derive class-balanced weights from them"
     )
     class_balance_beta: float | None = Field(
@@ -79,15 +84,15 @@ class ClassBalance(BaseModel):
 
 
 class CrossEntropyRequest(ClassIndexRequest, ClassBalance):
-    labels: Tensor = Field(description="class indices [...] or probabilities [..., C]")
-    weight: OptionalTensor = Field(None, description="[C] rescaling weight per class")
+    labels: IndexLabels = Field(description="class indices [...] or probabilities [..., C]")
+    weight: OptionalSharedTensor = Field(None, description="[C] rescaling weight per class")
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0)
     z_loss: float = Field(0.0, ge=0.0, description="adds z_loss * logsumexp^2 per sample (PaLM)")
 
 
 class FocalRequest(ClassIndexRequest, ClassBalance):
     gamma: float = Field(2.0, ge=0.0, description="focusing parameter; 0 is cross-entropy")
-    alpha: OptionalTensor = Field(
+    alpha: OptionalSharedTensor = Field(
         None, description="[C] per-class factor; `mean` still divides by n_valid (RetinaNet)"
     )
 
@@ -107,26 +112,28 @@ class GeneralizedCrossEntropyRequest(ClassIndexRequest):
 
 
 class ForwardCorrectedCrossEntropyRequest(ClassIndexRequest):
-    transition_matrix: Tensor = Field(
+    transition_matrix: SharedTensor = Field(
         description="[C, C], row i = P(noisy label | clean class i); rows sum to 1"
     )
 
 
 class LogitAdjustedCrossEntropyRequest(ClassIndexRequest):
-    class_prior: OptionalTensor = Field(None, description="[C] class prior (or class_counts)")
-    class_counts: OptionalTensor = Field(None, description="[C] class counts (or class_prior)")
+    class_prior: OptionalSharedTensor = Field(None, description="[C] class prior (or class_counts)")
+    class_counts: OptionalSharedTensor = Field(
+        None, description="[C] class counts (or class_prior)"
+    )
     tau: float = Field(1.0, ge=0.0, description="scale of the log-prior adjustment")
 
 
 class BinaryCrossEntropyRequest(LossRequest):
-    logits: Logits = Field(description="any shape; -inf where the target is 0")
+    logits: ElementLogits = Field(description="any shape; -inf where the target is 0")
     labels: Tensor = Field(description="targets in [0, 1], the logits' shape")
-    weight: OptionalTensor = Field(None, description="broadcasts to the logits' shape")
-    pos_weight: OptionalTensor = Field(None, description="weight of positives, e.g. [C]")
+    weight: OptionalBroadcastTensor = Field(None, description="broadcasts to the logits' shape")
+    pos_weight: OptionalBroadcastTensor = Field(None, description="weight of positives, e.g. [C]")
 
 
 class SigmoidFocalRequest(LossRequest):
-    logits: Logits = Field(description="any shape; -inf where the target is 0")
+    logits: ElementLogits = Field(description="any shape; -inf where the target is 0")
     labels: Tensor = Field(description="targets in [0, 1], the logits' shape")
     alpha: float | None = Field(
         0.25,
@@ -135,7 +142,7 @@ class SigmoidFocalRequest(LossRequest):
         description="weight of positives (1 - alpha for negatives); null: none",
     )
     gamma: float = Field(2.0, ge=0.0, description="focusing parameter")
-    weight: OptionalTensor = Field(None, description="broadcasts to the logits' shape")
+    weight: OptionalBroadcastTensor = Field(None, description="broadcasts to the logits' shape")
 
 
 class KLDivergenceRequest(LossRequest):
@@ -158,8 +165,8 @@ class BradleyTerryRequest(LossRequest):
 
 class InfoNCERequest(LossRequest):
     query: Tensor = Field(description="[N, D]")
-    keys: Tensor = Field(description="[M, D]")
-    labels: Tensor = Field(description="[N]: the index of each query's positive key")
+    keys: SharedTensor = Field(description="[M, D]")
+    labels: IndexLabels = Field(description="[N]: the index of each query's positive key")
     temperature: float = Field(0.07, gt=0.0)
     normalize: bool = Field(True, description="L2-normalise query and key rows first")
     ignore_index: int = Field(-100, description=IGNORE_INDEX_DESCRIPTION)
@@ -178,7 +185,9 @@ class TripletMarginRequest(LossRequest):
 class RegressionRequest(LossRequest):
     predictions: Tensor = Field(description="any shape")
     targets: Tensor = Field(description="the predictions' shape")
-    weight: OptionalTensor = Field(None, description="broadcasts to the predictions' shape")
+    weight: OptionalBroadcastTensor = Field(
+        None, description="broadcasts to the predictions' shape"
+    )
 
 
 class HuberRequest(RegressionRequest):

@@ -15,14 +15,29 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
 TENSOR_REF = {"$ref": "#/components/schemas/Tensor"}
 
 
+InputRole = Literal["sample", "shared", "broadcast"]
+WireKind = Literal["float", "index"]
+
+
 @dataclass(frozen=True)
 class TensorField:
-    """Marks a field as a tensor for the routes, which decode it with `service.codecs`.
+    """Marks a field as a tensor, and says what the core needs to know about it.
 
-    `logits`: it may hold -inf (a masked class) and its last axis counts against `max_classes`.
+    - `role`: `sample`: axis 0 is the sample axis (one row per sample: logits, labels, query);
+      `shared`: one value for every sample (a class vector `[C]`, a matrix, InfoNCE's keys);
+      `broadcast`: broadcasts elementwise against the inputs, so it is per sample when it has
+      their rank (a BCE `weight` of the logits' shape).
+    - `kind`: `index` for class indices (sent as integers; OIP's INT64), else `float`.
+    - `logits`: it may hold -inf (a masked class) and its last axis counts against
+      `max_classes`.
+    - `class_axis`: the last axis is the class axis, so axis 0 is the sample axis only with at
+      least two axes (softmax losses' logits; not BCE's, whose every element is a sample).
     """
 
+    role: InputRole = "sample"
+    kind: WireKind = "float"
     logits: bool = False
+    class_axis: bool = False
 
 
 # Wrapped in allOf: a bare $ref beside a field's description is resolved by pydantic against its
@@ -42,8 +57,13 @@ _NOT_NULL = AfterValidator(_present)
 
 Tensor = Annotated[Any, TensorField(), _REQUIRED, _NOT_NULL]
 OptionalTensor = Annotated[Any, TensorField(), _OPTIONAL]
-Logits = Annotated[Any, TensorField(logits=True), _REQUIRED, _NOT_NULL]
-OptionalLogits = Annotated[Any, TensorField(logits=True), _OPTIONAL]
+IndexLabels = Annotated[Any, TensorField(kind="index"), _REQUIRED, _NOT_NULL]
+Logits = Annotated[Any, TensorField(logits=True, class_axis=True), _REQUIRED, _NOT_NULL]
+OptionalLogits = Annotated[Any, TensorField(logits=True, class_axis=True), _OPTIONAL]
+ElementLogits = Annotated[Any, TensorField(logits=True), _REQUIRED, _NOT_NULL]
+SharedTensor = Annotated[Any, TensorField(role="shared"), _REQUIRED, _NOT_NULL]
+OptionalSharedTensor = Annotated[Any, TensorField(role="shared"), _OPTIONAL]
+OptionalBroadcastTensor = Annotated[Any, TensorField(role="broadcast"), _OPTIONAL]
 OutputEncoding = Literal["json", "base64"]
 
 

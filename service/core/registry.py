@@ -1,16 +1,23 @@
-"""Every loss the service serves: its name, request body, engine function and reference.
+"""The loss registry: every loss the service serves, declared once.
 
-Adding a loss is one `LossSpec` here: the routes, the OpenAPI document and `GET /v1/losses` are
-built from this list.
+A `LossSpec` names a loss, its engine function, its reference and its request model. The request
+model declares each input (a tensor field: its role, wire kind and whether it holds logits, see
+`service.schemas.common.TensorField`) and each option (a pydantic field with its bounds and
+default). Every adapter reads the loss from here: the REST routes and the OpenAPI document, the
+Open Inference Protocol's models and their metadata, `/v1/evaluate` and evaluation runs, the
+offline CLI and its chunking. Adding a loss is one entry here plus its engine function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from service import engine
-from service.api.schemas.losses import (
+from service.engine import LossResult
+from service.schemas.common import TensorField, tensor_fields
+from service.schemas.losses import (
     BinaryCrossEntropyRequest,
     BradleyTerryRequest,
     CrossEntropyRequest,
@@ -28,7 +35,6 @@ from service.api.schemas.losses import (
     SymmetricCrossEntropyRequest,
     TripletMarginRequest,
 )
-from service.engine import LossResult
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,21 @@ class LossSpec:
     @property
     def operation_id(self) -> str:
         return self.name.replace("-", "_")
+
+    @cached_property
+    def inputs(self) -> dict[str, TensorField]:
+        """The loss's tensor fields, required ones first, each in declaration order."""
+        return tensor_fields(self.request)
+
+    @cached_property
+    def required_inputs(self) -> tuple[str, ...]:
+        fields = self.request.model_fields
+        return tuple(name for name in self.inputs if fields[name].is_required())
+
+    @property
+    def takes_logits_and_labels(self) -> bool:
+        """Whether it can share one upload of `logits` and `labels` (`/v1/evaluate`, runs)."""
+        return {"logits", "labels"} <= self.inputs.keys()
 
 
 LOSSES: tuple[LossSpec, ...] = (

@@ -11,8 +11,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from service.api.schemas.common import Body, OptionalLogits, OptionalTensor, Tensor
 from service.engine.calibration import MAX_CLASSWISE_CELLS, STATE_VERSION, Binning, Task
+from service.schemas.common import Body, OptionalLogits, OptionalTensor, Tensor
 
 MAX_BINS = 1000
 MAX_TOP_K = 32
