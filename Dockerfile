@@ -11,9 +11,10 @@
 ARG PYTHON_IMAGE=python:3.12-slim
 ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
 
-# Both builders: dependencies first, read from pyproject.toml alone, so that a change to the code
-# reuses that layer; then the project as a wheel; then pip, setuptools and wheel leave the venv, so
-# the runtime stages carry no build tools. `loss-service --help` proves the entry point imports.
+# Both builders: dependencies first, read from pyproject.toml at the versions of constraints.txt
+# (`make lock`), so that a change to the code reuses that layer; then the project as a wheel;
+# then pip, setuptools and wheel leave the venv, so the runtime stages carry no build tools.
+# `loss-service --help` proves the entry point imports.
 
 # ---- target `cuda`: the `gpu` extra on the CUDA runtime image -------------------------------
 FROM ${CUDA_IMAGE} AS cuda-base
@@ -26,10 +27,10 @@ RUN apt-get update \
 FROM cuda-base AS cuda-builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml scripts/requirements_from_pyproject.py ./
+COPY pyproject.toml constraints.txt scripts/requirements_from_pyproject.py ./
 RUN python3 -m venv /opt/venv \
     && python3 requirements_from_pyproject.py gpu > /tmp/requirements.txt \
-    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt -c constraints.txt
 COPY README.md ./
 COPY service ./service
 RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/dist . \
@@ -61,10 +62,10 @@ CMD ["loss-service", "serve", "--host", "0.0.0.0", "--port", "8000"]
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml scripts/requirements_from_pyproject.py ./
+COPY pyproject.toml constraints.txt scripts/requirements_from_pyproject.py ./
 RUN python3 -m venv /opt/venv \
     && python3 requirements_from_pyproject.py > /tmp/requirements.txt \
-    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt -c constraints.txt
 COPY README.md ./
 COPY service ./service
 RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/dist . \

@@ -1,35 +1,47 @@
 # The two commands of the README: `make run` starts the service, `make test` runs the whole suite.
-# Both build their own virtual environment in .venv from pyproject.toml.
+# Both build their own virtual environment in .venv from pyproject.toml, at the versions of
+# constraints.txt (`make lock` regenerates it): `make run` the runtime dependencies only,
+# `make test` the test extra on top.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck pytest openapi clean ci container-check deploy-check
+.PHONY: run test lint typecheck pytest openapi clean ci container-check deploy-check lock
 
-$(BIN)/activate: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(BIN)/activate
+$(RUNTIME): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PIP_INSTALL) -e .
+	touch $@
 
-run: $(BIN)/activate
+$(TESTING): $(RUNTIME)
+	$(PIP_INSTALL) -e '.[test]'
+	touch $@
+
+run: $(RUNTIME)
 	$(BIN)/loss-service serve --host $(HOST) --port $(PORT)
 
 test: lint typecheck pytest
 
-lint: $(BIN)/activate
+lint: $(TESTING)
 	$(BIN)/ruff check service tests bench scripts
 	$(BIN)/ruff format --check service tests bench scripts
 
-typecheck: $(BIN)/activate
+typecheck: $(TESTING)
 	$(BIN)/mypy service
 
-pytest: $(BIN)/activate
+pytest: $(TESTING)
 	$(BIN)/pytest
 
-openapi: $(BIN)/activate
+lock:
+	bash scripts/lock.sh
+
+openapi: $(RUNTIME)
 	mkdir -p openapi && $(BIN)/loss-service openapi > openapi/openapi.json.tmp && mv openapi/openapi.json.tmp openapi/openapi.json
 
 # CI (.ci/run) adds two checks to `make test`; both need root and network access to Debian's

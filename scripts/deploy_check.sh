@@ -23,13 +23,11 @@ step() { printf '[deploy-check %3ss] %s\n' $((SECONDS - start)) "$*"; }
 if [[ ! -x .venv/bin/python ]]; then
     step "create .venv"
     python3 -m venv .venv
-    # The Makefile installs the project when .venv/bin/activate is older than pyproject.toml:
-    # a venv made here must not look up to date to `make test`.
-    touch -d @0 .venv/bin/activate
 fi
 mapfile -t tools < <(python3 scripts/requirements_from_pyproject.py --only ci)
 step "tools: ${tools[*]}"
-timeout 600 .venv/bin/pip install --quiet --disable-pip-version-check "${tools[@]}"
+timeout 600 .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt \
+    "${tools[@]}"
 BIN=$PWD/.venv/bin
 
 step "hadolint $("$BIN/hadolint" --version | awk '{print $NF}'): Dockerfile"

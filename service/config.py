@@ -49,9 +49,15 @@ class Settings(BaseSettings):
     max_bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples per calibration request"
     )
-    # glibc: freed memory the process keeps for the next large body (service.api.malloc)
+    # glibc: freed memory the process keeps for the next large body (service._compat.glibc_malloc)
     retain_freed_bytes: int = Field(
         1024 * MiB, ge=0, description="freed memory kept for reuse; 0: the C library's default"
+    )
+    library_internals: bool = Field(
+        True,
+        description="use the transport optimisations that rely on other libraries' internals "
+        "(each checked at start); false: uvicorn's own protocol and the C library's allocator "
+        "defaults, with the same answers",
     )
     api_keys: CommaSeparated = Field(default_factory=list, description="comma-separated")
     api_keys_file: Path | None = Field(

@@ -13,7 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import AsyncLossClient, LossClient, _network
+from service._compat import httpx_reads as _network
+from service.client import AsyncLossClient, LossClient
 from service.client._transfer import async_exchange, exchange
 
 # A readiness answer several reads long: the clients' `readyz()` parses it.

@@ -1,4 +1,4 @@
-"""`service.api.malloc`: glibc keeps freed memory when asked, and nothing changes when not."""
+"""`service._compat.glibc_malloc`: glibc keeps freed memory when asked, nothing changes when not."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from service.api.malloc import retain_freed_memory
+from service._compat.glibc_malloc import retain_freed_memory
 from service.config import Settings
 
 

@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service._compat.uvicorn_body_into import BODY_INTO, BodyIntoProtocol
 from service.api.request_body import read_body
-from service.api.server_protocol import BODY_INTO, BodyIntoProtocol
 from service.codecs._json_body import LARGE_BODY_BYTES
 
 LARGE = LARGE_BODY_BYTES * 3 + 12345  # several reads' worth, and not a round number

@@ -12,9 +12,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from service import __version__
+from service._compat.glibc_malloc import retain_freed_memory
 from service.api import docs, metrics, openapi, problems
 from service.api.body_limit import BodyLimitMiddleware
-from service.api.malloc import retain_freed_memory
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, losses, oip
 from service.config import Settings, get_settings
@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        retain_freed_memory(settings.retain_freed_bytes)
+        if settings.library_internals:
+            retain_freed_memory(settings.retain_freed_bytes)
         # Chosen once: every request of this process computes on the same backend.
         app.state.backend = select_backend(settings.device)
         # The fused CPU kernels compile (seconds) or load from numba's cache (well under one)

@@ -6,7 +6,7 @@ every 4 KiB page then faults on first touch (~25 ms per 44 MB on the 2-core mach
 on: more than the copy itself). A body that declares a Content-Length of at least
 `LARGE_BODY_BYTES` goes instead into a pooled mmap (`body_view`: huge pages, 512x fewer faults,
 and no faults at all once the pool holds a buffer of that size). Under `loss-service serve`
-the server reads the socket straight into it (`service.api.server_protocol`); under any other
+the server reads the socket straight into it (`service._compat.uvicorn_body_into`); under any other
 ASGI server the chunks it hands over are copied in as they arrive. The mmap is what
 `service.codecs.loads_json` scans (`find`) and what views of the body (OIP binary tensors,
 base64 text) point into; it is reused once the last of them is gone.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from service.api.server_protocol import BODY_INTO, BodyInto
+from service._compat.uvicorn_body_into import BODY_INTO, BodyInto
 from service.codecs._json_body import LARGE_BODY_BYTES, JsonBody, body_view
 from service.errors import InvalidInput
 

@@ -31,16 +31,22 @@ from service.core.responses import render_json
 
 
 class OrjsonRequest(Request):
+    """FastAPI reads a JSON body with `body()` then `json()`, and nothing else of the request;
+    both are cached here, under names of this class (Starlette's own caches are private)."""
+
+    _read: JsonBody | None = None
+    _parsed: Any = None
+
     async def body(self) -> bytes:
-        if not hasattr(self, "_body"):
+        if self._read is None:
             # An mmap for a large body: FastAPI only tests it for emptiness, then asks json().
-            self._body = cast(bytes, await read_body(self))
-        return self._body
+            self._read = await read_body(self)
+        return cast(bytes, self._read)
 
     async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = loads_json(cast(JsonBody, await self.body()))
-        return self._json
+        if self._parsed is None:
+            self._parsed = loads_json(cast(JsonBody, await self.body()))
+        return self._parsed
 
 
 class OrjsonRoute(APIRoute):
@@ -63,19 +69,15 @@ class PiecesResponse(Response):
         headers: Mapping[str, str] | None = None,
         media_type: str | None = None,
     ) -> None:
-        self.pieces = pieces
-        self.status_code = status_code
-        self.media_type = media_type or self.media_type
-        self.background = None
+        # Starlette's Response with no content of its own: it sets the status, the media type
+        # and the headers, and keeps the Content-Length given here (the pieces' total).
         fields = {key.lower(): value for key, value in (headers or {}).items()}
-        fields["content-length"] = str(sum(len(piece) for piece in self.pieces))
-        fields.setdefault("content-type", self.media_type or "application/octet-stream")
-        self.raw_headers = [
-            (key.encode("latin-1"), value.encode("latin-1")) for key, value in fields.items()
-        ]
+        fields["content-length"] = str(sum(len(piece) for piece in pieces))
+        super().__init__(None, status_code, fields, media_type or self.media_type)
+        self.pieces = pieces
 
-    @property
-    def body(self) -> bytes:  # type: ignore[override]
+    def joined(self) -> bytes:
+        """The whole body in one buffer (for tests and small answers)."""
         return b"".join(body_pieces(self.pieces))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

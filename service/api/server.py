@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, cast
+from typing import Any
 
 import uvicorn
 
+from service._compat.uvicorn_body_into import protocol_for_uvicorn
 from service.api.app import create_app
-from service.api.server_protocol import BodyIntoProtocol
 from service.config import Settings
 from service.logs import logging_config
 
@@ -21,7 +20,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         log_config=logging_config(settings.log_level, settings.log_format),
         log_level=settings.log_level,
         access_log=False,  # the app logs one line per request itself (service.api.observe)
-        http=cast(type[asyncio.Protocol], BodyIntoProtocol),  # a buffered one: uvicorn takes it
+        # A buffered protocol where it checks out (uvicorn takes any protocol class), else its own.
+        http=protocol_for_uvicorn(enabled=settings.library_internals),  # type: ignore[arg-type]
     )
 
 

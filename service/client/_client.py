@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 
 from service import __version__
-from service.client import _network
+from service._compat import httpx_reads
 from service.client._exceptions import ResponseError, error_from_response
 from service.client._models import (
     EvaluateResult,
@@ -182,7 +182,7 @@ class LossClient:
             base_url=base_url,
             headers=_Requests.headers(api_key, headers),
             timeout=timeout,
-            transport=transport or _network.transport(),
+            transport=transport or httpx_reads.transport(),
         )
         if http_client is not None:
             http_client.headers.update(_Requests.headers(api_key, headers))
@@ -274,7 +274,7 @@ class AsyncLossClient:
             base_url=base_url,
             headers=_Requests.headers(api_key, headers),
             timeout=timeout,
-            transport=transport or _network.async_transport(),
+            transport=transport or httpx_reads.async_transport(),
         )
         if http_client is not None:
             http_client.headers.update(_Requests.headers(api_key, headers))

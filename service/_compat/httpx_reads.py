@@ -7,17 +7,22 @@ over loopback from a plain socket server (that server's own one-way floor: ~9 ms
 stop paying: each read returns a fresh `bytes`, and from ~1 MiB those are fresh pages.
 
 The streams wrap httpcore's own, so timeouts, TLS and errors are httpcore's; the transports are
-httpx's, with their connection pool given these streams (httpx has no option for it). Where the
-environment names a proxy, the client leaves httpx its own transports, which honour it.
+httpx's, with their connection pool given these streams: httpx has no option for it, so its
+private `_pool` is replaced, after a check that it is the httpcore pool the transport sends
+through (else httpx's own transport, with one warning line). Where the environment names a proxy,
+the client leaves httpx its own transports, which honour it.
 """
 
 from __future__ import annotations
 
+import functools
 import urllib.request
 from typing import Any
 
 import httpcore
 import httpx
+
+from service._compat import fall_back
 
 READ_BYTES = 256 * 1024
 
@@ -92,10 +97,38 @@ def _proxied() -> bool:
     return bool(urllib.request.getproxies())
 
 
+@functools.cache
+def self_check() -> str | None:
+    """None when httpx's transports send through an httpcore pool held in `_pool`, as the
+    large-read transports assume; otherwise what is different."""
+    for transport_class, pool_class in (
+        (httpx.HTTPTransport, httpcore.ConnectionPool),
+        (httpx.AsyncHTTPTransport, httpcore.AsyncConnectionPool),
+    ):
+        pool = getattr(transport_class(), "_pool", None)
+        if not isinstance(pool, pool_class):
+            return f"{transport_class.__name__} keeps no {pool_class.__name__} in `_pool`"
+    return None
+
+
+def _usable() -> bool:
+    if _proxied():
+        return False
+    problem = self_check()
+    if problem is not None:
+        _warn_once(problem)
+    return problem is None
+
+
+@functools.cache
+def _warn_once(problem: str) -> None:
+    fall_back("reading answers 256 KiB at a time", problem)
+
+
 def transport() -> httpx.HTTPTransport | None:
     """httpx's default transport (TLS verified, its default limits), reading 256 KiB at a time;
-    None where the environment names a proxy."""
-    if _proxied():
+    None (httpx's own) where the environment names a proxy or httpx is not as expected."""
+    if not _usable():
         return None
     large_reads = httpx.HTTPTransport()
     # The one thing httpx does not expose: the pool's network backend. The transport maps
@@ -108,7 +141,7 @@ def transport() -> httpx.HTTPTransport | None:
 
 def async_transport() -> httpx.AsyncHTTPTransport | None:
     """`transport()` for an `httpx.AsyncClient`."""
-    if _proxied():
+    if not _usable():
         return None
     large_reads = httpx.AsyncHTTPTransport()
     large_reads._pool = httpcore.AsyncConnectionPool(

@@ -1,6 +1,10 @@
 """The HTTP/1.1 protocol `loss-service serve` runs: uvicorn's httptools protocol, but a large
 request body can be read by the kernel straight into the buffer the app parses.
 
+It relies on uvicorn's internals (see `service._compat`): `protocol_for_uvicorn()` drives one
+request through it before the server starts (`self_check`) and hands out uvicorn's own
+`httptools` protocol, with one warning line, when they are not what it expects.
+
 uvicorn hands a body to the app as `bytes` messages: each read is copied from the event loop's
 buffer into `bytes`, by the parser into its body callback's `bytes`, onto the request's
 `bytearray`, into the message's `bytes`, and finally by `read_body` into its buffer. For a 33 MB
@@ -20,11 +24,16 @@ as uvicorn sends them. An app that does not ask gets uvicorn's messages unchange
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from typing import Any
 
 import httptools
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from service._compat import fall_back
 
 BODY_INTO = "loss_service.body_into"
 """The scope's `extensions` key of a request's `BodyInto`."""
@@ -135,3 +144,107 @@ class _HttpToolsInto(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._into, self._rest = None, memoryview(b"")
         super().connection_lost(exc)
+
+
+# -- the check before use ------------------------------------------------------------------------
+
+
+def protocol_for_uvicorn(*, enabled: bool = True) -> type[asyncio.BufferedProtocol] | str:
+    """uvicorn's `http` argument: `BodyIntoProtocol` when this uvicorn drives it as expected,
+    else (or when not `enabled`) uvicorn's own `"httptools"`."""
+    if not enabled:
+        return "httptools"
+    problem = self_check()
+    if problem is not None:
+        fall_back("reading request bodies into the app's buffer", problem)
+        return "httptools"
+    return BodyIntoProtocol
+
+
+@functools.cache
+def self_check() -> str | None:
+    """None when one request driven through `BodyIntoProtocol` (headers, then a body read
+    partly before and partly after the app asks for it, then the answer) comes out right;
+    otherwise what went wrong. Runs its own event loop: call it before the server starts."""
+    try:
+        return asyncio.run(_one_request())
+    except Exception as error:  # any failure means: do not rely on these internals
+        return f"{type(error).__name__}: {error}"
+
+
+class _Transport(asyncio.Transport):
+    """Just enough of a socket's transport for uvicorn's protocol: what it writes is kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _one_request() -> str | None:
+    body = bytes(range(256)) * 1024  # larger than uvicorn's 64 KiB high-water mark
+    received: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        into: BodyInto | None = scope.get("extensions", {}).get(BODY_INTO)
+        if into is None:
+            raise RuntimeError(f"the request scope has no {BODY_INTO} extension")
+        buffer = memoryview(bytearray(len(body)))
+        into.start(buffer)
+        while (await receive()).get("more_body"):
+            pass
+        received.append(bytes(buffer[: into.filled]))
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
+    config.load()
+    protocol = BodyIntoProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    head = b"POST / HTTP/1.1\r\nhost: check\r\ncontent-length: %d\r\n\r\n" % len(body)
+    half = len(body) // 2
+    _feed(protocol, head + body[:half])
+    for _ in range(100):  # the app's task starts, asks for the body, and waits for the rest
+        await asyncio.sleep(0)
+    _feed(protocol, body[half:])
+    for _ in range(100):
+        if transport.written.endswith(b"ok"):
+            break
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    if received != [body]:
+        return "the body read into the app's buffer is not the body sent"
+    if not transport.written.startswith(b"HTTP/1.1 200"):
+        return "the answer is not the app's"
+    return None
+
+
+def _feed(protocol: BodyIntoProtocol, data: bytes) -> None:
+    """`data` as the event loop hands it to a buffered protocol: into the buffers it offers."""
+    view = memoryview(data)
+    while view:
+        buffer = protocol.get_buffer(len(view))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]

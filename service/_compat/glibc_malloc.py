@@ -16,6 +16,8 @@ import ctypes
 import ctypes.util
 import logging
 
+from service._compat import fall_back
+
 logger = logging.getLogger(__name__)
 
 # mallopt(3) parameters
@@ -31,8 +33,11 @@ def retain_freed_memory(retain_freed_bytes: int) -> bool:
         return False
     name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError):  # no C library found, or not glibc
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version  # noqa: B018  # glibc's own: mallopt's parameters are glibc's
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError) as error:  # no C library found, or not glibc
+        fall_back("keeping freed memory for reuse", f"no glibc mallopt ({error})")
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
