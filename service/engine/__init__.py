@@ -13,7 +13,14 @@ from service.engine._dtypes import ComputeDtype, to_compute_dtype
 from service.engine._engine_path import EnginePath, engine_path, warm_up
 from service.engine._namespace import Array, array_namespace
 from service.engine._pairwise import bradley_terry, triplet_margin
-from service.engine._reduction import EmptyPolicy, LossResult, ReducedLoss, Reduction, reduce_loss
+from service.engine._reduction import (
+    EmptyPolicy,
+    LossResult,
+    ReducedLoss,
+    Reduction,
+    reduce_loss,
+    reduce_total,
+)
 from service.engine._regression import huber, mae, mse
 from service.engine._softmax import log_softmax, logsumexp, shared_softmax
 from service.engine._softmax_family import (
@@ -55,6 +62,7 @@ __all__ = [
     "mse",
     "poly1",
     "reduce_loss",
+    "reduce_total",
     "select_backend",
     "shared_softmax",
     "sigmoid_focal",

@@ -51,6 +51,19 @@ def grad_scale(reduction: Reduction, divisor: float) -> float:
     return 1.0 / divisor if reduction == "mean" and divisor != 0 else 1.0
 
 
+def reduce_total(
+    total: float, divisor: float, reduction: Reduction, *, empty: EmptyPolicy = "zero"
+) -> float:
+    """The reduced loss from the float64 sum of the per-sample losses and the divisor of `mean`
+    (see `reduce_loss`). Sums of disjoint batches add up, so this also reduces a whole dataset
+    sent in pieces (evaluation runs)."""
+    if reduction != "mean":
+        return total
+    if divisor == 0:
+        return 0.0 if empty == "zero" else float("nan")
+    return total / divisor
+
+
 def reduce_loss(
     result: LossResult, reduction: Reduction = "mean", *, empty: EmptyPolicy = "zero"
 ) -> ReducedLoss:
@@ -67,14 +80,11 @@ def reduce_loss(
     total = result.total
     if total is None:
         total = float(xp.sum(result.per_sample, dtype=xp.float64))
-    loss = total
+    loss = reduce_total(total, result.divisor, reduction, empty=empty)
     if reduction == "mean" and result.divisor == 0:
-        loss = 0.0 if empty == "zero" else float("nan")
         for grad in result.grads.values():
             grad[...] = 0
     else:
-        if reduction == "mean":
-            loss = total / result.divisor
         # the same float operations as the loss's: exactly 1 when it folded this reduction's scale
         factor = grad_scale(reduction, result.divisor) / result.grad_scale
         if factor != 1:

@@ -27,6 +27,7 @@ from service.engine.calibration._report import (
     CalibrationReport,
     TemperatureFit,
     calibration_report,
+    calibration_state,
     merge_report,
 )
 from service.engine.calibration._smooth import SmoothEce, smooth_ece, smooth_ece_at
@@ -35,10 +36,9 @@ from service.engine.calibration._state import (
     STATE_VERSION,
     BinSums,
     CalibrationState,
-    merge,
-    update,
 )
 from service.engine.calibration._temperature import TemperatureSolution, fit_temperature
+from service.engine.calibration._update import merge, update
 
 __all__ = [
     "BINNINGS",
@@ -60,6 +60,7 @@ __all__ = [
     "TemperatureFit",
     "TemperatureSolution",
     "calibration_report",
+    "calibration_state",
     "compute",
     "fit_temperature",
     "merge",

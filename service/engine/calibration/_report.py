@@ -14,8 +14,9 @@ from service.engine.calibration._bootstrap import BootstrapIntervals, bootstrap
 from service.engine.calibration._inputs import Predictions, from_logit_rows, predictions, samples
 from service.engine.calibration._metrics import CalibrationMetrics, compute
 from service.engine.calibration._smooth import SmoothEce
-from service.engine.calibration._state import CalibrationState, merge, update
+from service.engine.calibration._state import CalibrationState
 from service.engine.calibration._temperature import fit_temperature, scale_logits
+from service.engine.calibration._update import merge, update
 from service.errors import FieldPath, InvalidInput
 
 MAX_TOP_K_ENTRIES = 32
@@ -85,6 +86,21 @@ def calibration_report(
     if smooth_ece:
         smooth = _smooth.smooth_ece(per_sample.confidence, per_sample.outcome)
     return CalibrationReport(metrics, state, temperature, intervals, smooth)
+
+
+def calibration_state(
+    *,
+    logits: Array | None = None,
+    probs: Array | None = None,
+    labels: Array,
+    n_bins: int = 15,
+    binning: Binning = "uniform",
+    top_k: Sequence[int] = (),
+) -> CalibrationState:
+    """The state alone (no metrics): what a batch adds to a sum of states."""
+    check_options(n_bins, binning, top_k, 0, 0.5, None, None)
+    pred = predictions(logits=logits, probs=probs, labels=labels)
+    return update(pred, samples(pred), n_bins=n_bins, binning=binning, top_k=top_k)
 
 
 def merge_report(

@@ -1,4 +1,6 @@
-"""The calibration state: fixed-size sufficient statistics; update makes one, merge adds them.
+"""The calibration state: fixed-size sufficient statistics, and its wire form.
+
+`_update` makes one from a batch (`update`) and adds them (`merge`).
 
 A state holds sums, never samples: per bin the count, the sum of confidences and the sum of
 outcomes (correct top labels; positives for binary), per class and bin the same for classwise
@@ -24,26 +26,22 @@ small.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from types import ModuleType
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service.engine._namespace import Array, array_namespace
 from service.engine.calibration._bins import (
     BINNINGS,
     Binning,
-    assign,
-    quantile_edges,
-    to_host,
     uniform_edges,
 )
-from service.engine.calibration._inputs import NLL_CAP, Predictions, Samples, Task
+from service.engine.calibration._inputs import NLL_CAP, Task
 from service.errors import FieldPath, InvalidInput
 
 STATE_VERSION = 1
+MAX_COUNT = 2**53  # counts are exact integers in JSON (and in the float64 reader) up to here
 MAX_CLASSWISE_CELLS = 2**16  # C * n_bins of the per-class bins a state carries
 
 
@@ -121,140 +119,6 @@ def keeps_classwise(n_classes: int, n_bins: int) -> bool:
     return n_classes * n_bins <= MAX_CLASSWISE_CELLS
 
 
-def update(
-    pred: Predictions,
-    per_sample: Samples,
-    *,
-    n_bins: int,
-    binning: Binning,
-    top_k: Sequence[int],
-) -> CalibrationState:
-    """The state of one batch."""
-    xp = array_namespace(pred.probs)
-    confidence = per_sample.confidence
-    edges = (
-        uniform_edges(n_bins) if binning == "uniform" else quantile_edges(confidence, n_bins, xp=xp)
-    )
-    bins = _bin_sums(
-        assign(confidence, edges, xp=xp), confidence, per_sample.outcome, n_bins, xp=xp
-    )
-    classwise = classwise_edges = None
-    if keeps_classwise(pred.n_classes, n_bins):
-        classwise, classwise_edges = _classwise_sums(pred, n_bins, binning, xp=xp)
-    hits = tuple(int(xp.count_nonzero(per_sample.rank < k)) for k in top_k)
-    return CalibrationState(
-        task=pred.task,
-        n_classes=pred.n_classes,
-        n_bins=n_bins,
-        binning=binning,
-        edges=edges,
-        top_k=tuple(top_k),
-        n=pred.n,
-        n_correct=int(xp.count_nonzero(per_sample.hit)),
-        sum_brier=float(xp.sum(per_sample.brier)),
-        sum_nll=float(xp.sum(per_sample.nll)),
-        top_k_hits=hits,
-        bins=bins,
-        classwise=classwise,
-        classwise_edges=classwise_edges,
-    )
-
-
-def _bin_sums(
-    index: Array, confidence: Array, outcome: Array, length: int, *, xp: ModuleType
-) -> BinSums:
-    """Scatter-add of 1, confidence and outcome (0 or 1) by flat bin index into `length` cells."""
-    return BinSums(
-        to_host(xp.bincount(index, minlength=length)).astype(np.int64),
-        to_host(_weighted_bincount(index, confidence, length, xp=xp)),
-        to_host(xp.bincount(index[outcome != 0], minlength=length)).astype(np.int64),
-    )
-
-
-def _weighted_bincount(index: Array, weights: Array, length: int, *, xp: ModuleType) -> Array:
-    return xp.bincount(index, weights=weights.astype(np.float64), minlength=length)
-
-
-def _classwise_sums(
-    pred: Predictions, n_bins: int, binning: Binning, *, xp: ModuleType
-) -> tuple[BinSums, np.ndarray | None]:
-    """Per class c: bins of p_c against the event `label = c` (Kull et al. 2019).
-
-    The event holds for one element per row, the label's: its sums need only those N cells.
-    """
-    p = pred.probs
-    n, k = p.shape
-    edges = None if binning == "uniform" else quantile_edges(p, n_bins, xp=xp)
-    index = assign(p, uniform_edges(n_bins) if edges is None else edges, xp=xp)
-    index += xp.arange(k) * n_bins  # the flat (class, bin) cell of every element
-    at_label = index[xp.arange(n), pred.labels]
-    length = k * n_bins
-    sums = BinSums(
-        to_host(xp.bincount(index.reshape(-1), minlength=length)).astype(np.int64),
-        to_host(_weighted_bincount(index.reshape(-1), p.reshape(-1), length, xp=xp)),
-        to_host(xp.bincount(at_label, minlength=length)).astype(np.int64),
-    )
-    shape = (k, n_bins)
-    return BinSums(
-        *(a.reshape(shape) for a in (sums.count, sums.sum_confidence, sums.sum_correct))
-    ), edges
-
-
-def merge(states: Sequence[CalibrationState], field: FieldPath = ("states",)) -> CalibrationState:
-    """The state of the union of the shards `states` came from: their sums, added.
-
-    States merge only when they describe the same quantity in the same bins: the same version,
-    task, number of classes, uniform bins of the same count, the same top-k list and classwise
-    bins in all or none. Errors name the first state that differs (`states[2].n_bins`).
-    """
-    if not states:
-        raise InvalidInput(f"{_dotted(field)}: expected at least one state", field=field)
-    first = states[0]
-    for i, state in enumerate(states):
-        where = (*field, i)
-        if not state.mergeable:
-            raise InvalidInput(
-                f"{_dotted((*where, 'binning'))}: quantile bins depend on each shard's data and "
-                "cannot be merged; compute shard states with binning=uniform",
-                field=(*where, "binning"),
-            )
-        for name in ("version", "task", "n_classes", "n_bins", "top_k"):
-            mine, theirs = getattr(state, name), getattr(first, name)
-            if mine != theirs:
-                shown = list(mine) if isinstance(mine, tuple) else mine
-                expected = list(theirs) if isinstance(theirs, tuple) else theirs
-                raise InvalidInput(
-                    f"{_dotted((*where, name))}: {shown!r} differs from "
-                    f"{_dotted((*field, 0, name))} = {expected!r}; states merge only when they "
-                    "agree on version, task, n_classes, n_bins, binning and top_k",
-                    field=(*where, name),
-                )
-        if (state.classwise is None) != (first.classwise is None):
-            raise InvalidInput(
-                f"{_dotted((*where, 'classwise'))}: present in one state and null in another",
-                field=(*where, "classwise"),
-            )
-    classwise = None
-    if first.classwise is not None:
-        classwise = first.classwise
-        for state in states[1:]:
-            assert state.classwise is not None  # checked above
-            classwise = classwise + state.classwise
-    bins = first.bins
-    for state in states[1:]:
-        bins = bins + state.bins
-    return replace(
-        first,
-        n=sum(s.n for s in states),
-        n_correct=sum(s.n_correct for s in states),
-        sum_brier=math.fsum(s.sum_brier for s in states),
-        sum_nll=math.fsum(s.sum_nll for s in states),
-        top_k_hits=tuple(sum(h) for h in zip(*(s.top_k_hits for s in states), strict=True)),
-        bins=bins,
-        classwise=classwise,
-    )
-
-
 # --- wire form --------------------------------------------------------------------------------
 
 
@@ -266,7 +130,7 @@ def _sums_to_lists(sums: BinSums) -> dict[str, Any]:
     }
 
 
-def _dotted(path: FieldPath) -> str:
+def dotted(path: FieldPath) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
@@ -282,7 +146,7 @@ class _StateReader:
 
     def fail(self, path: tuple[str, ...], message: str) -> InvalidInput:
         where = (*self.field, *path)
-        return InvalidInput(f"{_dotted(where)}: {message}", field=where)
+        return InvalidInput(f"{dotted(where)}: {message}", field=where)
 
     def read(self) -> CalibrationState:
         d = self.data
@@ -392,7 +256,7 @@ class _StateReader:
         if not np.all(np.isfinite(values)):
             raise self.fail(path, "values must be finite")
         if dtype is np.int64:
-            if np.any(values != np.floor(values)) or np.any(np.abs(values) > 2**53):
+            if np.any(values != np.floor(values)) or np.any(np.abs(values) > MAX_COUNT):
                 raise self.fail(path, "expected integers (below 2^53)")
             return values.astype(np.int64)
         return values
