@@ -1,8 +1,8 @@
 """Large buffers kept between calls and handed out again once no one else refers to them.
 
 On this kind of machine (a VM that returns freed memory to its host) a fresh 262 MB buffer costs
-40-100 ms of page faults, more than the kernel that fills it (PERF-NOTES.md), and a fresh 44 MB
-request body ~10 ms. A pool keeps such buffers: gradients (`ArrayPool`, `service.engine._fused`)
+40-100 ms of page faults, more than the kernel that fills it (docs/performance.md), and a fresh 44
+MB request body ~10 ms. A pool keeps such buffers: gradients (`ArrayPool`, `service.engine._fused`)
 and request bodies (`service.api.request_body`).
 
 A buffer is idle when the pool holds the only reference to it: every array handed out, and

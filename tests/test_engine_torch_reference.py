@@ -2,8 +2,8 @@
 
 Every recorded case runs: cross-entropy over weights x ignore_index x label smoothing x
 reductions x probability targets x 3-D inputs x float32/float64, BCE over weight x pos_weight,
-and the edge cases. Where the service deliberately differs from PyTorch (DESIGN.md), the test
-checks the documented value instead, and says why.
+and the edge cases. Where the service deliberately differs from PyTorch (docs/conventions.md), the
+test checks the documented value instead, and says why.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.reference import as_array, load_cases
 
 CASES = load_cases()
 
-# PyTorch gives NaN here and the service, by design, does not (DESIGN.md "Edge cases"):
+# PyTorch gives NaN here and the service, by design, does not (docs/conventions.md, "Edge cases"):
 # BCE at a -inf logit with a label of exactly 0 costs 0 (0 * inf = 0), and with every
 # non-ignored label in a zero-weight class PyTorch's gradient is 0/0 while ours is 0.
 DELIBERATE = {

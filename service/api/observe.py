@@ -2,8 +2,8 @@
 
 It is the outermost middleware of the app: the body-limit 413s and CORS answers are counted too.
 It is not a `BaseHTTPMiddleware`, which would buffer bodies and roughly double the latency of
-large requests (PERF-NOTES); it wraps `receive` and `send` and reads nothing it does not need:
-the response body only when it is a small `application/problem+json` (for its `type`).
+large requests (docs/performance.md); it wraps `receive` and `send` and reads nothing it does not
+need: the response body only when it is a small `application/problem+json` (for its `type`).
 
 The request id is the client's `X-Request-ID` when that is short and safe (`REQUEST_ID_PATTERN`),
 otherwise a new one; it is returned in `X-Request-ID`, set in `scope["state"]["request_id"]`

@@ -1,10 +1,10 @@
 """The wire dtypes: their names, the NumPy dtypes they decode to, and their byte order.
 
-Encoded tensors carry raw little-endian, row-major bytes (DESIGN, "Tensors on the wire"). Each
-wire dtype therefore has two NumPy dtypes: the explicit little-endian *storage* dtype the bytes
-are read and written as, and the native dtype the engine computes with. On a little-endian
-machine the two are the same and converting between them costs nothing; on a big-endian one
-NumPy swaps the bytes in that one conversion, so no code here branches on the machine.
+Encoded tensors carry raw little-endian, row-major bytes (docs/conventions.md, "Tensors on the
+wire"). Each wire dtype therefore has two NumPy dtypes: the explicit little-endian *storage* dtype
+the bytes are read and written as, and the native dtype the engine computes with. On a little-endian
+machine the two are the same and converting between them costs nothing; on a big-endian one NumPy
+swaps the bytes in that one conversion, so no code here branches on the machine.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ MAX_NDIM = 64
 
 _BFLOAT16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
 
-# name -> (native dtype, little-endian storage dtype of the same itemsize), in DESIGN order.
+# name -> (native dtype, little-endian storage dtype of the same itemsize), in the order of
+# docs/conventions.md.
 # bfloat16 is stored as '<u2' and viewed as bfloat16 afterwards: ml_dtypes' bfloat16 has no
 # byte-order variants (`newbyteorder('<')` turns it into an untyped 'V2').
 _TABLE: dict[str, tuple[np.dtype[Any], np.dtype[Any]]] = {

@@ -29,7 +29,8 @@ from service.codecs._tensors import (
 )
 from service.errors import FieldPath, InvalidInput
 
-# OIP datatype -> wire dtype (DESIGN.md's names); BYTES (strings) has no place in a loss.
+# OIP datatype -> wire dtype (as docs/conventions.md names them); BYTES (strings) has no place in a
+# loss.
 OIP_DATATYPES: dict[str, str] = {
     "BOOL": "bool",
     "UINT8": "uint8",

@@ -1,7 +1,7 @@
 """Tensor fields on the wire <-> NumPy arrays, with the element limit and the finiteness rules.
 
 A tensor field arrives as whatever the JSON parser produced for it, in one of two forms
-(DESIGN, "Tensors on the wire"):
+(docs/conventions.md, "Tensors on the wire"):
 
 - ``"json"``: a number or nested arrays of numbers, read as int64 when every number is an
   integer and as float64 otherwise;

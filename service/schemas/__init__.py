@@ -1,4 +1,4 @@
-"""Request and response bodies, one module per resource, with DESIGN.md's names."""
+"""Request and response bodies, one module per resource, with the names of docs/conventions.md."""
 
 from service.schemas.calibration import (
     CalibrationMergeRequest,

@@ -1,6 +1,6 @@
 """Bodies of `POST /v1/calibration`, `/v1/calibration/merge` and `/reliability-diagram`.
 
-Field names are DESIGN.md's ("Calibration conventions"). What is mergeable lives in `state`;
+Field names are those of docs/calibration.md. What is mergeable lives in `state`;
 `temperature`, `bootstrap`, `smooth_ece` and quantile bins are computed from the samples of one
 request and cannot be merged, which each field's description says.
 """

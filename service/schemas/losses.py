@@ -1,4 +1,4 @@
-"""Bodies of `POST /v1/losses/{name}`, with DESIGN.md's field names."""
+"""Bodies of `POST /v1/losses/{name}`, with the field names of docs/conventions.md."""
 
 from __future__ import annotations
 
