@@ -59,22 +59,16 @@ def retrying(operation: Callable[[], T], *, retry_after_s: int) -> T:
             retry, reason = _classify(error)
             if reason is None:
                 raise
-            logger.warning(
-                "database error (attempt %d of %d): %s", attempt, MAX_ATTEMPTS, _describe(error)
-            )
             if not retry or attempt == MAX_ATTEMPTS:
+                logger.warning("database error: %s: %s", reason, _describe(error))
                 if isinstance(error, sa_exc.IntegrityError):
                     raise Conflict(
                         "the run changed while this request was applied; try again"
                     ) from error
                 raise DatabaseUnavailable(reason, retry_after_s=retry_after_s) from error
+            logger.info("database busy, retrying (attempt %d): %s", attempt, _describe(error))
             time.sleep(random.uniform(0, _BACKOFF_S * 2**attempt))
     raise AssertionError("unreachable")
-
-
-def unavailable_reason(error: sa_exc.SQLAlchemyError) -> str | None:
-    """Why the database cannot serve now, or None when `error` is not about availability."""
-    return _classify(error)[1]
 
 
 def _classify(error: sa_exc.SQLAlchemyError) -> tuple[bool, str | None]:
