@@ -33,11 +33,9 @@ _RETRY_SQLSTATES = {"40001": "serialization failure", "40P01": "deadlock"}
 _UNAVAILABLE_SQLSTATES = {
     "55P03": "timed out waiting for a lock held by another request",
     "57014": "a statement ran past the statement timeout",
-    "3D000": "the database does not exist",
 }
 _UNAVAILABLE_SQLSTATE_CLASSES = {
     "08": "the connection to the database failed",
-    "28": "the database refused the credentials",
     "53": "the database server is out of resources (connections, memory or disk)",
     "57": "the database server is shutting down or restarting",
 }
@@ -90,6 +88,7 @@ def _classify(error: sa_exc.SQLAlchemyError) -> tuple[bool, str | None]:
             return False, _UNAVAILABLE_SQLSTATES[sqlstate]
         if sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
             return False, _UNAVAILABLE_SQLSTATE_CLASSES[sqlstate[:2]]
+        return False, None  # the server answered: an error in the request, not its state
     errorname = getattr(orig, "sqlite_errorname", None)
     if isinstance(errorname, str):
         if errorname.startswith(_SQLITE_RETRY):
@@ -98,7 +97,8 @@ def _classify(error: sa_exc.SQLAlchemyError) -> tuple[bool, str | None]:
             return False, "the SQLite database file cannot be opened or written"
         return False, None  # SQL errors ("no such table") are bugs, not the database's state
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
-        # psycopg's connect failures (refused, timed out, no such host) carry no SQLSTATE
+        # psycopg's connect failures carry no SQLSTATE: refused, timed out, no such host, and
+        # the server's refusals too (no such database or role, wrong password, too many clients)
         return False, "cannot connect to the database"
     return False, None
 

@@ -189,8 +189,6 @@ class RunStore:
                     return BatchOutcome.DUPLICATE, RunRecord.of(run)
                 if run.status == "closed":
                     raise Conflict("run is closed")
-                totals = fold(run.totals)
-                require_json(totals, "totals")
                 now = _utcnow()
                 session.add(
                     Batch(
@@ -201,6 +199,9 @@ class RunStore:
                         created_at=now,
                     )
                 )
+                session.flush()  # the key first: a clash surfaces before any work is done
+                totals = fold(run.totals)
+                require_json(totals, "totals")
                 run.totals = totals
                 flag_modified(run, "totals")  # `fold` may have returned the same dict, changed
                 run.n_batches += 1
