@@ -74,8 +74,8 @@ class RunStore:
         self._lock_timeout_s = lock_timeout_s
         self._retry_after_s = retry_after_s
         # SQLite admits one writer at a time. This process's threads wait for each other here,
-        # in a queue, rather than in SQLite's busy handler, which polls with sleeps and lets a
-        # writer starve; other processes on the same file still meet the busy timeout.
+        # woken as soon as the writer before them is done, rather than in SQLite's busy handler,
+        # which polls with growing sleeps; other processes on the file meet the busy timeout.
         self._sqlite_writer = threading.Lock() if self.dialect == "sqlite" else None
 
     @property
