@@ -103,14 +103,14 @@ def _sqlite(url: URL, *, lock_timeout_s: float) -> Engine:
 def _postgresql(
     url: URL, *, connect_timeout_s: float, lock_timeout_s: float, statement_timeout_s: float
 ) -> Engine:
-    ms = _milliseconds
+    idle_s = max(statement_timeout_s, 60)
     options = " ".join(
         (
-            f"-c lock_timeout={ms(lock_timeout_s)}",
-            f"-c statement_timeout={ms(statement_timeout_s)}",
+            f"-c lock_timeout={_milliseconds(lock_timeout_s)}",
+            f"-c statement_timeout={_milliseconds(statement_timeout_s)}",
             # A client that stopped mid-transaction (SIGSTOP, a hung host) must not hold a run's
             # row lock forever; a killed one closes its socket and is rolled back at once.
-            f"-c idle_in_transaction_session_timeout={ms(max(statement_timeout_s, 60))}",
+            f"-c idle_in_transaction_session_timeout={_milliseconds(idle_s)}",
         )
     )
     return create_engine(

@@ -30,6 +30,10 @@ def test_a_created_run_reads_back_as_created(store: RunStore) -> None:
     assert store.get_run(created.id) == created
 
 
+def test_a_reachable_database_passes_the_check(store: RunStore) -> None:
+    store.check()
+
+
 def test_an_unknown_run_is_not_found(store: RunStore) -> None:
     missing = uuid.uuid4()
     for call in (
