@@ -1,4 +1,4 @@
-"""The exceptions raised by the engine and the codecs.
+"""The exceptions raised by the engine, the codecs and the database layer.
 
 The API maps each class to one HTTP status and an RFC 9457 problem type, in one place
 (`service.api.problems`). Nothing here knows about HTTP.
@@ -6,11 +6,13 @@ The API maps each class to one HTTP status and an RFC 9457 problem type, in one 
     LossServiceError
      ├── InvalidInput       a value breaks the contract: bad shape, NaN, label out of range (422)
      ├── LimitExceeded      a body or tensor over a configured size limit (413)
-     ├── NotFound           no such model (the Open Inference Protocol's 404)
+     ├── NotFound           no such model or run (404)
+     ├── Conflict           the request contradicts stored state: a closed run, a reused key (409)
      ├── Unauthorized       API keys are configured and the request has none of them (401)
      └── ServiceUnavailable  try again later: the answer carries `Retry-After` (503)
-          ├── ComputeTimeout     the computation outlived the request timeout
-          └── Overloaded         every compute slot stayed busy past the queue timeout
+          ├── ComputeTimeout       the computation outlived the request timeout
+          ├── Overloaded           every compute slot stayed busy past the queue timeout
+          └── DatabaseUnavailable  the database cannot be reached, or stayed busy too long
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class NotFound(LossServiceError):
     title = "Not found"
 
 
+class Conflict(LossServiceError):
+    """The request is well formed but cannot apply to what is stored (a closed run, a batch id
+    already used for other bytes); repeating it unchanged will fail the same way."""
+
+    slug = "conflict"
+    title = "Conflict with the stored state"
+
+
 class Unauthorized(LossServiceError):
     slug = "unauthorized"
     title = "Missing or invalid API key"
@@ -71,3 +81,11 @@ class ComputeTimeout(ServiceUnavailable):
 class Overloaded(ServiceUnavailable):
     slug = "overloaded"
     title = "Every compute slot is busy"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is down, unreachable or stayed busy past its timeouts. The detail names the
+    kind of failure only: never the URL, which may hold a password."""
+
+    slug = "database-unavailable"
+    title = "The database is unavailable"

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service.errors import (
+    Conflict,
     FieldPath,
     InvalidInput,
     LimitExceeded,
@@ -57,7 +58,8 @@ STATUS_OF: dict[type[LossServiceError], int] = {
     LimitExceeded: 413,
     Unauthorized: 401,
     NotFound: 404,
-    ServiceUnavailable: 503,  # a compute timeout, or no compute slot within the queue timeout
+    Conflict: 409,  # a closed run, a batch id already used for other bytes
+    ServiceUnavailable: 503,  # a compute timeout, no compute slot in time, the database down
 }
 
 RETRY_AFTER_HEADER = {

@@ -1,0 +1,19 @@
+"""The database layer of evaluation runs: SQLAlchemy 2 on SQLite or PostgreSQL, Alembic schema.
+
+No HTTP here: the run use cases call a `RunStore`, which raises the service's own errors
+(`NotFound`, `Conflict`, `InvalidInput`, `DatabaseUnavailable`) and nothing of SQLAlchemy's.
+"""
+
+from service.db.models import MAX_BATCH_ID_LENGTH
+from service.db.records import BatchOutcome, RunRecord, RunStatus
+from service.db.store import Fold, RunStore, upgrade
+
+__all__ = [
+    "MAX_BATCH_ID_LENGTH",
+    "BatchOutcome",
+    "Fold",
+    "RunRecord",
+    "RunStatus",
+    "RunStore",
+    "upgrade",
+]
