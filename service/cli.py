@@ -1,5 +1,6 @@
 """`loss-service serve` starts the server; `loss-service openapi` prints the OpenAPI document;
-`loss-service compute` computes a loss over .npy / .npz files, offline."""
+`loss-service compute` computes a loss over .npy / .npz files, offline; `loss-service db upgrade`
+applies the database migrations of evaluation runs."""
 
 from __future__ import annotations
 
@@ -40,11 +41,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--port", type=int, help="default: LOSS_SERVICE_PORT or 8000")
     commands.add_parser("openapi", help="print the OpenAPI document as JSON")
     _add_compute(commands)
+    database = commands.add_parser("db", help="the database of evaluation runs")
+    database.add_argument("action", choices=["upgrade"], help="apply the schema migrations")
+    database.add_argument("--url", help="default: LOSS_SERVICE_DATABASE_URL (SQLite file)")
     args = parser.parse_args(argv)
 
     settings = get_settings()
     if args.command == "compute":
         sys.exit(_compute(args, settings))
+    if args.command == "db":
+        sys.exit(_upgrade(args.url or settings.database_url))
     # The server's modules (FastAPI, uvicorn) are imported only by the commands that use them.
     from service.api import server
 
@@ -138,6 +144,19 @@ def _compute(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.flush()
     else:
         args.out.write_bytes(text)
+    return 0
+
+
+def _upgrade(url: str) -> int:
+    """Migrate the database to the newest schema (the server also does it at start)."""
+    from service import db
+
+    try:
+        db.upgrade(url)
+    except LossServiceError as error:
+        print(f"loss-service db upgrade: error: {error.detail}", file=sys.stderr)
+        return 1
+    print("loss-service db upgrade: the database is at the newest schema")
     return 0
 
 

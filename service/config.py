@@ -53,6 +53,20 @@ class Settings(BaseSettings):
     retain_freed_bytes: int = Field(
         1024 * MiB, ge=0, description="freed memory kept for reuse; 0: the C library's default"
     )
+    # Evaluation runs. Errors never echo a rejected value (`hide_input_in_errors`): a URL may
+    # hold a password.
+    database_url: str = Field(
+        "sqlite:///loss-service.db",
+        description="evaluation runs' database: an embedded SQLite file (a relative path is "
+        "relative to the working directory), or postgresql+psycopg://user:password@host/db, "
+        "which several replicas share",
+    )
+    database_connect_timeout_s: float = Field(
+        5.0, gt=0, description="a database that does not answer within it gives 503"
+    )
+    database_lock_timeout_s: float = Field(
+        10.0, gt=0, description="how long a batch waits for another one writing the same run"
+    )
     library_internals: bool = Field(
         True,
         description="use the transport optimisations that rely on other libraries' internals "

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -25,6 +29,12 @@ def _cupy_with_gpu() -> ModuleType | None:
 
 
 _CUPY = _cupy_with_gpu()
+
+# No test writes the default embedded database into the working directory: apps made without an
+# explicit database_url (the OpenAPI and fuzz tests) get one in a directory removed at exit.
+_DATA = tempfile.mkdtemp(prefix="loss-service-tests-")
+atexit.register(shutil.rmtree, _DATA, ignore_errors=True)
+os.environ.setdefault("LOSS_SERVICE_DATABASE_URL", f"sqlite:///{_DATA}/runs.db")
 
 
 @pytest.fixture(
@@ -71,10 +81,15 @@ class AsyncClientContext:
     """`async with make_client(**settings) as client`: the app with its lifespan, over httpx."""
 
     def __init__(self, **settings: object) -> None:
+        import tempfile
+
         from service.api import create_app
         from service.config import Settings
 
         settings.setdefault("device", "cpu")
+        # Each app its own embedded database, removed with the directory at exit.
+        self._data = tempfile.TemporaryDirectory(prefix="loss-service-test-")
+        settings.setdefault("database_url", f"sqlite:///{self._data.name}/runs.db")
         self.app = create_app(Settings(**settings))  # type: ignore[arg-type]
         self._lifespan = self.app.router.lifespan_context(self.app)
 
@@ -89,6 +104,7 @@ class AsyncClientContext:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.aclose()
         await self._lifespan.__aexit__(None, None, None)
+        self._data.cleanup()
 
 
 @pytest.fixture

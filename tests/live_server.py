@@ -41,13 +41,27 @@ def _log(handle: IO[bytes]) -> str:
 
 @contextlib.contextmanager
 def running_server(log_path: Path, **settings: str) -> Iterator[str]:
-    """`python -m service serve` on a free port; yields its base URL and always stops it."""
+    """`python -m service serve` on a free port; yields its base URL and always stops it. Its
+    runs go to a SQLite file beside the log unless LOSS_SERVICE_DATABASE_URL says otherwise."""
+    with serving(log_path, **settings) as (base_url, _):
+        yield base_url
+
+
+@contextlib.contextmanager
+def serving(log_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`running_server`, with the server's process (to signal it)."""
     port = _free_port()
     with log_path.open("w+b") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
-            env=_env(LOSS_SERVICE_DEVICE="cpu", **settings),
+            env=_env(
+                **{
+                    "LOSS_SERVICE_DEVICE": "cpu",
+                    "LOSS_SERVICE_DATABASE_URL": f"sqlite:///{log_path.parent / 'runs.db'}",
+                    **settings,
+                }
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -65,7 +79,7 @@ def running_server(log_path: Path, **settings: str) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"no answer on /healthz in {START_TIMEOUT_S} s:\n{_log(log)}")
                 time.sleep(0.1)
-            yield base_url
+            yield base_url, process
         finally:
             process.terminate()
             try:

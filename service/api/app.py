@@ -16,9 +16,11 @@ from service._compat.glibc_malloc import retain_freed_memory
 from service.api import docs, metrics, openapi, problems
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
-from service.api.routes import calibration, evaluate, health, losses, oip
+from service.api.routes import calibration, evaluate, health, losses, oip, runs
 from service.config import Settings, get_settings
+from service.db import RunStore
 from service.engine import select_backend, warm_up
+from service.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.backend.device,
             app.state.engine,
         )
-        yield
+        app.state.run_store = store = RunStore(
+            settings.database_url,
+            connect_timeout_s=settings.database_connect_timeout_s,
+            lock_timeout_s=settings.database_lock_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
+        app.state.run_store_migrated = False
+        try:
+            await anyio.to_thread.run_sync(store.upgrade)
+            app.state.run_store_migrated = True
+        except DatabaseUnavailable as error:
+            # The stateless routes work without it; run routes answer 503 until it is back.
+            logger.warning("database unavailable at startup: %s", error.detail)
+        try:
+            yield
+        finally:
+            store.dispose()
 
     app = FastAPI(
         title="Loss service",
@@ -72,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(evaluate.router)
     app.include_router(calibration.router)
     app.include_router(oip.router)
+    app.include_router(runs.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,4 +1,4 @@
-"""Dependencies shared by the routes: settings, API keys, and the compute runner.
+"""Dependencies shared by the routes: settings, API keys, the compute runner, the run store.
 
 All are coroutines: FastAPI runs a plain function dependency on the thread pool, a thread hop
 per request for nothing.
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -18,6 +19,7 @@ from service.api.concurrency import ComputeGate
 from service.codecs import request_elements
 from service.config import Settings
 from service.core import Context
+from service.db import RunStore
 from service.errors import Unauthorized
 
 T = TypeVar("T")
@@ -58,12 +60,34 @@ class Compute:
         with request_elements(settings.max_request_elements):
             return await self.gate.run(work, timeout_s=settings.request_timeout_s)
 
+    async def run_io(self, use_case: Callable[..., T], *args: object) -> T:
+        """`use_case(*args, ctx=...)` on a worker thread without a compute slot: a use case that
+        waits on the database (bounded by its own timeouts) and computes nothing large."""
+
+        def work() -> T:
+            return use_case(*args, ctx=self.ctx)
+
+        return await anyio.to_thread.run_sync(work)
+
 
 async def _compute(request: Request, settings: SettingsDep) -> Compute:
     return Compute(Context(request.app.state.backend, settings), _gate(request, settings))
 
 
 ComputeDep = Annotated[Compute, Depends(_compute)]
+
+
+async def _run_store(request: Request) -> RunStore:
+    """The app's run store, its schema migrated: when the database was down at startup, the
+    first run request after it is back applies the migrations (or answers 503 meanwhile)."""
+    store: RunStore = request.app.state.run_store
+    if not request.app.state.run_store_migrated:
+        await anyio.to_thread.run_sync(store.upgrade)  # DatabaseUnavailable: a 503
+        request.app.state.run_store_migrated = True
+    return store
+
+
+RunStoreDep = Annotated[RunStore, Depends(_run_store)]
 
 # Both schemes appear in the OpenAPI document on every operation that requires a key; either
 # one is enough. auto_error=False: the check below answers 401 in the service's own form.

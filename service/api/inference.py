@@ -9,6 +9,7 @@ for Triton's binary extension (`binary_data` on an output, or `binary_data_outpu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,6 +25,7 @@ from service.core.losses import call_loss
 from service.core.responses import grad_in_dtype
 from service.engine import Array, reduce_loss
 from service.errors import FieldPath, InvalidInput
+from service.schemas.common import TensorField
 from service.schemas.oip import (
     InferRequest,
     ModelMetadata,
@@ -74,10 +76,8 @@ def infer(
     """One inference: the response's JSON and the binary outputs that follow it (views of the
     output arrays: the response sends them as they are)."""
     header, binary = oip.split_body(body, header_length)
-    request = _validated(InferRequest, header, ())
+    request = validated(InferRequest, header, ())
     names = [item.name for item in request.inputs]
-    if len(set(names)) != len(names):
-        raise InvalidInput("inputs: an input name appears twice", field="inputs")
     options = {k: v for k, v in request.parameters.items() if k not in PROTOCOL_PARAMETERS}
     for name in options.keys() & spec.inputs.keys():
         raise InvalidInput(
@@ -85,13 +85,13 @@ def infer(
             field=("parameters", name),
         )
     # The loss's own schema checks the option values and the input names (placeholders here).
-    loss_request = _validated(
+    loss_request = validated(
         spec.request,
         {**options, **{name: [] for name in names}},
         ("parameters",),
         inputs=list(spec.inputs),
     )
-    arrays = _decode_inputs(spec, request, binary, ctx)
+    arrays = decode_inputs(request, binary, spec.inputs, ctx=ctx)
     result = call_loss(
         spec,
         arrays,
@@ -150,9 +150,18 @@ def infer(
     return orjson.dumps(response), chunks
 
 
-def _decode_inputs(
-    spec: LossSpec, request: InferRequest, binary: bytes | memoryview, ctx: Context
+def decode_inputs(
+    request: InferRequest,
+    binary: bytes | memoryview,
+    marks: Mapping[str, TensorField],
+    *,
+    ctx: Context,
 ) -> dict[str, Array]:
+    """The request's inputs, by name, on the backend; `marks` says which hold logits. Every
+    name must be one of `marks` (the caller's model checked it) and appear once."""
+    names = [item.name for item in request.inputs]
+    if len(set(names)) != len(names):
+        raise InvalidInput("inputs: an input name appears twice", field="inputs")
     limits = TensorLimits(max_elements=ctx.settings.max_elements)
     arrays, offset = {}, 0
     for index, item in enumerate(request.inputs):
@@ -167,7 +176,7 @@ def _decode_inputs(
                     field=(*field, "parameters", "binary_data_size"),
                 )
             chunk, offset = binary[offset : offset + size], offset + size
-        is_logits = spec.inputs[item.name].logits
+        is_logits = marks[item.name].logits
         array = oip.decode_input(
             item.shape,
             item.datatype,
@@ -189,7 +198,7 @@ def _decode_inputs(
     return arrays
 
 
-def _validated(
+def validated(
     model: type[Model],
     data: dict[str, Any],
     prefix: FieldPath,

@@ -7,9 +7,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from service.api.problems import Problem
 from service.codecs import WIRE_DTYPES
+from service.core.runs.models import BatchBody
+from service.schemas.common import TENSOR_REF
 from service.schemas.oip import InferRequest
 
 TENSOR_SCHEMAS: dict[str, Any] = {
@@ -70,11 +73,29 @@ def install(app: FastAPI) -> None:
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
+            components[BatchBody.__name__] = _tensors_only_schema(BatchBody)
             _drop_unreachable_validation_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _tensors_only_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The schema of a body of tensor fields only, which pydantic cannot write on its own: each
+    field refers to the `Tensor` component, which exists only in the document."""
+    fields = model.model_fields
+    return {
+        "title": model.__name__,
+        "description": model.__doc__ or "",
+        "type": "object",
+        "additionalProperties": False,
+        "required": [name for name, info in fields.items() if info.is_required()],
+        "properties": {
+            name: {"allOf": [TENSOR_REF], "description": info.description or ""}
+            for name, info in fields.items()
+        },
+    }
 
 
 def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:

@@ -33,28 +33,40 @@ class EvaluateItem(LossOptions):
     name: str
 
 
-def _item_model(spec: LossSpec) -> type[BaseModel]:
+def entry_model(
+    spec: LossSpec, *, kind: str, used_in: str, without: frozenset[str] = frozenset()
+) -> Any:
+    """`spec`'s entry in a list of losses over one upload: its request model minus the shared
+    inputs, the encodings and `without`, with `name` narrowed to the loss's."""
     fields: dict[str, Any] = {
         name: (info.annotation, info)
         for name, info in spec.request.model_fields.items()
-        if name not in SHARED_FIELDS
+        if name not in SHARED_FIELDS | without
     }
-    model_name = spec.request.__name__.removesuffix("Request") + "Item"
+    model_name = spec.request.__name__.removesuffix("Request") + kind
     fields["name"] = (Literal[spec.name], Field(description="the loss, as in /v1/losses/{name}"))
     return create_model(
         model_name,
         __base__=Body,
-        __doc__=f"`{spec.name}` in /v1/evaluate: {spec.summary}",
+        __doc__=f"`{spec.name}` in {used_in}: {spec.summary}",
         **fields,
     )
 
 
+def entry_union(kind: str, used_in: str, without: frozenset[str] = frozenset()) -> Any:
+    """The entries of every loss over logits and labels, as a union discriminated by `name`,
+    so that errors and the schema are per loss."""
+    entries = tuple(
+        entry_model(spec, kind=kind, used_in=used_in, without=without) for spec in EVALUATED
+    )
+    return Annotated[Union[entries], Field(discriminator="name")]  # noqa: UP007
+
+
 EVALUATED: tuple[LossSpec, ...] = tuple(spec for spec in LOSSES if spec.takes_logits_and_labels)
-_ITEMS = tuple(_item_model(spec) for spec in EVALUATED)
 if TYPE_CHECKING:
     EvaluateLoss = EvaluateItem
-else:  # a union discriminated by `name`, so errors and the schema are per loss
-    EvaluateLoss = Annotated[Union[_ITEMS], Field(discriminator="name")]  # noqa: UP007
+else:
+    EvaluateLoss = entry_union("Item", "/v1/evaluate")
 
 
 class EvaluateRequest(Body):

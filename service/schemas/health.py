@@ -16,4 +16,8 @@ class Readiness(BaseModel):
     backend: str
     device: str
     engine: str = Field(description="`fused` (compiled CPU kernels) or `reference` (array code)")
+    database: Literal["ok", "unavailable"] = Field(
+        description="the evaluation runs' database. `unavailable`: the run routes answer 503 "
+        "until it is back; every other route works, so the service stays ready"
+    )
     version: str

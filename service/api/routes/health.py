@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter, Request
 
 from service import __version__
 from service.api.problems import problem_responses
+from service.errors import DatabaseUnavailable
 from service.schemas import Health, Readiness
+
+# A probe answers within its own timeout: a database that takes longer is reported unavailable.
+DATABASE_CHECK_S = 1.0
 
 router = APIRouter(tags=["health"], responses=problem_responses(500))
 
@@ -23,5 +28,17 @@ async def readyz(request: Request) -> Readiness:
         backend=backend.name,
         device=backend.device,
         engine=request.app.state.engine,
+        database="ok" if await _database_answers(request) else "unavailable",
         version=__version__,
     )
+
+
+async def _database_answers(request: Request) -> bool:
+    check = request.app.state.run_store.check
+    with anyio.move_on_after(DATABASE_CHECK_S):
+        try:
+            await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+        except DatabaseUnavailable:
+            return False
+        return True
+    return False
