@@ -39,6 +39,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve = commands.add_parser("serve", help="start the HTTP server")
     serve.add_argument("--host", help="default: LOSS_SERVICE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: LOSS_SERVICE_PORT or 8000")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port (default: LOSS_SERVICE_WORKERS or 1); each "
+        "holds its own compute slots and buffers",
+    )
     commands.add_parser("openapi", help="print the OpenAPI document as JSON")
     _add_compute(commands)
     database = commands.add_parser("db", help="the database of evaluation runs")
@@ -58,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         json.dump(server.openapi_document(settings), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    server.serve(settings, host=args.host, port=args.port)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    server.serve(settings, host=args.host, port=args.port, workers=args.workers)
 
 
 def _add_compute(commands: Any) -> None:

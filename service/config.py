@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: DeviceChoice = "auto"
+    workers: int = Field(
+        1, ge=1, le=256, description="server processes sharing the port (`serve --workers`)"
+    )
     # 512 MiB holds a 2048 x 32000 float32 batch as base64 (350 MB) with room to spare.
     max_body_bytes: int = Field(512 * MiB, gt=0)
     max_elements: int = Field(2**27, gt=0, description="per tensor")

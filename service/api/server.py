@@ -12,9 +12,21 @@ from service.config import Settings
 from service.logs import logging_config
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+) -> None:
+    """uvicorn on `settings`. With several workers each is a process of its own that builds the
+    app from the environment (`create_app` reads `LOSS_SERVICE_*` itself), so the settings given
+    here apply to them only through the environment, as they do to every replica."""
+    workers = workers or settings.workers
     uvicorn.run(
-        create_app(settings),
+        "service.api.app:create_app" if workers > 1 else create_app(settings),
+        factory=workers > 1,
+        workers=workers,
         host=host or settings.host,
         port=port or settings.port,
         log_config=logging_config(settings.log_level, settings.log_format),
