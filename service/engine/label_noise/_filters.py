@@ -43,7 +43,7 @@ def issue_mask(
     else:
         counts = prune_counts(joint)
         if filter_by != "prune_by_class":
-            mask = _by_noise_rate(probs, counts, groups, kernels=kernels)
+            mask = _by_noise_rate(probs, labels, counts, groups, kernels=kernels)
         if filter_by != "prune_by_noise_rate":
             by_class = _by_class(probs, counts, groups, kernels=kernels)
             mask = by_class if filter_by == "prune_by_class" else mask & by_class
@@ -70,9 +70,14 @@ def prune_counts(joint: np.ndarray) -> np.ndarray:
 
 
 def _by_noise_rate(
-    probs: np.ndarray, counts: np.ndarray, groups: ClassGroups, *, kernels: ModuleType
+    probs: np.ndarray,
+    labels: np.ndarray,
+    counts: np.ndarray,
+    groups: ClassGroups,
+    *,
+    kernels: ModuleType,
 ) -> np.ndarray:
-    mask, cells = kernels.prune_by_noise_rate(probs, groups.order, groups.starts, counts)
+    mask, cells = kernels.prune_by_noise_rate(probs, labels, counts)
     for k, j in cells:  # the m-th largest margin is tied with the next: cleanlab's sort decides
         rows = groups.rows(k)
         margin = probs[rows, j] - probs[rows, k]

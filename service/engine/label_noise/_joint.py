@@ -43,10 +43,13 @@ def class_thresholds(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.clip(means, a_min=THRESHOLD_FLOOR, a_max=None)
 
 
-def confidence_cut(thresholds: np.ndarray) -> np.ndarray:
-    """`thresholds - 1e-6` in the thresholds' dtype (a float32 subtraction rounds), as float64,
-    which compares exactly with probabilities of either dtype."""
-    return (thresholds - NUDGE).astype(np.float64)
+def confidence_cut(thresholds: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`thresholds - 1e-6` in the thresholds' dtype (a float32 subtraction rounds), in the
+    probabilities' `dtype`, rounded up where that is coarser: for p of that dtype, `p >= cut`
+    exactly when `p >= thresholds - 1e-6`, and the comparison runs in the row's own dtype."""
+    cut = thresholds - NUDGE
+    rounded = cut.astype(dtype)
+    return np.where(rounded < cut, np.nextafter(rounded, dtype.type(np.inf)), rounded)
 
 
 def confident_joint(labels: np.ndarray, guess: np.ndarray, n_classes: int) -> np.ndarray:

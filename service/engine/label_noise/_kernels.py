@@ -29,47 +29,80 @@ import numpy as np
 
 from service.engine._fused import _compiled
 from service.engine.label_noise._inputs import OUTSIDE_UNIT_INTERVAL, SUM_OFF
+from service.engine.label_noise._prune_kernels import prune_by_class, prune_by_noise_rate
 
-# Rows of class k are gathered into a [columns, rows] buffer of margins at most this many
-# elements large (64 MB of float64); a class with more rows than this takes one column at a time.
-MARGIN_BUFFER_ELEMENTS = 1 << 23
+__all__ = [
+    "class_sums",
+    "entropy_sums",
+    "group_by_class",
+    "prune_by_class",
+    "prune_by_noise_rate",
+    "scan_rows",
+]
 
-# Up to this many margins to keep, a sorted buffer finds the m-th largest in one pass (nearly every
-# element fails the first comparison); above it, quickselect over a copy.
-INSERTION_LIMIT = 64
 
-
-@numba.njit
-def _pairwise_sum(a: Any, lo: int, n: int) -> Any:
-    """`np.add.reduce(a[lo:lo + n])`: NumPy's pairwise summation, blocks of 128 with 8 partial
-    sums, accumulated in the dtype of `a`."""
+@numba.njit(inline="always")
+def _block_sum(a: Any, lo: int, n: int) -> Any:
+    """NumPy's pairwise summation of `a[lo:lo + n]` for n <= 128: 8 partial sums (sequential
+    below 8 elements), accumulated in the dtype of `a`."""
     if n < 8:
         total = a[lo] - a[lo]  # a zero of a's dtype (numba would widen `0` to float64)
         for i in range(n):
             total += a[lo + i]
         return total
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        total += a[lo + i]
+        i += 1
+    return total
+
+
+@numba.njit
+def _pairwise_sum(a: Any, lo: int, n: int) -> Any:
+    """`np.add.reduce(a[lo:lo + n])` (numpy/_core/src/umath/loops_utils.h.src): above 128
+    elements, the sum of the two halves, the first half a multiple of 8 long, recursively.
+
+    The recursion runs on an explicit stack: numba's disk cache crashes on recursive functions.
+    """
     if n <= 128:
-        r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-        r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-        i = 8
-        while i < n - n % 8:
-            r0 += a[lo + i]
-            r1 += a[lo + i + 1]
-            r2 += a[lo + i + 2]
-            r3 += a[lo + i + 3]
-            r4 += a[lo + i + 4]
-            r5 += a[lo + i + 5]
-            r6 += a[lo + i + 6]
-            r7 += a[lo + i + 7]
-            i += 8
-        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            total += a[lo + i]
-            i += 1
-        return total
-    half = n // 2
-    half -= half % 8
-    return _pairwise_sum(a, lo, half) + _pairwise_sum(a, lo + half, n - half)
+        return _block_sum(a, lo, n)
+    depth = 2 * 64  # two entries per level, a level halves n: enough for any array
+    starts = np.empty(depth, dtype=np.int64)
+    sizes = np.empty(depth, dtype=np.int64)
+    split = np.zeros(depth, dtype=np.bool_)  # the node's halves are summed, add them up
+    partial = np.empty(depth, dtype=a.dtype)
+    nodes, done = 1, 0
+    starts[0], sizes[0] = lo, n
+    while nodes > 0:
+        nodes -= 1
+        start, size = starts[nodes], sizes[nodes]
+        if size <= 128:
+            partial[done] = _block_sum(a, start, size)
+            done += 1
+        elif split[nodes]:
+            done -= 1
+            partial[done - 1] += partial[done]  # first half + second half
+        else:
+            half = size // 2
+            half -= half % 8
+            split[nodes] = True
+            starts[nodes + 1], sizes[nodes + 1], split[nodes + 1] = start + half, size - half, False
+            starts[nodes + 2], sizes[nodes + 2], split[nodes + 2] = start, half, False
+            nodes += 3
+    return partial[0]
 
 
 @_compiled(nogil=True)
@@ -100,98 +133,86 @@ def class_sums(values: Any, starts: Any) -> Any:
     return out
 
 
-@_compiled(nogil=True)
+@numba.njit(inline="always")
+def _span(row: Any, key: Any, cut: Any) -> tuple[bool, float, int, int, int]:
+    """Over `row`: all values in [0, 1] (False for NaN), their float64 sum, how many reach their
+    class's `cut` and the first that does (`row.size` for none), the largest key (-1 for none).
+    One loop that LLVM vectorises (from index 0: from a variable start it gathers)."""
+    inside, total, confident, first, top = True, 0.0, 0, row.size, np.int64(-1)
+    for j in range(row.size):
+        v = row[j]
+        inside &= (v >= 0) & (v <= 1)
+        total += v
+        confident += v >= cut[j]
+        first = min(first, j if v >= cut[j] else row.size)
+        top = max(top, np.int64(key[j]))
+    return inside, total, confident, first, top
+
+
+@numba.njit(inline="always")
+def _first_equal(values: Any, target: Any) -> int:
+    """The first index of `target` in `values` (`values.size` for none), vectorised."""
+    first = values.size
+    for j in range(values.size):
+        first = min(first, j if values[j] == target else values.size)
+    return first
+
+
+# `reassoc` lets LLVM add the float64 row sums in vector lanes: they are only compared with a
+# tolerance. Nothing else in the kernel is floating-point arithmetic.
+@_compiled(nogil=True, fastmath={"reassoc"})
 def scan_rows(
-    probs: Any, labels: Any, cut: Any, nudged: Any, sum_tolerance: float
+    probs: Any, keys: Any, labels: Any, cut: Any, nudged: Any, sum_tolerance: float
 ) -> tuple[Any, Any, Any, Any, Any]:
     """One pass over the rows: the checks and every per-row quantity of cleanlab's filters.
 
-    Per row i with label k, `status` (0 when fine, `OUTSIDE_UNIT_INTERVAL` for a value outside [0, 1]
-    or NaN, `SUM_OFF` for a row sum, in float64, off 1 by more than `sum_tolerance`) and:
+    `keys` are the probabilities' bits as integers (`probs.view(int32)` for float32): for
+    non-negative floats they order as the floats do, and integer maxima vectorise where float
+    ones do not. `nudged` holds the keys of `p[i, y_i] + 1e-6`, `cut` the per-class confidence
+    cut in the probabilities' dtype (`p >= cut[j]` exactly as `p >= thresholds[j] - 1e-6`).
+
+    Per row i with label k, `status` (0 when fine, `OUTSIDE_UNIT_INTERVAL` for a value outside
+    [0, 1] or NaN, `SUM_OFF` for a row sum, in float64, off 1 by more than `sum_tolerance`) and:
 
     - `guess`: the class `compute_confident_joint` counts the row in, -1 for none: the only class
-      with `p >= cut`, or the argmax where several are (`cut = thresholds - 1e-6`);
+      with `p >= cut`, or the argmax where several are;
     - `argmax`: the first largest probability (`np.argmax`);
-    - `other`: the largest probability of another class (normalized margin);
-    - `kept`: `_reduce_issues`, the row's label is the first argmax once `nudged[i] = p[i, k] +
-      1e-6` replaces `p[i, k]`: a filter never flags such a row.
+    - `other`: the key of the largest probability of another class (normalized margin);
+    - `kept`: `_reduce_issues`: the label is the first argmax once `p[i, k]` gains 1e-6, so no
+      filter flags the row.
     """
     n, c = probs.shape
     status = np.zeros(n, dtype=np.uint8)
     guess = np.empty(n, dtype=np.int32)
     argmax = np.empty(n, dtype=np.int32)
-    other = np.empty(n, dtype=probs.dtype)
+    other = np.empty(n, dtype=keys.dtype)
     kept = np.empty(n, dtype=np.bool_)
     for i in range(n):
-        row = probs[i]
-        k = labels[i]
-        total = 0.0
-        inside = True
-        for j in range(c):
-            v = row[j]
-            inside &= (v >= 0) & (v <= 1)  # False for NaN
-            total += v
-        if not inside:
+        row, key, k = probs[i], keys[i], labels[i]
+        inside_low, total_low, confident_low, first_low, low = _span(row[:k], key[:k], cut[:k])
+        inside_high, total_high, confident_high, first_high, high = _span(
+            row[k + 1 :], key[k + 1 :], cut[k + 1 :]
+        )
+        v = row[k]
+        if not (inside_low & inside_high & (v >= 0) & (v <= 1)):
             status[i] = OUTSIDE_UNIT_INTERVAL
             continue
-        if abs(total - 1.0) > sum_tolerance:
+        if abs(total_low + total_high + v - 1.0) > sum_tolerance:
             status[i] = SUM_OFF
             continue
-        best, best_at = row[0], 0
-        confident, first_confident = 0, -1
-        for j in range(c):
-            v = row[j]
-            if v > best:
-                best, best_at = v, j
-            if v >= cut[j]:
-                confident += 1
-                if first_confident < 0:
-                    first_confident = j
-        below = row[0] - row[0] - 1  # -1: every probability is larger
-        for j in range(k):
-            below = max(below, row[j])
-        above = row[0] - row[0] - 1
-        for j in range(k + 1, c):
-            above = max(above, row[j])
-        argmax[i] = best_at
-        guess[i] = best_at if confident > 1 else first_confident
-        other[i] = max(below, above)
-        kept[i] = (below < nudged[i]) & (above <= nudged[i])
+        top = max(low, key[k], high)
+        if low == top:
+            argmax[i] = _first_equal(key[:k], top)
+        else:
+            argmax[i] = k if key[k] == top else k + 1 + _first_equal(key[k + 1 :], top)
+        confident = confident_low + confident_high + (v >= cut[k])
+        if confident == 1:
+            guess[i] = first_low if first_low < k else (k if v >= cut[k] else k + 1 + first_high)
+        else:
+            guess[i] = argmax[i] if confident > 1 else -1
+        other[i] = max(low, high)
+        kept[i] = (low < nudged[i]) & (high <= nudged[i])
     return status, guess, argmax, other, kept
-
-
-@numba.njit
-def _xlogy_sum(row: Any, lo: int, n: int) -> Any:
-    """`_pairwise_sum` of `xlogy(row, row)` over `row[lo:lo + n]`, the terms formed on the fly."""
-    if n < 8:
-        total = row[lo] - row[lo]
-        for i in range(n):
-            total += _xlogx(row[lo + i])
-        return total
-    if n <= 128:
-        r0, r1 = _xlogx(row[lo]), _xlogx(row[lo + 1])
-        r2, r3 = _xlogx(row[lo + 2]), _xlogx(row[lo + 3])
-        r4, r5 = _xlogx(row[lo + 4]), _xlogx(row[lo + 5])
-        r6, r7 = _xlogx(row[lo + 6]), _xlogx(row[lo + 7])
-        i = 8
-        while i < n - n % 8:
-            r0 += _xlogx(row[lo + i])
-            r1 += _xlogx(row[lo + i + 1])
-            r2 += _xlogx(row[lo + i + 2])
-            r3 += _xlogx(row[lo + i + 3])
-            r4 += _xlogx(row[lo + i + 4])
-            r5 += _xlogx(row[lo + i + 5])
-            r6 += _xlogx(row[lo + i + 6])
-            r7 += _xlogx(row[lo + i + 7])
-            i += 8
-        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            total += _xlogx(row[lo + i])
-            i += 1
-        return total
-    half = n // 2
-    half -= half % 8
-    return _xlogy_sum(row, lo, half) + _xlogy_sum(row, lo + half, n - half)
 
 
 @numba.njit(inline="always")
@@ -205,154 +226,9 @@ def entropy_sums(probs: Any) -> Any:
     """`np.sum(xlogy(probs, probs), axis=1)` (`get_normalized_entropy`), bit for bit."""
     n, c = probs.shape
     out = np.empty(n, dtype=probs.dtype)
+    terms = np.empty(c, dtype=probs.dtype)
     for i in range(n):
-        out[i] = _xlogy_sum(probs[i], 0, c)
-    return out
-
-
-@numba.njit(inline="always")
-def _kth_smallest(a: Any, k: int) -> Any:
-    """The k-th smallest (0-based) value of `a`, which is reordered: Hoare's quickselect with a
-    median-of-three pivot, and a sort of what is left after 2 log2(n) + 8 rounds (introselect's
-    guard against quadratic inputs)."""
-    lo, hi = 0, a.size - 1
-    rounds = 2 * int(math.log2(a.size + 1)) + 8
-    while hi > lo:
-        rounds -= 1
-        if rounds < 0:
-            a[lo : hi + 1] = np.sort(a[lo : hi + 1])
-            break
-        mid = (lo + hi) // 2
-        if a[mid] < a[lo]:
-            a[mid], a[lo] = a[lo], a[mid]
-        if a[hi] < a[lo]:
-            a[hi], a[lo] = a[lo], a[hi]
-        if a[hi] < a[mid]:
-            a[hi], a[mid] = a[mid], a[hi]
-        pivot = a[mid]
-        i, j = lo, hi
-        while i <= j:
-            while a[i] < pivot:
-                i += 1
-            while a[j] > pivot:
-                j -= 1
-            if i <= j:
-                a[i], a[j] = a[j], a[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:  # j < k < i: a[k] equals the pivot
-            break
-    return a[k]
-
-
-@numba.njit(inline="always")
-def _mth_largest(values: Any, m: int, scratch: Any) -> Any:
-    """The m-th largest of `values` (1 <= m < values.size); `values` is left as it is."""
-    n = values.size
-    if m > INSERTION_LIMIT:
-        copy = scratch[:n]
-        copy[:] = values
-        return _kth_smallest(copy, n - m)
-    top = scratch[:m]  # the m largest so far, descending
-    top[:] = values[:m]
-    top[:] = -np.sort(-top)
-    for r in range(m, n):
-        v = values[r]
-        if v > top[m - 1]:
-            at = m - 1
-            while at > 0 and top[at - 1] < v:
-                top[at] = top[at - 1]
-                at -= 1
-            top[at] = v
-    return top[m - 1]
-
-
-@numba.njit(inline="always")
-def _take_largest(values: Any, m: int, rows: Any, mask: Any, scratch: Any) -> bool:
-    """Flag in `mask` the rows (`rows[r]`) of the m largest `values`; False, flagging nothing,
-    when the m-th largest value is tied with one left out (the caller then decides)."""
-    n = values.size
-    if m >= n:
-        for r in range(n):
-            mask[rows[r]] = True
-        return True
-    v = _mth_largest(values, m, scratch)
-    above = 0
-    at = 0
-    for r in range(n):
-        above += values[r] > v
-        at += values[r] == v
-    if above + at != m:
-        return False
-    for r in range(n):
-        if values[r] >= v:
-            mask[rows[r]] = True
-    return True
-
-
-@_compiled(nogil=True)
-def prune_by_noise_rate(probs: Any, order: Any, starts: Any, prune_counts: Any) -> tuple[Any, Any]:
-    """cleanlab's `_prune_by_count` for every class: of the rows labelled k, flag the
-    `prune_counts[j, k]` with the largest margin `p_j - p_k`, for each j != k.
-
-    Classes with at most one row are skipped (`min_examples_per_class=1`). Returns the mask and
-    the `[n, 2]` (k, j) cells left to the caller (see `_take_largest`).
-    """
-    n, c = probs.shape
-    mask = np.zeros(n, dtype=np.bool_)
-    ambiguous = []
-    largest = int(np.max(starts[1:] - starts[:-1]))
-    scratch = np.empty(largest, dtype=probs.dtype)
-    margins = np.empty(
-        max(min(c * largest, MARGIN_BUFFER_ELEMENTS), largest), dtype=probs.dtype
-    )
-    columns = np.empty(c, dtype=np.int64)
-    for k in range(c):
-        size = starts[k + 1] - starts[k]
-        if size <= 1:
-            continue
-        rows = order[starts[k] : starts[k + 1]]
-        active = 0
         for j in range(c):
-            if j != k and prune_counts[j, k] > 0:
-                columns[active] = j
-                active += 1
-        width = max(1, margins.size // size)  # columns of margins per gather of the rows
-        for first in range(0, active, width):
-            last = min(first + width, active)
-            block = margins[: (last - first) * size].reshape((last - first, size))
-            for r in range(size):
-                row = probs[rows[r]]
-                for col in range(first, last):
-                    block[col - first, r] = row[columns[col]] - row[k]
-            for col in range(first, last):
-                j = columns[col]
-                if not _take_largest(block[col - first], prune_counts[j, k], rows, mask, scratch):
-                    ambiguous.append((k, j))
-    cells = np.empty((len(ambiguous), 2), dtype=np.int64)
-    for a in range(len(ambiguous)):
-        cells[a, 0], cells[a, 1] = ambiguous[a]
-    return mask, cells
-
-
-@_compiled(nogil=True)
-def prune_by_class(values: Any, order: Any, starts: Any, counts: Any) -> tuple[Any, Any]:
-    """cleanlab's `_prune_by_class`: of the rows labelled k (more than one), flag the `counts[k]`
-    with the smallest `values` (their self-confidence, grouped by class as `order`). Returns the
-    mask and the classes left to the caller (see `_take_largest`)."""
-    mask = np.zeros(order.size, dtype=np.bool_)
-    ambiguous = []
-    largest = int(np.max(starts[1:] - starts[:-1]))
-    scratch = np.empty(largest, dtype=values.dtype)
-    for k in range(starts.size - 1):
-        size = starts[k + 1] - starts[k]
-        if size <= 1 or counts[k] < 1:
-            continue
-        negated = -values[starts[k] : starts[k + 1]]  # the smallest values are the largest here
-        if not _take_largest(negated, counts[k], order[starts[k] : starts[k + 1]], mask, scratch):
-            ambiguous.append(k)
-    return mask, np.array(ambiguous, dtype=np.int64)
+            terms[j] = _xlogx(probs[i, j])
+        out[i] = _pairwise_sum(terms, 0, c)
+    return out

@@ -82,7 +82,7 @@ def _report(
         probs,
         labels,
         self_confidence,
-        _joint.confidence_cut(thresholds),
+        _joint.confidence_cut(thresholds, probs.dtype),
         sum_tolerance,
         kernels=kernels,
     )

@@ -58,9 +58,10 @@ def scan_rows(
     kernels: ModuleType,
 ) -> RowScan:
     """The scan of every row; InvalidInput for the first row that is not a distribution."""
+    bits = np.dtype(f"int{8 * probs.itemsize}")  # the keys of the floats (`_kernels.scan_rows`)
     nudged = self_confidence + NUDGE  # in the probabilities' dtype, as `_reduce_issues` adds it
     status, guess, argmax, other, kept = kernels.scan_rows(
-        probs, labels, cut, nudged, sum_tolerance
+        probs, probs.view(bits), labels, cut, nudged.view(bits), sum_tolerance
     )
     raise_for_status(status, probs)
-    return RowScan(guess, argmax, other, kept)
+    return RowScan(guess, argmax, other.view(probs.dtype), kept)
