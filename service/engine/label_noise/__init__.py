@@ -18,8 +18,7 @@ Northcutt, Jiang & Chuang, "Confident Learning: Estimating Uncertainty in Datase
   `forward-corrected-cross-entropy` loss: `count.estimate_latent(confident_joint, labels)`'s
   `noise_matrix`, transposed;
 - `noise_rate`: the estimated fraction of wrong labels, `1 - trace(Q)` with Q the confident joint
-  divided by its sum (cleanlab's `estimate_joint`). Calibrated, `round(noise_rate * N)` is
-  `count.num_label_issues(..., estimation_method="off_diagonal_calibrated")`.
+  divided by its sum: `1 - count.estimate_joint(None, probs, confident_joint=...).trace()`.
 
 `calibrate` decides the joint that everything is estimated from: the pruning filters count from
 it (cleanlab's `find_label_issues(..., confident_joint=compute_confident_joint(...,

@@ -19,10 +19,12 @@ filter, a row whose label is the argmax once its probability gains 1e-6 is never
 from __future__ import annotations
 
 from types import ModuleType
+
 import numpy as np
 
 from service.engine.label_noise._options import FilterBy
 from service.engine.label_noise._rows import ClassGroups, RowScan
+
 
 def issue_mask(
     filter_by: FilterBy,
@@ -43,12 +45,11 @@ def issue_mask(
     else:
         counts = prune_counts(joint)
         if filter_by != "prune_by_class":
-            mask = _by_noise_rate(probs, labels, counts, groups, kernels=kernels)
+            mask = _by_noise_rate(probs, labels, counts, scan, groups, kernels=kernels)
         if filter_by != "prune_by_noise_rate":
             by_class = _by_class(probs, counts, groups, kernels=kernels)
             mask = by_class if filter_by == "prune_by_class" else mask & by_class
-    mask &= ~scan.kept
-    return mask
+    return np.asarray(mask & ~scan.kept)
 
 
 def prune_counts(joint: np.ndarray) -> np.ndarray:
@@ -66,18 +67,19 @@ def prune_counts(joint: np.ndarray) -> np.ndarray:
     lowered = counts - (raised - diagonal) / shared_by
     lowered[lowered < 0] = 0
     np.fill_diagonal(lowered, raised)
-    return lowered.astype(np.int64)
+    return np.asarray(lowered, dtype=np.int64)
 
 
 def _by_noise_rate(
     probs: np.ndarray,
     labels: np.ndarray,
     counts: np.ndarray,
+    scan: RowScan,
     groups: ClassGroups,
     *,
     kernels: ModuleType,
 ) -> np.ndarray:
-    mask, cells = kernels.prune_by_noise_rate(probs, labels, counts)
+    mask, cells = kernels.prune_by_noise_rate(probs, labels, counts, scan.kept)
     for k, j in cells:  # the m-th largest margin is tied with the next: cleanlab's sort decides
         rows = groups.rows(k)
         margin = probs[rows, j] - probs[rows, k]

@@ -26,7 +26,9 @@ OUTSIDE_UNIT_INTERVAL, SUM_OFF = 1, 2
 Field = Literal["probs", "logits"]
 
 
-def score_rows(scores: np.ndarray, labels: np.ndarray, field: Field) -> tuple[np.ndarray, np.ndarray]:
+def score_rows(
+    scores: np.ndarray, labels: np.ndarray, field: Field
+) -> tuple[np.ndarray, np.ndarray]:
     """`scores` [N, C] (N >= 1, C >= 2) as C-contiguous rows in the compute dtype, and the labels
     [N] as int64 class indices in [0, C)."""
     require(

@@ -38,9 +38,9 @@ def class_thresholds(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """
     means = np.divide(sums.astype(np.float64), counts, out=np.zeros(counts.size), where=counts > 0)
     if np.all(counts > 0):
-        return np.clip(means.astype(sums.dtype), a_min=THRESHOLD_FLOOR, a_max=None)
+        return np.asarray(np.clip(means.astype(sums.dtype), a_min=THRESHOLD_FLOOR, a_max=None))
     means = np.where(counts > 0, means.astype(sums.dtype), ABSENT_THRESHOLD).astype(np.float64)
-    return np.clip(means, a_min=THRESHOLD_FLOOR, a_max=None)
+    return np.asarray(np.clip(means, a_min=THRESHOLD_FLOOR, a_max=None))
 
 
 def confidence_cut(thresholds: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -97,9 +97,7 @@ def _round_preserving_row_totals(floats: np.ndarray) -> np.ndarray:
         step = np.where(diff < 0, -1.0, 1.0)
         changes = np.minimum(np.abs(diff), n_classes)[:, None]
         ranked = np.argsort(rows[todo] - ints[todo], axis=1)
-        chosen = np.where(
-            step[:, None] > 0, position >= n_classes - changes, position < changes
-        )
+        chosen = np.where(step[:, None] > 0, position >= n_classes - changes, position < changes)
         which = np.broadcast_to(todo[:, None], ranked.shape)[chosen]
         ints[which, ranked[chosen]] += np.broadcast_to(step[:, None], ranked.shape)[chosen]
 
@@ -125,7 +123,10 @@ def transition_matrix(joint: np.ndarray) -> np.ndarray:
 
 
 def noise_rate(joint: np.ndarray) -> float:
-    """The estimated fraction of mislabelled rows: `1 - trace(Q)`, Q the joint normalised to sum
-    to 1 (cleanlab's `estimate_joint`; with a calibrated joint, `num_label_issues(...,
-    estimation_method="off_diagonal_calibrated") / N` before rounding)."""
+    """The estimated fraction of mislabelled rows, `1 - trace(Q)` with Q the joint divided by its
+    sum (the paper's section 3.2; cleanlab's `estimate_joint(None, probs, confident_joint=joint)`).
+
+    cleanlab's `num_label_issues(..., estimation_method="off_diagonal_calibrated")` is about
+    `noise_rate * N`, but calibrates the calibrated joint a second time, which can move a count.
+    """
     return float(1.0 - (joint / np.clip(float(np.sum(joint)), a_min=TINY, a_max=None)).trace())

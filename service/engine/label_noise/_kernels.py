@@ -134,7 +134,7 @@ def class_sums(values: Any, starts: Any) -> Any:
 
 
 @numba.njit(inline="always")
-def _span(row: Any, key: Any, cut: Any) -> tuple[bool, float, int, int, int]:
+def _span(row: Any, key: Any, cut: Any) -> tuple[Any, ...]:
     """Over `row`: all values in [0, 1] (False for NaN), their float64 sum, how many reach their
     class's `cut` and the first that does (`row.size` for none), the largest key (-1 for none).
     One loop that LLVM vectorises (from index 0: from a variable start it gathers)."""
@@ -150,7 +150,7 @@ def _span(row: Any, key: Any, cut: Any) -> tuple[bool, float, int, int, int]:
 
 
 @numba.njit(inline="always")
-def _first_equal(values: Any, target: Any) -> int:
+def _first_equal(values: Any, target: Any) -> Any:
     """The first index of `target` in `values` (`values.size` for none), vectorised."""
     first = values.size
     for j in range(values.size):
@@ -181,7 +181,7 @@ def scan_rows(
     - `kept`: `_reduce_issues`: the label is the first argmax once `p[i, k]` gains 1e-6, so no
       filter flags the row.
     """
-    n, c = probs.shape
+    n = probs.shape[0]
     status = np.zeros(n, dtype=np.uint8)
     guess = np.empty(n, dtype=np.int32)
     argmax = np.empty(n, dtype=np.int32)

@@ -32,7 +32,9 @@ def check_options(filter_by: FilterBy, rank_by: RankBy, max_issues: int | None) 
         "filter_by",
         f"expected one of {', '.join(FILTERS)}, got {filter_by!r}",
     )
-    require(rank_by in RANKINGS, "rank_by", f"expected one of {', '.join(RANKINGS)}, got {rank_by!r}")
+    require(
+        rank_by in RANKINGS, "rank_by", f"expected one of {', '.join(RANKINGS)}, got {rank_by!r}"
+    )
     if max_issues is not None:
         whole = isinstance(max_issues, int | np.integer) and not isinstance(max_issues, bool)
         require(

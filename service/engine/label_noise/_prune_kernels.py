@@ -63,9 +63,10 @@ def _cut(heap: Any, lo: int, m: int) -> Any:
 
 
 @_compiled(nogil=True)
-def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any) -> tuple[Any, Any]:
+def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any, kept: Any) -> tuple[Any, Any]:
     """Of the rows labelled k, flag the `prune_counts[j, k]` with the largest margin `p_j - p_k`,
-    for each j != k. Returns the mask and the (k, j) cells tied at the cut, as `[n, 2]`.
+    for each j != k. Returns the mask and the (k, j) cells tied at the cut, as `[n, 2]`. Rows
+    `kept` (never issues) still take their place among the margins, but are never flagged.
 
     Both passes read the rows in memory order, every class's heaps open at once: the rows of one
     class are scattered, and read class by class they would wait on memory.
@@ -87,18 +88,21 @@ def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any) -> tuple[Any
     offset = np.empty(first[c] + 1, dtype=np.int64)
     offset[0] = 0
     enter = np.full((c, c), np.inf, dtype=probs.dtype)  # a margin above this enters the heap
+    slot = np.empty((c, c), dtype=np.int64)  # the open cell (k, j) is cells[slot[k, j]]
     a = 0
     for k in range(c):
         for j in range(c):
             m = prune_counts[j, k]
             if j != k and m > 0 and sizes[k] > 1:
                 cells[a] = j
+                slot[k, j] = a
                 offset[a + 1] = offset[a] + (0 if every_row[k] else m + 1)
                 enter[k, j] = np.inf if every_row[k] else -np.inf  # -inf: not full yet
                 a += 1
     heap = np.empty(offset[-1], dtype=probs.dtype)
     filled = np.zeros(first[c], dtype=np.int64)
     dense = 4 * (first[1:] - first[:-1]) >= c  # all margins of a row, vectorised
+    entering = np.empty(c, dtype=np.int64)
 
     for i in range(n):
         k = labels[i]
@@ -112,14 +116,22 @@ def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any) -> tuple[Any
                 hit |= row[j] - p_k > enter[k, j]
             if not hit:
                 continue
-        for a in range(first[k], first[k + 1]):
-            j = cells[a]
-            v = row[j] - p_k
-            if v > enter[k, j]:
-                capacity = prune_counts[j, k] + 1
-                filled[a] = _offer(heap, offset[a], filled[a], capacity, v)
-                if filled[a] == capacity:
-                    enter[k, j] = heap[offset[a]]
+            hits = 0
+            for j in range(c):  # the columns hit, without a branch per column
+                entering[hits] = j
+                hits += row[j] - p_k > enter[k, j]
+        else:
+            hits = 0
+            for a in range(first[k], first[k + 1]):
+                entering[hits] = cells[a]
+                hits += row[cells[a]] - p_k > enter[k, cells[a]]
+        for h in range(hits):
+            j = entering[h]
+            a = slot[k, j]
+            capacity = prune_counts[j, k] + 1
+            filled[a] = _offer(heap, offset[a], filled[a], capacity, row[j] - p_k)
+            if filled[a] == capacity:
+                enter[k, j] = heap[offset[a]]
 
     cut = enter  # now: a margin at or above this is flagged
     ambiguous = []
@@ -132,7 +144,7 @@ def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any) -> tuple[Any
     mask = np.zeros(n, dtype=np.bool_)
     for i in range(n):
         k = labels[i]
-        if first[k] == first[k + 1]:
+        if kept[i] or first[k] == first[k + 1]:  # the caller unflags kept rows anyway
             continue
         row = probs[i]
         p_k = row[k]

@@ -36,7 +36,7 @@ def label_quality(
     if rank_by == "self_confidence":
         return self_confidence
     if rank_by == "normalized_margin":
-        return (self_confidence - other + 1) / 2
+        return np.asarray((self_confidence - other + 1) / 2)
     # get_normalized_entropy: -sum(xlogy(p, p)) / log(C); np.log(C) is a float64 scalar, which
     # makes the quotient float64 even for float32 rows.
     entropy = -kernels.entropy_sums(probs) / np.log(probs.shape[1])
