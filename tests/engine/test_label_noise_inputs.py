@@ -6,6 +6,8 @@ What a report contains is checked against cleanlab in `test_label_noise_cleanlab
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import ml_dtypes
@@ -181,3 +183,16 @@ def test_a_row_of_minus_infinity_logits_is_an_error() -> None:
     with pytest.raises(InvalidInput, match=r"row at index \(2,\) is -inf") as error:
         find_label_issues_from_logits(logits, np.zeros(3, dtype=np.int64))
     assert error.value.field == ("logits",)
+
+
+def test_import_loads_no_numba_and_warm_up_compiles_both_dtypes() -> None:
+    kernels = ["scan_rows", "class_sums", "entropy_sums", "prune_by_noise_rate", "prune_by_class"]
+    code = (
+        "import sys; import service.engine.label_noise as noise; "
+        "assert 'numba' not in sys.modules; noise.warm_up(); "
+        "from service.engine.label_noise._report import compiled_kernels; k = compiled_kernels(); "
+        f"print(sorted(str(getattr(k, name).signatures[i][0].dtype) for name in {kernels!r} "
+        "for i in range(len(getattr(k, name).signatures))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(sorted(["float32", "float64"] * 5))

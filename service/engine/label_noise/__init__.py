@@ -41,7 +41,8 @@ resolution of float16 and bfloat16 inputs where coarser); NaN or +inf logits, or
 `rank_by`; `max_issues` negative. Inputs are never written to.
 
 Probabilities compute in float32 for 16- and 32-bit inputs and in float64 for float64 (cleanlab
-then gets the same array). The numba kernels (`_kernels`) load on the first call.
+then gets the same array). The numba kernels (`_kernels`) compile, or load from numba's disk cache,
+on the first call, or at `warm_up()`.
 """
 
 from service.engine.label_noise._options import FILTERS, RANKINGS, FilterBy, RankBy
@@ -49,6 +50,7 @@ from service.engine.label_noise._report import (
     LabelNoiseReport,
     find_label_issues,
     find_label_issues_from_logits,
+    warm_up,
 )
 
 __all__ = [
@@ -59,4 +61,5 @@ __all__ = [
     "RankBy",
     "find_label_issues",
     "find_label_issues_from_logits",
+    "warm_up",
 ]

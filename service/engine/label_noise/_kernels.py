@@ -1,22 +1,17 @@
 """The passes of confident learning over `[N, C]` probabilities, compiled with numba.
 
-Each kernel replaces a NumPy expression of cleanlab (named in its docstring) and returns the same
+Each kernel replaces NumPy expressions of cleanlab (named in its docstring) and returns the same
 bits, not just the same values to a tolerance, because what follows compares and sorts them:
 
 - sums are NumPy's pairwise summation (`_pairwise_sum`, numpy/_core/src/umath/loops_utils.h.src),
-  in the dtype NumPy accumulates in, over the elements NumPy would visit in the same order;
+  in the dtype NumPy accumulates in, over the elements NumPy would visit, in the same order;
 - `xlogy(p, p)` is `p * log(p)` in the dtype of `p` with the C library's `log` (`logf` for
   float32), as SciPy's `xlogy` loops compute it;
-- differences of float32 probabilities are float32 differences, as NumPy forms them.
+- comparisons run in the probabilities' own dtype, against cuts rounded so that they decide as
+  cleanlab's comparisons do (`_joint.confidence_cut`).
 
-Selecting the `m` largest margins (or smallest probabilities) is the one place where the order of
-ties matters: cleanlab keeps `np.argsort(...)[:m]`, and which of several equal values NumPy's
-unstable sort puts first is its own affair. The selection kernels therefore decide only the
-cells where the m-th and (m + 1)-th values differ; they return the others as `ambiguous`, and the
-caller settles those with the very `np.argsort` call cleanlab makes (`_filters`).
-
-This module imports numba: reach it only through `label_noise._compiled_kernels`, so that
-`import service.engine` stays free of it.
+The pruning filters' selections are in `_prune_kernels`. This module and that one import numba:
+reach them only through `_report.compiled_kernels`, so that `import service.engine` does not.
 """
 
 from __future__ import annotations
