@@ -92,7 +92,7 @@ def _by_class(
 ) -> np.ndarray:
     off_diagonal = groups.counts - np.diagonal(counts)
     mask, classes = kernels.prune_by_class(
-        groups.self_confidence, groups.order, groups.starts, off_diagonal
+        groups.grouped_confidence, groups.order, groups.starts, off_diagonal
     )
     for k in classes:  # a tie at the cut, as above
         rows = groups.rows(k)

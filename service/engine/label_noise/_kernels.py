@@ -101,20 +101,27 @@ def _pairwise_sum(a: Any, lo: int, n: int) -> Any:
 
 
 @_compiled(nogil=True)
-def group_by_class(labels: Any, n_classes: int) -> tuple[Any, Any]:
-    """Row indices ordered by label, ascending within a class (a counting sort), and the start
-    of each class in that order (`starts[k]:starts[k + 1]`)."""
-    starts = np.zeros(n_classes + 1, dtype=np.int64)
+def group_by_class(probs: Any, labels: Any) -> tuple[Any, Any, Any, Any]:
+    """Row indices ordered by label, ascending within a class (a counting sort), the start of
+    each class in that order (`starts[k]:starts[k + 1]`), and the self-confidence `p[i, y_i]`
+    by row and in that order."""
+    n, c = probs.shape
+    starts = np.zeros(c + 1, dtype=np.int64)
     for label in labels:
         starts[label + 1] += 1
-    for k in range(n_classes):
+    for k in range(c):
         starts[k + 1] += starts[k]
-    order = np.empty(labels.size, dtype=np.int64)
+    order = np.empty(n, dtype=np.int64)
+    by_row = np.empty(n, dtype=probs.dtype)
+    by_class = np.empty(n, dtype=probs.dtype)
     fill = starts[:-1].copy()
-    for i in range(labels.size):
-        order[fill[labels[i]]] = i
-        fill[labels[i]] += 1
-    return order, starts
+    for i in range(n):
+        k = labels[i]
+        by_row[i] = probs[i, k]
+        order[fill[k]] = i
+        by_class[fill[k]] = by_row[i]
+        fill[k] += 1
+    return order, starts, by_row, by_class
 
 
 @_compiled(nogil=True)

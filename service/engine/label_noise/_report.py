@@ -72,16 +72,15 @@ def _report(
     max_issues: int | None,
 ) -> LabelNoiseReport:
     kernels = compiled_kernels()
-    n, n_classes = probs.shape
-    self_confidence = probs[np.arange(n), labels]
-    groups = group_rows(probs, labels, self_confidence, kernels=kernels)
+    n_classes = probs.shape[1]
+    groups = group_rows(probs, labels, kernels=kernels)
     thresholds = _joint.class_thresholds(
-        kernels.class_sums(groups.self_confidence, groups.starts), groups.counts
+        kernels.class_sums(groups.grouped_confidence, groups.starts), groups.counts
     )
     scan = scan_rows(
         probs,
         labels,
-        self_confidence,
+        groups.self_confidence,
         _joint.confidence_cut(thresholds, probs.dtype),
         sum_tolerance,
         kernels=kernels,
@@ -90,7 +89,7 @@ def _report(
     if calibrate:
         joint = _joint.calibrate(joint, groups.counts)
     mask = issue_mask(filter_by, probs, labels, joint, scan, groups, kernels=kernels)
-    scores = label_quality(rank_by, probs, self_confidence, scan.other, kernels=kernels)
+    scores = label_quality(rank_by, probs, groups.self_confidence, scan.other, kernels=kernels)
     issues = np.flatnonzero(mask)
     # cleanlab's `order_label_issues`: `np.argsort` of the issues' scores in their own dtype
     ranked = issues[np.argsort(scores[issues])]

@@ -1,7 +1,8 @@
 """The passes over the `[N, C]` rows that everything else is computed from.
 
 1. `group_rows`: row indices grouped by label (`order`, `starts`), and the self-confidence
-   `p[i, y_i]` in that order, which the thresholds and `prune_by_class` read class by class;
+   `p[i, y_i]` by row and in that order, where the thresholds and `prune_by_class` read it class
+   by class;
 2. `scan_rows`: one read of every row for the checks of the probabilities and the per-row
    quantities of the confident joint, the filters and the quality scores (`_kernels.scan_rows`).
 """
@@ -21,7 +22,8 @@ from service.engine.label_noise._joint import NUDGE
 class ClassGroups:
     order: np.ndarray  # [N] int64: row indices by label, ascending within a label
     starts: np.ndarray  # [C + 1] int64: class k is order[starts[k]:starts[k + 1]]
-    self_confidence: np.ndarray  # [N]: p[i, y_i] for i in `order`
+    self_confidence: np.ndarray  # [N]: p[i, y_i]
+    grouped_confidence: np.ndarray  # [N]: the same in `order`
 
     @property
     def counts(self) -> np.ndarray:
@@ -41,11 +43,8 @@ class RowScan:
     kept: np.ndarray  # [N] bool: never an issue (see `_kernels.scan_rows`)
 
 
-def group_rows(
-    probs: np.ndarray, labels: np.ndarray, self_confidence: np.ndarray, *, kernels: ModuleType
-) -> ClassGroups:
-    order, starts = kernels.group_by_class(labels, probs.shape[1])
-    return ClassGroups(order, starts, self_confidence[order])
+def group_rows(probs: np.ndarray, labels: np.ndarray, *, kernels: ModuleType) -> ClassGroups:
+    return ClassGroups(*kernels.group_by_class(probs, labels))
 
 
 def scan_rows(
