@@ -88,21 +88,19 @@ def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any, kept: Any) -
     offset = np.empty(first[c] + 1, dtype=np.int64)
     offset[0] = 0
     enter = np.full((c, c), np.inf, dtype=probs.dtype)  # a margin above this enters the heap
-    slot = np.empty((c, c), dtype=np.int64)  # the open cell (k, j) is cells[slot[k, j]]
     a = 0
     for k in range(c):
         for j in range(c):
             m = prune_counts[j, k]
             if j != k and m > 0 and sizes[k] > 1:
                 cells[a] = j
-                slot[k, j] = a
                 offset[a + 1] = offset[a] + (0 if every_row[k] else m + 1)
                 enter[k, j] = np.inf if every_row[k] else -np.inf  # -inf: not full yet
                 a += 1
     heap = np.empty(offset[-1], dtype=probs.dtype)
     filled = np.zeros(first[c], dtype=np.int64)
-    dense = 4 * (first[1:] - first[:-1]) >= c  # all margins of a row, vectorised
-    entering = np.empty(c, dtype=np.int64)
+    dense = 4 * (first[1:] - first[:-1]) >= c  # test all margins of a row, vectorised
+    entering = np.empty(c, dtype=np.int64)  # the open cells a row enters
 
     for i in range(n):
         k = labels[i]
@@ -110,24 +108,19 @@ def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any, kept: Any) -
             continue
         row = probs[i]
         p_k = row[k]
-        if dense[k]:
+        if dense[k]:  # most rows enter no heap: one vectorised test says so
             hit = False
             for j in range(c):
                 hit |= row[j] - p_k > enter[k, j]
             if not hit:
                 continue
-            hits = 0
-            for j in range(c):  # the columns hit, without a branch per column
-                entering[hits] = j
-                hits += row[j] - p_k > enter[k, j]
-        else:
-            hits = 0
-            for a in range(first[k], first[k + 1]):
-                entering[hits] = cells[a]
-                hits += row[cells[a]] - p_k > enter[k, cells[a]]
+        hits = 0
+        for a in range(first[k], first[k + 1]):  # without a branch per cell
+            entering[hits] = a
+            hits += row[cells[a]] - p_k > enter[k, cells[a]]
         for h in range(hits):
-            j = entering[h]
-            a = slot[k, j]
+            a = entering[h]
+            j = cells[a]
             capacity = prune_counts[j, k] + 1
             filled[a] = _offer(heap, offset[a], filled[a], capacity, row[j] - p_k)
             if filled[a] == capacity:
