@@ -31,7 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from cleanlab import count, filter, rank
+from cleanlab import count, rank
+from cleanlab import filter as cleanlab_filter
 
 from bench.engine import _measure, _ms, _print_table, _ratio, _shapes
 from service.engine import RANKINGS, find_label_issues
@@ -61,7 +62,9 @@ def draw(rows: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 def check(probs: np.ndarray, labels: np.ndarray, rank_by: str) -> int:
     """Compare the report with cleanlab's answers; the number of issues."""
     report = find_label_issues(probs, labels, rank_by=rank_by)  # type: ignore[arg-type]
-    issues = filter.find_label_issues(labels, probs, return_indices_ranked_by=rank_by, n_jobs=1)
+    issues = cleanlab_filter.find_label_issues(
+        labels, probs, return_indices_ranked_by=rank_by, n_jobs=1
+    )
     joint = count.compute_confident_joint(labels, probs)
     _, noise_matrix, _ = count.estimate_latent(joint, labels)
     quality = rank.get_label_quality_scores(labels, probs, method=rank_by)
@@ -102,7 +105,7 @@ def bench_shape(rows: int, classes: int, rank_by: str, repeats: int) -> dict[str
     contenders: dict[str, Callable[[], Any]] = {
         "exp": lambda: np.exp(probs, out=buffer),
         "engine": lambda: find_label_issues(probs, labels, rank_by=rank_by),  # type: ignore[arg-type]
-        "cleanlab": lambda: filter.find_label_issues(
+        "cleanlab": lambda: cleanlab_filter.find_label_issues(
             labels, probs, return_indices_ranked_by=rank_by, n_jobs=1
         ),
         "quality": lambda: rank.get_label_quality_scores(labels, probs, method=rank_by),

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cleanlab import count, filter, rank
+from cleanlab import count, rank
+from cleanlab import filter as cleanlab_filter
 from scipy.special import softmax
 
 from service.engine import FILTERS, RANKINGS, LabelNoiseReport, find_label_issues
@@ -100,7 +101,7 @@ def cleanlab_issues(
     joint = count.compute_confident_joint(labels, probs, calibrate=calibrate)
     given = {} if filter_by == "confident_learning" else {"confident_joint": joint}
     issues: np.ndarray = quiet(
-        filter.find_label_issues,
+        cleanlab_filter.find_label_issues,
         labels,
         probs,
         filter_by=filter_by,
@@ -354,7 +355,7 @@ def test_the_quantised_cases_tie_at_the_cuts() -> None:
     pruned cell are equal, so the tie-break of cleanlab's sort decides which rows are issues."""
     probs, labels = case("quantised")
     joint = count.compute_confident_joint(labels, probs)
-    prune = filter._keep_at_least_n_per_class(joint.T, 1)
+    prune = cleanlab_filter._keep_at_least_n_per_class(joint.T, 1)
     tied = 0
     for k, j in itertools.permutations(range(probs.shape[1]), 2):
         m = prune[j, k]
