@@ -18,7 +18,7 @@ from scipy.special import softmax
 from service.engine import find_label_issues, find_label_issues_from_logits
 from service.engine.label_noise._inputs import logit_probabilities
 from service.errors import InvalidInput
-from tests.engine.test_label_noise_cleanlab import draw
+from tests.engine.label_noise_data import draw
 
 
 def report_fields(report: Any) -> dict[str, Any]:
