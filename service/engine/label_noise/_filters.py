@@ -1,5 +1,5 @@
 """Which rows are label issues: cleanlab's `filter.find_label_issues` filters (Northcutt et al.,
-JAIR 2021, section 3.3; "C_confusion" is `predicted_neq_given`, "C_{y~,y*}" `confident_learning`).
+JAIR 2021, whose "C_confusion" is `predicted_neq_given`, "C_{y~,y*}" `confident_learning`).
 
 - `prune_by_noise_rate` (cleanlab's default): for every off-diagonal cell (given k, true j) of the
   prune counts, the rows labelled k with the largest margin `p_j - p_k`, as many as the cell

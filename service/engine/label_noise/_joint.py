@@ -1,13 +1,14 @@
-"""The confident joint and what is estimated from it (Northcutt et al., "Confident Learning:
-Estimating Uncertainty in Dataset Labels", JAIR 2021, sections 3.1 and 3.2).
+"""The confident joint and what is estimated from it (Northcutt, Jiang & Chuang, "Confident
+Learning: Estimating Uncertainty in Dataset Labels", JAIR 70, 2021).
 
-- Per-class thresholds `t_k`: the mean self-confidence `p_k` over the rows labelled k (eq. 2).
+- Per-class thresholds `t_k`: the mean self-confidence `p_k` over the rows labelled k (the
+  paper's equation 2).
 - The confident joint `C[i, j]`: rows labelled i whose only probability at or above its class's
-  threshold is that of class j, or, where several are, whose argmax is j (eq. 1 and its argmax
-  tie-break); every diagonal entry is at least 1.
-- Calibration (eq. 3): each row rescaled to the count of its label, the whole to N, rounded to
-  integers that keep the row totals.
-- The noise matrix `P(given = i | true = j)`: the columns of the joint normalised (sec. 3.2), with
+  threshold is that of class j, or, where several are, whose argmax is j; every diagonal entry is
+  at least 1.
+- Calibration: each row rescaled to the count of its label, the whole to N, rounded to integers
+  that keep the row totals.
+- The noise matrix `P(given = i | true = j)`: the columns of the joint normalised, with
   cleanlab's clipping of noise rates to [0, 0.9999].
 
 Everything here is O(C^2) or O(C) and follows cleanlab 2.x (`count.get_confident_thresholds`,
@@ -124,7 +125,8 @@ def transition_matrix(joint: np.ndarray) -> np.ndarray:
 
 def noise_rate(joint: np.ndarray) -> float:
     """The estimated fraction of mislabelled rows, `1 - trace(Q)` with Q the joint divided by its
-    sum (the paper's section 3.2; cleanlab's `estimate_joint(None, probs, confident_joint=joint)`).
+    sum, the paper's estimate of the joint distribution of given and true labels (cleanlab's
+    `estimate_joint(None, probs, confident_joint=joint)`).
 
     cleanlab's `num_label_issues(..., estimation_method="off_diagonal_calibrated")` is about
     `noise_rate * N`, but calibrates the calibrated joint a second time, which can move a count.

@@ -1,5 +1,6 @@
 """Label quality scores in [0, 1], low for a label that is likely wrong: cleanlab's
-`rank.get_label_quality_scores` (Northcutt et al., JAIR 2021, section 3.3's ranking of issues).
+`rank.get_label_quality_scores`, which orders the issues of confident learning (Northcutt et al.,
+JAIR 2021).
 
 With `p` the row's probabilities and `k` its label:
 
