@@ -1,4 +1,5 @@
-"""Pure array functions: losses, their gradients, and the reduction they share.
+"""Pure array functions: losses, their gradients, the reduction they share, and confident
+learning (`label_noise`: label issues and the noise transition matrix).
 
 Nothing here imports FastAPI, pydantic or CuPy. Every function takes NumPy or CuPy arrays and
 computes on the library its inputs belong to.
@@ -31,9 +32,20 @@ from service.engine._softmax_family import (
     poly1,
     symmetric_cross_entropy,
 )
+from service.engine.label_noise import (
+    FILTERS,
+    RANKINGS,
+    FilterBy,
+    LabelNoiseReport,
+    RankBy,
+    find_label_issues,
+    find_label_issues_from_logits,
+)
 
 __all__ = [
     "CPU",
+    "FILTERS",
+    "RANKINGS",
     "Array",
     "Backend",
     "BackendUnavailable",
@@ -41,7 +53,10 @@ __all__ = [
     "DeviceChoice",
     "EmptyPolicy",
     "EnginePath",
+    "FilterBy",
+    "LabelNoiseReport",
     "LossResult",
+    "RankBy",
     "ReducedLoss",
     "Reduction",
     "array_namespace",
@@ -49,6 +64,8 @@ __all__ = [
     "bradley_terry",
     "cross_entropy",
     "engine_path",
+    "find_label_issues",
+    "find_label_issues_from_logits",
     "focal",
     "forward_corrected_cross_entropy",
     "generalized_cross_entropy",

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
+import ml_dtypes
 import numpy as np
 
 from service.engine._checks import check_option_range, check_unit_interval, first_position
@@ -31,6 +32,16 @@ from service.errors import InvalidInput
 
 # Probability rows must sum to 1 within this, or within the labels' dtype resolution if coarser.
 PROBABILITY_SUM_TOLERANCE = 1e-6
+
+
+def probability_sum_tolerance(dtype: np.dtype) -> float:
+    """How far from 1 rows of probabilities given in `dtype` may sum: `PROBABILITY_SUM_TOLERANCE`,
+    or the dtype's resolution where that is coarser (float16, bfloat16; ml_dtypes' `finfo` knows
+    both, NumPy's not bfloat16)."""
+    if dtype.kind not in "fV":
+        return PROBABILITY_SUM_TOLERANCE
+    resolution = float(ml_dtypes.finfo(dtype).eps)  # type: ignore[no-untyped-call]
+    return max(PROBABILITY_SUM_TOLERANCE, resolution)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-import ml_dtypes
 import numpy as np
 
 from service.engine._checks import check_unit_interval, first_position, require
-from service.engine._cross_entropy import PROBABILITY_SUM_TOLERANCE
+from service.engine._cross_entropy import probability_sum_tolerance
 from service.engine._dtypes import as_compute, compute_dtype_for
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._softmax import log_softmax
@@ -159,10 +158,7 @@ def probability_rows(p: Array, task: Task, *, xp: ModuleType, given_dtype: np.dt
     if task == "binary":
         return xp.stack([1 - p, p], axis=-1)
     sums = xp.sum(p, axis=-1, dtype=np.float64)
-    resolution = 0.0
-    if given_dtype.kind in "fV":  # ml_dtypes.finfo also knows bfloat16, np.finfo does not
-        resolution = float(ml_dtypes.finfo(given_dtype).eps)  # type: ignore[no-untyped-call]
-    off = xp.abs(sums - 1) > max(PROBABILITY_SUM_TOLERANCE, resolution)
+    off = xp.abs(sums - 1) > probability_sum_tolerance(given_dtype)
     if bool(xp.any(off)):
         position = first_position(off, xp)
         raise InvalidInput(
