@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         30.0, ge=0, description="how long a request waits for a compute slot before a 503"
     )
     retry_after_s: int = Field(5, ge=0, description="`Retry-After` of the 503 answers")
+    max_label_noise_classes: int = Field(
+        2048,
+        gt=0,
+        description="classes of /v1/label-noise, whose estimates keep several [C, C] arrays",
+    )
     max_bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples per calibration request"
     )

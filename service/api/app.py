@@ -16,7 +16,7 @@ from service._compat.glibc_malloc import retain_freed_memory
 from service.api import docs, metrics, openapi, problems
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
-from service.api.routes import calibration, evaluate, health, losses, oip, runs
+from service.api.routes import calibration, evaluate, health, label_noise, losses, oip, runs
 from service.config import Settings, get_settings
 from service.db import RunStore
 from service.engine import select_backend, warm_up
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(calibration.router)
     app.include_router(oip.router)
     app.include_router(runs.router)
+    app.include_router(label_noise.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

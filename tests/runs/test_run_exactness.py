@@ -5,7 +5,6 @@ splits and orders, through the same core use cases the routes call."""
 
 from __future__ import annotations
 
-import base64
 import math
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from service.core.runs.models import RunCreate
 from service.db import RunStore
 from service.engine import CPU
 from service.schemas.calibration import CalibrationRequest
+from tests.helpers import encoded
 
 CTX = Context(CPU, Settings(device="cpu"))
 
@@ -88,12 +88,6 @@ def datasets(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def _encoded(array: np.ndarray) -> dict[str, Any]:
-    """A tensor field that keeps the array's dtype and shape (JSON lists lose both)."""
-    data = base64.b64encode(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")))
-    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": data.decode()}
-
-
 def _close(actual: Any, expected: Any, path: str = "") -> None:
     """Equal, with floats to float64 rounding (relative 1e-12, or 1e-12 near zero)."""
     if isinstance(expected, dict):
@@ -138,7 +132,7 @@ def test_a_run_reports_what_evaluate_and_calibration_report_on_the_whole(
 
     whole = evaluate(
         EvaluateRequest.model_validate(
-            {"logits": _encoded(logits), "labels": _encoded(labels), "losses": data["losses"]}
+            {"logits": encoded(logits), "labels": encoded(labels), "losses": data["losses"]}
         ),
         ctx=CTX,
     )
@@ -161,8 +155,8 @@ def test_a_run_reports_what_evaluate_and_calibration_report_on_the_whole(
     expected_report = calibrate(
         CalibrationRequest.model_validate(
             {
-                "logits": _encoded(logits[kept]),
-                "labels": _encoded(labels[kept]),
+                "logits": encoded(logits[kept]),
+                "labels": encoded(labels[kept]),
                 **data["calibration"],
             }
         ),

@@ -4,7 +4,6 @@ concatenation of the batches."""
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import uuid
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import AsyncClientContext
+from tests.helpers import encoded
 
 pytestmark = pytest.mark.anyio
 
@@ -31,15 +31,6 @@ CALIBRATION = {"n_bins": 10, "top_k": [2]}
 async def client(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with AsyncClientContext(database_url=db_url) as http:
         yield http
-
-
-def encoded(array: np.ndarray) -> dict[str, Any]:
-    little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"))
-    return {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "data": base64.b64encode(little.tobytes()).decode(),
-    }
 
 
 def batch(n: int, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:

@@ -22,21 +22,13 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import AsyncClientContext
+from tests.helpers import encoded
 from tests.live_server import ROOT, _env, serving
 from tests.runs.conftest import PostgresServer
 from tests.runs.network import TcpProxy
 
 RNG = np.random.default_rng(5)
 SPEC = {"losses": [{"name": "cross-entropy"}], "calibration": {"n_bins": 8}}
-
-
-def encoded(array: np.ndarray) -> dict[str, Any]:
-    little = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"))
-    return {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "data": base64.b64encode(little).decode(),
-    }
 
 
 def a_batch(n: int = 16, classes: int = 5) -> dict[str, Any]:
