@@ -183,6 +183,25 @@ async def test_other_tensors_under_a_used_batch_id_are_a_conflict(
     assert report["n_batches"] == 1 and report["n_samples"] == 5
 
 
+async def test_a_counted_batch_can_be_looked_up(client: httpx.AsyncClient) -> None:
+    run = await create(client)
+    receipt = (await put(client, run["id"], "k1", *batch(5))).json()
+    stored = await client.get(f"/v1/runs/{run['id']}/batches/k1")
+    assert stored.status_code == 200, stored.text
+    body = stored.json()
+    assert body["digest"] == receipt["digest"]
+    assert (body["run_id"], body["batch_id"], body["n_samples"]) == (run["id"], "k1", 5)
+    report = (await client.get(f"/v1/runs/{run['id']}")).json()
+    assert body["created_at"] == report["updated_at"]
+    missing = await client.get(f"/v1/runs/{run['id']}/batches/k2")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["errors"][0]["field"] == "batch_id"
+    no_run = await client.get(f"/v1/runs/{uuid.uuid4()}/batches/k1")
+    assert no_run.status_code == 404
+    assert (await client.get(f"/v1/runs/{run['id']}/batches/a%20b")).status_code == 422
+
+
 @pytest.mark.parametrize(
     ("spec", "field"),
     [

@@ -23,6 +23,7 @@ from service.core.runs.models import (
     RunList,
     RunSpec,
     RunSummary,
+    StoredBatch,
 )
 from service.db import BatchOutcome, RunRecord, RunStore
 from service.engine import calibration
@@ -80,6 +81,17 @@ def add_batch(
         duplicate=outcome is BatchOutcome.DUPLICATE,
         n_samples=batch.n_samples,
         digest=batch.digest,
+    )
+
+
+def get_batch(store: RunStore, run_id: uuid.UUID, batch_id: str, *, ctx: Context) -> StoredBatch:
+    record = store.get_batch(run_id, batch_id)
+    return StoredBatch(
+        run_id=str(record.run_id),
+        batch_id=record.batch_id,
+        digest=record.digest,
+        n_samples=record.n_samples,
+        created_at=record.created_at,
     )
 
 
