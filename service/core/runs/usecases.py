@@ -125,6 +125,16 @@ def run_metrics(
     return calibration.compute(state)
 
 
+def run_with_metrics(
+    store: RunStore, run_id: uuid.UUID, *, ctx: Context
+) -> tuple[Run, calibration.CalibrationMetrics | None]:
+    """A run's report and its calibration metrics (for its diagram), from one read of the run:
+    both describe the same batches."""
+    record = store.get_run(run_id)
+    state = statistics.calibration_state(record.totals)
+    return run_answer(record, ctx=ctx), None if state is None else calibration.compute(state)
+
+
 def summary(record: RunRecord) -> RunSummary:
     return RunSummary(**_summary_fields(record))
 
