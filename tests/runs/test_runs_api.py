@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -181,6 +182,19 @@ async def test_other_tensors_under_a_used_batch_id_are_a_conflict(
     assert "batch_id" in conflict.json()["detail"]
     report = (await client.get(f"/v1/runs/{run['id']}")).json()
     assert report["n_batches"] == 1 and report["n_samples"] == 5
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+async def test_a_bfloat16_batch_is_counted_not_a_500(client: httpx.AsyncClient, dtype: str) -> None:
+    """The digest hashed the tensors' buffer, which ml_dtypes' bfloat16 does not export."""
+    run = await create(client, calibration=CALIBRATION)
+    logits, labels = batch(6)
+    body = {"logits": encoded(logits.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype))}
+    response = await client.put(
+        f"/v1/runs/{run['id']}/batches/half", json={**body, "labels": encoded(labels)}
+    )
+    assert response.status_code == 201, response.text
+    assert (await client.get(f"/v1/runs/{run['id']}")).json()["n_samples"] == 6
 
 
 async def test_a_counted_batch_can_be_looked_up(client: httpx.AsyncClient) -> None:
