@@ -46,7 +46,7 @@ class Source:
 
     @property
     def rows(self) -> int:
-        return int(self.logits.shape[0]) if self.logits.ndim else 1
+        return int(self.logits.shape[0])
 
 
 @dataclass(frozen=True)

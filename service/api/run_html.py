@@ -24,7 +24,8 @@ from service.core.runs.models import Run, RunList, RunSummary
 from service.schemas.calibration import CalibrationResponse
 
 NULL = "\N{EN DASH}"
-MAX_OPTION_CHARS = 80  # a longer option value (a weight vector) is cut, whole in its title
+MAX_OPTION_CHARS = 80  # a longer option value (a weight vector) is cut; its title has more:
+MAX_TITLE_CHARS = 4096  # this much (the JSON answer has all of a 10^5-class vector)
 
 _CSS = """
 :root { color-scheme: light; --line: #d0d7de; --muted: #57606a; --accent: #0969da; }
@@ -199,13 +200,13 @@ def _options(options: dict[str, Any]) -> str:
     shown = []
     for key, value in options.items():
         text = json.dumps(value, separators=(",", ":"))
-        cut = (
-            text
-            if len(text) <= MAX_OPTION_CHARS
-            else f"{text[:MAX_OPTION_CHARS]}\N{HORIZONTAL ELLIPSIS}"
-        )
-        shown.append(f'<code title="{escape(text)}">{escape(key)}={escape(cut)}</code>')
+        cut, title = _cut(text, MAX_OPTION_CHARS), _cut(text, MAX_TITLE_CHARS)
+        shown.append(f'<code title="{escape(title)}">{escape(key)}={escape(cut)}</code>')
     return " ".join(shown)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}\N{HORIZONTAL ELLIPSIS}"
 
 
 def _calibration(run: Run, diagram_svg: str | None) -> str:

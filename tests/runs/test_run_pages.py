@@ -4,6 +4,7 @@ escaped, errors as pages, the same API keys as /v1/runs, and no place in the Ope
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -97,6 +98,14 @@ async def test_a_run_page_shows_the_report_with_the_apis_numbers(
     assert "<?xml" not in text and "<metadata>" not in text
 
 
+async def test_a_long_option_is_cut_and_whole_in_its_title(client: httpx.AsyncClient) -> None:
+    weight = [round(0.5 + i / 7, 6) for i in range(40)]
+    run = await create(client, losses=[{"name": "cross-entropy", "weight": weight}])
+    text = assert_a_page(await client.get(f"/runs/{run['id']}"))
+    whole = json.dumps(weight, separators=(",", ":"))
+    assert f'<code title="{whole}">weight={whole[:80]}\N{HORIZONTAL ELLIPSIS}</code>' in text
+
+
 async def test_runs_without_numbers_yet_say_so(client: httpx.AsyncClient) -> None:
     waiting = await create(client, calibration=CALIBRATION)
     text = assert_a_page(await client.get(f"/runs/{waiting['id']}"))
@@ -159,6 +168,9 @@ async def test_errors_are_pages_with_the_apis_status_and_words(
     assert words in problem["detail"]
 
 
+KEY = {"X-API-Key": "k-page"}
+
+
 async def test_pages_take_the_same_api_keys_as_the_runs_api() -> None:
     async with AsyncClientContext(api_keys=["k-page"]) as client:
         run = (await client.post("/v1/runs", json={"losses": LOSSES}, headers=KEY)).json()
@@ -172,9 +184,6 @@ async def test_pages_take_the_same_api_keys_as_the_runs_api() -> None:
             assert_a_page(await client.get(path, headers={"Authorization": "Bearer k-page"}))
             wrong = await client.get(path, params={"api_key": "k-page"})  # never from the URL
             assert wrong.status_code == 401
-
-
-KEY = {"X-API-Key": "k-page"}
 
 
 async def test_a_database_that_is_down_is_a_503_page_with_retry_after() -> None:
