@@ -18,7 +18,8 @@ import httpx
 from pydantic import ValidationError
 
 from service import upload
-from service.client import APIError, LossClient
+from service.client import LossClient
+from service.client import LossServiceError as ClientError
 from service.client._client import DEFAULT_BASE_URL
 from service.codecs import body_pieces
 from service.config import Settings, get_settings
@@ -221,7 +222,7 @@ def _upload(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         fail("interrupted: run the same command again to send the rest")
         return 130
-    except (ValueError, TypeError, upload.UploadError, APIError) as error:
+    except (ValueError, TypeError, upload.UploadError, ClientError) as error:
         return fail(str(error))
     except httpx.TransportError as error:
         return fail(f"{args.url}: {error} (after retries)")
