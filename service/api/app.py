@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 
 from service import __version__
 from service._compat.glibc_malloc import retain_freed_memory
-from service.api import docs, metrics, openapi, problems
+from service.api import docs, metrics, openapi, problems, run_pages
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, label_noise, losses, oip, runs
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip.router)
     app.include_router(runs.router)
     app.include_router(label_noise.router)
+    app.include_router(run_pages.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

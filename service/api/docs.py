@@ -42,7 +42,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
-def _root(request: Request) -> str:
+def root_path(request: Request) -> str:
     """The prefix a proxy serves the app under (`--root-path`), so the pages' links work there."""
     root: str = request.scope.get("root_path", "")
     return root.rstrip("/")
@@ -50,7 +50,7 @@ def _root(request: Request) -> str:
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    root = _root(request)
+    root = root_path(request)
     assets = f"{root}{STATIC_PATH}/swagger-ui"
     page = get_swagger_ui_html(
         openapi_url=f"{root}{request.app.openapi_url}",
@@ -67,7 +67,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    root = _root(request)
+    root = root_path(request)
     page = get_redoc_html(
         openapi_url=f"{root}{request.app.openapi_url}",
         title=f"{request.app.title} - ReDoc",

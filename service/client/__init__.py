@@ -8,11 +8,19 @@
 
 `AsyncLossClient` has the same methods, awaited. Errors are `APIError`s carrying the service's
 problem details (`status`, `type`, `detail`, `errors`); see `service.client._exceptions`.
+
+An evaluation run, a dataset sent in batches (`Run`, `AsyncRun`; retried safely, see `Retry`):
+
+        run = client.create_run(["cross-entropy"], calibration={"n_bins": 15})
+        for logits, labels in batches:
+            run.add_batch(logits, labels)
+        report = run.report()  # as /v1/evaluate and /v1/calibration on every batch at once
 """
 
 from service.client._client import AsyncLossClient, LossClient
 from service.client._exceptions import (
     APIError,
+    ConflictError,
     InvalidInputError,
     LimitExceededError,
     LossServiceError,
@@ -22,6 +30,7 @@ from service.client._exceptions import (
     UnauthorizedError,
 )
 from service.client._models import (
+    BatchReceipt,
     EvaluateResult,
     Health,
     InferResult,
@@ -30,7 +39,12 @@ from service.client._models import (
     LossOption,
     LossResult,
     Readiness,
+    RunLoss,
+    RunReport,
+    StoredBatch,
 )
+from service.client._retry import Retry
+from service.client._runs import AsyncRun, Run
 from service.client._types import Array, ArrayLike, Encoding
 
 __all__ = [
@@ -38,6 +52,9 @@ __all__ = [
     "Array",
     "ArrayLike",
     "AsyncLossClient",
+    "AsyncRun",
+    "BatchReceipt",
+    "ConflictError",
     "Encoding",
     "EvaluateResult",
     "Health",
@@ -53,7 +70,12 @@ __all__ = [
     "NotFoundError",
     "Readiness",
     "ResponseError",
+    "Retry",
+    "Run",
+    "RunLoss",
+    "RunReport",
     "ServiceUnavailableError",
+    "StoredBatch",
     "UnauthorizedError",
 ]
 

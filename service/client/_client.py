@@ -6,7 +6,6 @@ only in how a request is sent.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from service import __version__
 from service._compat import httpx_reads
-from service.client._exceptions import ResponseError, error_from_response
+from service.client._exceptions import ResponseError
 from service.client._models import (
     EvaluateResult,
     Health,
@@ -25,15 +24,21 @@ from service.client._models import (
     LossInfo,
     LossResult,
     Readiness,
+    RunReport,
 )
-from service.client._tensors import encode, is_array, oip_input, oip_output
-from service.client._transfer import Answer, Body, async_exchange, exchange
+from service.client._retry import DEFAULT_RETRY, Retry
+from service.client._runs import AsyncRun, Run
+from service.client._tensors import (
+    encode,
+    is_array,
+    oip_body,
+)
+from service.client._transfer import Body, async_exchange, exchange, read_json
 from service.client._types import Encoding
-from service.codecs._json_body import dumps_json, loads_json
+from service.codecs._json_body import dumps_json
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0  # the server's default request timeout
-INFER_HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class _Requests:
@@ -78,12 +83,28 @@ class _Requests:
         calibration: Mapping[str, Any] | None,
         values: Mapping[str, Any],
     ) -> dict[str, Any]:
-        items = [{"name": item} if isinstance(item, str) else self.fields(item) for item in losses]
         body = self.loss_body({"logits": logits, "labels": labels, **values})
-        body["losses"] = items
+        body["losses"] = self.loss_items(losses)
         if calibration is not None:
             body["calibration"] = dict(calibration)
         return body
+
+    def loss_items(self, losses: Sequence[str | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Entries of `losses`: a name, or a mapping `{"name": ..., options...}`."""
+        return [{"name": item} if isinstance(item, str) else self.fields(item) for item in losses]
+
+    def run_body(
+        self,
+        losses: Sequence[str | Mapping[str, Any]],
+        calibration: Mapping[str, Any] | None,
+        fields: Mapping[str, Any],
+    ) -> Body:
+        """`POST /v1/runs`: the losses, the calibration options, and the other fields given."""
+        body = {name: value for name, value in fields.items() if value is not None}
+        body["losses"] = self.loss_items(losses)
+        if calibration is not None:
+            body["calibration"] = dict(calibration)
+        return self.json_body(body)
 
     def json_body(self, fields: Mapping[str, Any]) -> Body:
         """A JSON request body; base64 tensors are pieces of it of their own."""
@@ -95,56 +116,19 @@ class _Requests:
     ) -> tuple[Body, dict[str, str]]:
         """The body and headers of an OIP infer request with binary tensors: every array (or
         list) is an input, every other value a parameter."""
-        inputs, chunks = [], []
+        arrays = {}
         parameters: dict[str, Any] = {"binary_data_output": binary_output}
         for name, value in values.items():
             if is_array(value) or isinstance(value, list | tuple):
-                entry, raw = oip_input(name, value)
-                inputs.append(entry)
-                chunks.append(raw)
+                arrays[name] = value
             else:
                 parameters[name] = value.item() if isinstance(value, np.generic) else value
-        header: dict[str, Any] = {"inputs": inputs, "parameters": parameters}
+        header: dict[str, Any] = {"parameters": parameters}
         if outputs is not None:
             header["outputs"] = [
                 {"name": name, "parameters": {"binary_data": binary_output}} for name in outputs
             ]
-        json_part = json.dumps(header, separators=(",", ":")).encode()
-        body = Body([json_part, *chunks], "application/octet-stream")
-        return body, {INFER_HEADER_LENGTH: str(len(json_part))}
-
-    @staticmethod
-    def json(answer: Answer) -> Any:
-        """The JSON of a successful answer; an APIError for an error answer."""
-        if answer.response.status_code >= 400:
-            raise error_from_response(answer.response)
-        try:
-            return loads_json(answer.body)
-        except ValueError as error:
-            raise ResponseError(f"the answer is not JSON: {error}") from None
-
-    @staticmethod
-    def infer_result(answer: Answer) -> InferResult:
-        response = answer.response
-        if response.status_code >= 400:
-            raise error_from_response(response)
-        content = memoryview(answer.body)
-        length = response.headers.get(INFER_HEADER_LENGTH)
-        split = int(length) if length is not None and length.isdigit() else len(content)
-        try:
-            header = json.loads(bytes(content[:split]))
-            binary, offset = content[split:], 0
-            outputs = {}
-            for entry in header["outputs"]:
-                outputs[str(entry["name"])], offset = oip_output(entry, binary, offset)
-            return InferResult(
-                model_name=str(header["model_name"]),
-                model_version=header.get("model_version"),
-                id=header.get("id"),
-                outputs=outputs,
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ResponseError(f"not an inference answer: {error!r}") from None
+        return oip_body(arrays, header)
 
     @staticmethod
     def loss_path(name: str) -> str:
@@ -193,7 +177,7 @@ class LossClient:
         body = self._requests.loss_body(inputs_and_options)
         content = self._requests.json_body(body)
         answer = exchange(self._http, "POST", _Requests.loss_path(name), content)
-        return LossResult.from_json(_Requests.json(answer))
+        return LossResult.from_json(read_json(answer))
 
     def evaluate(
         self,
@@ -208,12 +192,12 @@ class LossClient:
         name or a mapping `{"name": ..., options...}`."""
         body = self._requests.evaluate_body(logits, labels, losses, calibration, options)
         content = self._requests.json_body(body)
-        answer = _Requests.json(exchange(self._http, "POST", "/v1/evaluate", content))
+        answer = read_json(exchange(self._http, "POST", "/v1/evaluate", content))
         return _evaluate_result(answer)
 
     def list_losses(self) -> list[LossInfo]:
         """`GET /v1/losses`: every loss with its inputs, options and reference."""
-        answer = _Requests.json(exchange(self._http, "GET", "/v1/losses"))
+        answer = read_json(exchange(self._http, "GET", "/v1/losses"))
         return [LossInfo.from_json(item) for item in answer["losses"]]
 
     def infer(
@@ -230,13 +214,34 @@ class LossClient:
         are inputs, other values parameters (`reduction="none"`, `return_grad=True`)."""
         content, headers = _Requests.infer_request(inputs_and_options, outputs, binary_output)
         path = _Requests.infer_path(name)
-        return _Requests.infer_result(exchange(self._http, "POST", path, content, headers))
+        return InferResult.from_answer(exchange(self._http, "POST", path, content, headers))
+
+    def create_run(
+        self,
+        losses: Sequence[str | Mapping[str, Any]] = (),
+        *,
+        calibration: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        compute_dtype: str | None = None,
+        retry: Retry = DEFAULT_RETRY,
+    ) -> Run:
+        """`POST /v1/runs`: a new evaluation run of `losses` (as in `evaluate`) and `calibration`
+        options, and a handle on it. Not retried: every POST creates a run."""
+        fields = {"name": name, "metadata": metadata, "compute_dtype": compute_dtype}
+        content = self._requests.run_body(losses, calibration, fields)
+        answer = read_json(exchange(self._http, "POST", "/v1/runs", content))
+        return Run(self._http, RunReport.from_json(answer).id, retry=retry)
+
+    def run(self, run_id: str, *, retry: Retry = DEFAULT_RETRY) -> Run:
+        """A handle on the existing run `run_id` (this sends no request)."""
+        return Run(self._http, run_id, retry=retry)
 
     def healthz(self) -> Health:
-        return Health(**_Requests.json(exchange(self._http, "GET", "/healthz")))
+        return Health(**read_json(exchange(self._http, "GET", "/healthz")))
 
     def readyz(self) -> Readiness:
-        return Readiness.from_json(_Requests.json(exchange(self._http, "GET", "/readyz")))
+        return Readiness.from_json(read_json(exchange(self._http, "GET", "/readyz")))
 
     def close(self) -> None:
         if self._owns_http:
@@ -283,7 +288,7 @@ class AsyncLossClient:
         body = self._requests.loss_body(inputs_and_options)
         content = self._requests.json_body(body)
         answer = await async_exchange(self._http, "POST", _Requests.loss_path(name), content)
-        return LossResult.from_json(_Requests.json(answer))
+        return LossResult.from_json(read_json(answer))
 
     async def evaluate(
         self,
@@ -296,11 +301,11 @@ class AsyncLossClient:
     ) -> EvaluateResult:
         body = self._requests.evaluate_body(logits, labels, losses, calibration, options)
         content = self._requests.json_body(body)
-        answer = _Requests.json(await async_exchange(self._http, "POST", "/v1/evaluate", content))
+        answer = read_json(await async_exchange(self._http, "POST", "/v1/evaluate", content))
         return _evaluate_result(answer)
 
     async def list_losses(self) -> list[LossInfo]:
-        answer = _Requests.json(await async_exchange(self._http, "GET", "/v1/losses"))
+        answer = read_json(await async_exchange(self._http, "GET", "/v1/losses"))
         return [LossInfo.from_json(item) for item in answer["losses"]]
 
     async def infer(
@@ -315,14 +320,32 @@ class AsyncLossClient:
         content, headers = _Requests.infer_request(inputs_and_options, outputs, binary_output)
         path = _Requests.infer_path(name)
         answer = await async_exchange(self._http, "POST", path, content, headers)
-        return _Requests.infer_result(answer)
+        return InferResult.from_answer(answer)
+
+    async def create_run(
+        self,
+        losses: Sequence[str | Mapping[str, Any]] = (),
+        *,
+        calibration: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        compute_dtype: str | None = None,
+        retry: Retry = DEFAULT_RETRY,
+    ) -> AsyncRun:
+        fields = {"name": name, "metadata": metadata, "compute_dtype": compute_dtype}
+        content = self._requests.run_body(losses, calibration, fields)
+        answer = read_json(await async_exchange(self._http, "POST", "/v1/runs", content))
+        return AsyncRun(self._http, RunReport.from_json(answer).id, retry=retry)
+
+    def run(self, run_id: str, *, retry: Retry = DEFAULT_RETRY) -> AsyncRun:
+        return AsyncRun(self._http, run_id, retry=retry)
 
     async def healthz(self) -> Health:
-        return Health(**_Requests.json(await async_exchange(self._http, "GET", "/healthz")))
+        return Health(**read_json(await async_exchange(self._http, "GET", "/healthz")))
 
     async def readyz(self) -> Readiness:
         answer = await async_exchange(self._http, "GET", "/readyz")
-        return Readiness.from_json(_Requests.json(answer))
+        return Readiness.from_json(read_json(answer))
 
     async def aclose(self) -> None:
         if self._owns_http:

@@ -5,8 +5,9 @@
      │    ├── InvalidInputError        422 (400 under /v2): bad shapes, labels, options, ...
      │    ├── LimitExceededError       413: a body, tensor or class axis over a server limit
      │    ├── UnauthorizedError        401: API keys are configured and none matched
-     │    ├── NotFoundError            404: no such loss (model) or route
-     │    └── ServiceUnavailableError  503: the computation outlived the server's timeout
+     │    ├── NotFoundError            404: no such loss (model), run, batch or route
+     │    ├── ConflictError            409: a closed run, a batch id used for other tensors
+     │    └── ServiceUnavailableError  503: try again later (timeout, overload, database)
      └── ResponseError       the answer is not what the API documents (a client/server mismatch)
 
 Network failures are httpx's own exceptions (`httpx.TransportError` and its subclasses).
@@ -75,17 +76,24 @@ class UnauthorizedError(APIError):
 
 
 class NotFoundError(APIError):
-    """404: no such loss, model or route."""
+    """404: no such loss, model, run, batch or route."""
+
+
+class ConflictError(APIError):
+    """409: the request contradicts what the service stored: a batch to a closed run, or a batch
+    id already used for other tensors. Sending it again fails the same way."""
 
 
 class ServiceUnavailableError(APIError):
-    """503: the computation outlived the server's request timeout."""
+    """503: the computation outlived the server's request timeout, every compute slot stayed
+    busy, or the database is unavailable; `Retry-After` says when to try again."""
 
 
 _BY_STATUS: dict[int, type[APIError]] = {
     400: InvalidInputError,
     401: UnauthorizedError,
     404: NotFoundError,
+    409: ConflictError,
     413: LimitExceededError,
     422: InvalidInputError,
     503: ServiceUnavailableError,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from service.client._exceptions import ResponseError
-from service.client._tensors import decode
+from service.client._exceptions import ResponseError, error_from_response
+from service.client._tensors import INFER_HEADER_LENGTH, decode, oip_output
+from service.client._transfer import Answer
 from service.client._types import Array
 
 
@@ -138,6 +141,30 @@ class InferResult:
     model_version: str | None = None
     id: str | None = None
 
+    @classmethod
+    def from_answer(cls, answer: Answer) -> InferResult:
+        """The result of an answer: its JSON header, then its outputs' binary data."""
+        response = answer.response
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        content = memoryview(answer.body)
+        length = response.headers.get(INFER_HEADER_LENGTH)
+        split = int(length) if length is not None and length.isdigit() else len(content)
+        try:
+            header = json.loads(bytes(content[:split]))
+            binary, offset = content[split:], 0
+            outputs = {}
+            for entry in header["outputs"]:
+                outputs[str(entry["name"])], offset = oip_output(entry, binary, offset)
+            return cls(
+                model_name=str(header["model_name"]),
+                model_version=header.get("model_version"),
+                id=header.get("id"),
+                outputs=outputs,
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ResponseError(f"not an inference answer: {error!r}") from None
+
     @property
     def loss(self) -> float:
         return float(self.outputs["loss"].reshape(-1)[0])
@@ -149,6 +176,114 @@ class InferResult:
     @property
     def grad(self) -> Array | None:
         return self.outputs.get("grad")
+
+
+@dataclass(frozen=True)
+class RunLoss:
+    """A loss of a run, reduced over every batch: `/v1/evaluate` on their concatenation."""
+
+    name: str
+    loss: float  # NaN where the service sends null (`empty="nan"`, nothing to average)
+    n_valid: int
+    weight_sum: float
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """`GET /v1/runs/{id}`: a run's counts and its report over every batch so far.
+
+    `calibration` is the calibration report as the service sends it (a dict, as in
+    `EvaluateResult`), None before the first batch or without calibration options; `spec` the
+    losses and calibration options the run was created with.
+    """
+
+    id: str
+    name: str | None
+    metadata: Mapping[str, str]
+    status: str  # `open` or `closed`
+    created_at: datetime
+    updated_at: datetime
+    n_batches: int
+    n_samples: int
+    losses: list[RunLoss]
+    calibration: Mapping[str, Any] | None
+    spec: Mapping[str, Any]
+
+    def __getitem__(self, name: str) -> RunLoss:
+        """The first loss called `name`."""
+        for loss in self.losses:
+            if loss.name == name:
+                return loss
+        raise KeyError(name)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RunReport:
+        try:
+            return cls(
+                id=str(body["id"]),
+                name=body["name"],
+                metadata=dict(body["metadata"]),
+                status=str(body["status"]),
+                created_at=datetime.fromisoformat(body["created_at"]),
+                updated_at=datetime.fromisoformat(body["updated_at"]),
+                n_batches=int(body["n_batches"]),
+                n_samples=int(body["n_samples"]),
+                losses=[
+                    RunLoss(
+                        name=str(item["name"]),
+                        loss=math.nan if item["loss"] is None else float(item["loss"]),
+                        n_valid=int(item["n_valid"]),
+                        weight_sum=float(item["weight_sum"]),
+                    )
+                    for item in body["losses"]
+                ],
+                calibration=body["calibration"],
+                spec=body["spec"],
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ResponseError(f"not a run: {error!r}") from None
+
+
+@dataclass(frozen=True)
+class BatchReceipt:
+    """`PUT /v1/runs/{id}/batches/{batch_id}`: the batch counted now, or before (`duplicate`)."""
+
+    run_id: str
+    batch_id: str
+    duplicate: bool  # true: this batch id and digest were counted before; nothing changed
+    n_samples: int
+    digest: str  # SHA-256 of the tensors, as `batch_digest` computes it
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> BatchReceipt:
+        try:
+            return cls(**{name: body[name] for name in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as error:
+            raise ResponseError(f"not a batch receipt: {error!r}") from None
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """`GET /v1/runs/{id}/batches/{batch_id}`: a batch the run has counted."""
+
+    run_id: str
+    batch_id: str
+    digest: str
+    n_samples: int
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> StoredBatch:
+        try:
+            return cls(
+                run_id=str(body["run_id"]),
+                batch_id=str(body["batch_id"]),
+                digest=str(body["digest"]),
+                n_samples=int(body["n_samples"]),
+                created_at=datetime.fromisoformat(body["created_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ResponseError(f"not a stored batch: {error!r}") from None
 
 
 def _required(array: Array | None) -> Array:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from service.client._exceptions import ResponseError
+from service.client._transfer import Body
 from service.client._types import Array, ArrayLike, Encoding
 from service.codecs._base64 import Base64Output, Base64Text, b64decode
 from service.codecs._dtypes import WIRE_DTYPES, from_le_bytes, numpy_dtype, to_le_bytes
 from service.codecs._oip import OIP_DATATYPES, OIP_OF_WIRE
+
+INFER_HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def is_array(value: object) -> bool:
@@ -75,6 +79,21 @@ def oip_input(name: str, value: ArrayLike) -> tuple[dict[str, Any], memoryview]:
         "parameters": {"binary_data_size": len(raw)},
     }
     return entry, raw
+
+
+def oip_body(
+    arrays: Mapping[str, ArrayLike], header: Mapping[str, Any]
+) -> tuple[Body, dict[str, str]]:
+    """An Open Inference Protocol body with Triton's binary extension, and its header: the JSON
+    (`header` with an input entry per array), then the arrays' bytes in order."""
+    inputs, chunks = [], []
+    for name, value in arrays.items():
+        entry, raw = oip_input(name, value)
+        inputs.append(entry)
+        chunks.append(raw)
+    json_part = json.dumps({"inputs": inputs, **header}, separators=(",", ":")).encode()
+    body = Body([json_part, *chunks], "application/octet-stream")
+    return body, {INFER_HEADER_LENGTH: str(len(json_part))}
 
 
 def oip_output(entry: Mapping[str, Any], binary: memoryview, offset: int) -> tuple[Array, int]:

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
+from service.client._exceptions import ResponseError, error_from_response
 from service.codecs._json_body import (
     LARGE_BODY_BYTES,
     BodyPiece,
     JsonBody,
     body_pieces,
     body_view,
+    loads_json,
 )
 
 PIECE_BYTES = 1 << 18  # each slice is copied once, into memory malloc reuses while warm
@@ -61,6 +64,16 @@ class Answer:
 
     response: httpx.Response
     body: JsonBody
+
+
+def read_json(answer: Answer) -> Any:
+    """The JSON of a successful answer; an APIError for an error answer."""
+    if answer.response.status_code >= 400:
+        raise error_from_response(answer.response)
+    try:
+        return loads_json(answer.body)
+    except ValueError as error:
+        raise ResponseError(f"the answer is not JSON: {error}") from None
 
 
 def _buffer(response: httpx.Response) -> memoryview | None:

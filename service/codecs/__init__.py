@@ -6,6 +6,7 @@ with `encode_tensor`; the element limit, the accepted dtypes and the finiteness 
 
 from service.codecs import _oip as oip
 from service.codecs._base64 import Base64Output, Base64Text
+from service.codecs._digest import tensors_digest
 from service.codecs._dtypes import WIRE_DTYPES
 from service.codecs._json_body import BodyPiece, body_pieces, dumps_json, loads_json
 from service.codecs._tensors import (
@@ -34,4 +35,5 @@ __all__ = [
     "loads_json",
     "oip",
     "request_elements",
+    "tensors_digest",
 ]

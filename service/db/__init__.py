@@ -5,12 +5,13 @@ No HTTP here: the run use cases call a `RunStore`, which raises the service's ow
 """
 
 from service.db.models import MAX_BATCH_ID_LENGTH
-from service.db.records import BatchOutcome, RunRecord, RunStatus
+from service.db.records import BatchOutcome, BatchRecord, RunRecord, RunStatus
 from service.db.store import Fold, RunStore, upgrade
 
 __all__ = [
     "MAX_BATCH_ID_LENGTH",
     "BatchOutcome",
+    "BatchRecord",
     "Fold",
     "RunRecord",
     "RunStatus",

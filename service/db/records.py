@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from service.db.models import MAX_BATCH_ID_LENGTH, Run
+from service.db.models import MAX_BATCH_ID_LENGTH, Batch, Run
 from service.errors import InvalidInput
 
 RunStatus = Literal["open", "closed"]
@@ -43,6 +43,27 @@ class RunRecord:
             n_batches=run.n_batches,
             n_samples=run.n_samples,
             totals=run.totals,
+        )
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch's idempotency record: its key, the digest of its tensors, when it counted."""
+
+    run_id: uuid.UUID
+    batch_id: str
+    digest: str
+    n_samples: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, batch: Batch) -> BatchRecord:
+        return cls(
+            run_id=batch.run_id,
+            batch_id=batch.batch_id,
+            digest=batch.digest,
+            n_samples=batch.n_samples,
+            created_at=batch.created_at,
         )
 
 

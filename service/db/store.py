@@ -29,6 +29,7 @@ from service.db import connect, faults, migrate, paging
 from service.db.models import MAX_DIGEST_LENGTH, Batch, Run
 from service.db.records import (
     BatchOutcome,
+    BatchRecord,
     RunRecord,
     require_batch_id,
     require_json,
@@ -135,6 +136,20 @@ class RunStore:
         def get() -> RunRecord:
             with Session(self._engine) as session:
                 return RunRecord.of(_found(session.get(Run, run_id), run_id))
+
+        return self._retrying(get)
+
+    def get_batch(self, run_id: uuid.UUID, batch_id: str) -> BatchRecord:
+        """The record of a batch counted into a run; NotFound for an unknown run or batch id."""
+        require_batch_id(batch_id)
+
+        def get() -> BatchRecord:
+            with Session(self._engine) as session:
+                batch = session.get(Batch, (run_id, batch_id))
+                if batch is None:
+                    _found(session.get(Run, run_id), run_id)
+                    raise NotFound(f"run {run_id} has no batch {batch_id!r}", field="batch_id")
+                return BatchRecord.of(batch)
 
         return self._retrying(get)
 

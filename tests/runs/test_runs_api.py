@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -172,6 +173,38 @@ async def test_other_tensors_under_a_used_batch_id_are_a_conflict(
     assert "batch_id" in conflict.json()["detail"]
     report = (await client.get(f"/v1/runs/{run['id']}")).json()
     assert report["n_batches"] == 1 and report["n_samples"] == 5
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+async def test_a_bfloat16_batch_is_counted_not_a_500(client: httpx.AsyncClient, dtype: str) -> None:
+    """The digest hashed the tensors' buffer, which ml_dtypes' bfloat16 does not export."""
+    run = await create(client, calibration=CALIBRATION)
+    logits, labels = batch(6)
+    body = {"logits": encoded(logits.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype))}
+    response = await client.put(
+        f"/v1/runs/{run['id']}/batches/half", json={**body, "labels": encoded(labels)}
+    )
+    assert response.status_code == 201, response.text
+    assert (await client.get(f"/v1/runs/{run['id']}")).json()["n_samples"] == 6
+
+
+async def test_a_counted_batch_can_be_looked_up(client: httpx.AsyncClient) -> None:
+    run = await create(client)
+    receipt = (await put(client, run["id"], "k1", *batch(5))).json()
+    stored = await client.get(f"/v1/runs/{run['id']}/batches/k1")
+    assert stored.status_code == 200, stored.text
+    body = stored.json()
+    assert body["digest"] == receipt["digest"]
+    assert (body["run_id"], body["batch_id"], body["n_samples"]) == (run["id"], "k1", 5)
+    report = (await client.get(f"/v1/runs/{run['id']}")).json()
+    assert body["created_at"] == report["updated_at"]
+    missing = await client.get(f"/v1/runs/{run['id']}/batches/k2")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["errors"][0]["field"] == "batch_id"
+    no_run = await client.get(f"/v1/runs/{uuid.uuid4()}/batches/k1")
+    assert no_run.status_code == 404
+    assert (await client.get(f"/v1/runs/{run['id']}/batches/a%20b")).status_code == 422
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,23 @@ def test_a_batch_id_reused_for_other_bytes_is_a_conflict(store: RunStore) -> Non
     assert store.get_run(run.id) == after
 
 
+def test_a_counted_batch_reads_back_and_others_are_not_found(store: RunStore) -> None:
+    run = new_run(store)
+    _, after = add(store, run.id, "b1", content="first")
+    batch = store.get_batch(run.id, "b1")
+    assert (batch.run_id, batch.batch_id) == (run.id, "b1")
+    assert (batch.digest, batch.n_samples) == (digest("first"), 10)
+    assert batch.created_at == after.updated_at
+    with pytest.raises(NotFound) as unknown_batch:
+        store.get_batch(run.id, "b2")
+    assert unknown_batch.value.field == ("batch_id",)
+    with pytest.raises(NotFound) as unknown_run:
+        store.get_batch(uuid.uuid4(), "b1")
+    assert unknown_run.value.field == ()
+    with pytest.raises(InvalidInput):
+        store.get_batch(run.id, "")
+
+
 def test_batch_ids_are_per_run(store: RunStore) -> None:
     first, second = new_run(store), new_run(store)
     assert add(store, first.id, "b1", content="x")[0] is BatchOutcome.CREATED

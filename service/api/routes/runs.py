@@ -27,6 +27,7 @@ from service.core.runs.models import (
     Run,
     RunCreate,
     RunList,
+    StoredBatch,
 )
 from service.db import RunStore
 from service.plots import MEDIA_TYPES, ImageFormat, reliability_diagram
@@ -149,6 +150,24 @@ async def add_batch(
         request.headers.get(oip.HEADER_LENGTH),
     )
     return OrjsonResponse(receipt, status_code=200 if receipt.duplicate else 201)
+
+
+@router.get(
+    "/{run_id}/batches/{batch_id}",
+    name="get_batch",
+    summary="A batch the run has counted: its digest, rows and time (404: not counted)",
+    description="What a client resuming an upload asks before sending a batch again: a stored "
+    "`digest` equal to its own means the batch counted already.",
+    response_model=StoredBatch,
+    responses=problem_responses(404),
+)
+async def get_batch(
+    run_id: RunId,
+    batch_id: Annotated[BatchId, Path(description="the client's idempotency key")],
+    compute: ComputeDep,
+    store: RunStoreDep,
+) -> Response:
+    return OrjsonResponse(await compute.run_io(usecases.get_batch, store, run_id, batch_id))
 
 
 @router.get(

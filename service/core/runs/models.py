@@ -106,3 +106,13 @@ class BatchReceipt(BaseModel):
     duplicate: bool = Field(description="true: this batch was stored before; nothing changed")
     n_samples: int
     digest: str = Field(description="SHA-256 of the batch's decoded tensors")
+
+
+class StoredBatch(BaseModel):
+    """A batch a run has counted: what a client resuming an upload compares with its own."""
+
+    run_id: str
+    batch_id: str
+    digest: str = Field(description="SHA-256 of the batch's decoded tensors, as in the receipt")
+    n_samples: int
+    created_at: datetime = Field(description="when the batch was counted")

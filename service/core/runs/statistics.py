@@ -12,7 +12,6 @@ batches to float64 rounding); counts are Python integers, exact at any size.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from service import engine
+from service.codecs import tensors_digest
 from service.core.context import Context
 from service.core.evaluate import within
 from service.core.losses import call_loss
@@ -110,18 +110,6 @@ def batch_statistics(
         losses=tuple(sums),
         calibration=state,
     )
-
-
-def tensors_digest(*arrays: np.ndarray) -> str:
-    """SHA-256 of each array's dtype, shape and little-endian bytes, in order."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        host = np.ascontiguousarray(array)
-        if host.dtype.byteorder == ">":
-            host = host.astype(host.dtype.newbyteorder("<"))
-        digest.update(f"{host.dtype.str}{list(host.shape)};".encode())
-        digest.update(host.data)
-    return digest.hexdigest()
 
 
 def fold(totals: dict[str, Any], batch: BatchStatistics) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from service.core.runs.models import (
     RunList,
     RunSpec,
     RunSummary,
+    StoredBatch,
 )
 from service.db import BatchOutcome, RunRecord, RunStore
 from service.engine import calibration
@@ -83,6 +84,17 @@ def add_batch(
     )
 
 
+def get_batch(store: RunStore, run_id: uuid.UUID, batch_id: str, *, ctx: Context) -> StoredBatch:
+    record = store.get_batch(run_id, batch_id)
+    return StoredBatch(
+        run_id=str(record.run_id),
+        batch_id=record.batch_id,
+        digest=record.digest,
+        n_samples=record.n_samples,
+        created_at=record.created_at,
+    )
+
+
 def get_run(store: RunStore, run_id: uuid.UUID, *, ctx: Context) -> Run:
     return run_answer(store.get_run(run_id), ctx=ctx)
 
@@ -111,6 +123,16 @@ def run_metrics(
             "options, or no batch has arrived yet"
         )
     return calibration.compute(state)
+
+
+def run_with_metrics(
+    store: RunStore, run_id: uuid.UUID, *, ctx: Context
+) -> tuple[Run, calibration.CalibrationMetrics | None]:
+    """A run's report and its calibration metrics (for its diagram), from one read of the run:
+    both describe the same batches."""
+    record = store.get_run(run_id)
+    state = statistics.calibration_state(record.totals)
+    return run_answer(record, ctx=ctx), None if state is None else calibration.compute(state)
 
 
 def summary(record: RunRecord) -> RunSummary:
