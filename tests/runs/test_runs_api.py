@@ -298,3 +298,20 @@ async def test_run_routes_require_a_key_when_keys_are_configured(db_url: str) ->
         assert (await client.get("/v1/runs")).status_code == 401
         keyed = await client.get("/v1/runs", headers={"X-API-Key": "k"})
         assert keyed.status_code == 200
+
+
+async def test_a_replay_after_close_answers_what_the_first_call_did(
+    client: httpx.AsyncClient,
+) -> None:
+    """A client whose answer was lost while the run was being closed retries: its batch was
+    counted, so the retry is a duplicate, not a conflict; a batch never sent is refused."""
+    run = await create(client)
+    logits, labels = batch(6)
+    assert (await put(client, run["id"], "sent", logits, labels)).status_code == 201
+    await client.post(f"/v1/runs/{run['id']}/close")
+    replay = await put(client, run["id"], "sent", logits, labels)
+    assert replay.status_code == 200, replay.text
+    assert replay.json()["duplicate"] is True
+    assert (await put(client, run["id"], "new", logits, labels)).status_code == 409
+    changed = await put(client, run["id"], "sent", logits + 1, labels)
+    assert changed.status_code == 409

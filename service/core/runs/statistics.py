@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from service import engine
-from service.codecs import tensors_digest
 from service.core.context import Context
 from service.core.evaluate import within
 from service.core.losses import call_loss
@@ -42,7 +41,6 @@ class LossSums:
 
 @dataclass(frozen=True)
 class BatchStatistics:
-    digest: str  # SHA-256 of the decoded tensors: the same batch sent again has the same one
     n_samples: int
     n_classes: int  # the class axis of the logits; 0 for binary [N] scores
     losses: tuple[LossSums, ...]
@@ -62,7 +60,6 @@ def batch_statistics(
 ) -> BatchStatistics:
     """The sums of one batch of decoded tensors: the losses as `/v1/evaluate` computes them, the
     calibration state as `/v1/calibration` does (without the -100 rows)."""
-    digest = tensors_digest(logits, labels)
     # As /v1/evaluate: cast once, share the softmax, one engine call per loss.
     x = engine.to_compute_dtype(ctx.backend.asarray(logits), spec.compute_dtype)
     y = ctx.backend.asarray(labels)
@@ -104,7 +101,6 @@ def batch_statistics(
         )
     shape = logits.shape
     return BatchStatistics(
-        digest=digest,
         n_samples=math.prod(shape[:-1]) if len(shape) > 1 else math.prod(shape),
         n_classes=shape[-1] if len(shape) > 1 else 0,
         losses=tuple(sums),

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from service.codecs import tensors_digest
 from service.core.calibration import report_response
 from service.core.context import Context
 from service.core.runs import statistics
@@ -25,7 +26,7 @@ from service.core.runs.models import (
     RunSummary,
     StoredBatch,
 )
-from service.db import BatchOutcome, RunRecord, RunStore
+from service.db import BatchOutcome, BatchRecord, RunRecord, RunStore
 from service.engine import calibration
 from service.errors import Conflict, InvalidInput, NotFound
 
@@ -62,16 +63,35 @@ def add_batch(
     ctx: Context,
 ) -> BatchReceipt:
     """Add one batch under its idempotency key: created, a duplicate (the same tensors under
-    the same key: nothing changes), or a Conflict (other tensors under a used key; a closed
-    run)."""
+    the same key: nothing changes, whether or not the run has been closed since), or a Conflict
+    (other tensors under a used key; a new batch to a closed run)."""
     record = store.get_run(run_id)
+    digest = tensors_digest(logits, labels)
+    # A replay is answered before any computation: the first call's effect stands.
+    replayed = _stored(store, run_id, batch_id)
+    if replayed is not None:
+        if replayed.digest != digest:
+            raise Conflict(
+                f"batch_id: {batch_id!r} was used for other tensors in run {run_id}; send them "
+                "under a new batch_id",
+                field="batch_id",
+            )
+        return BatchReceipt(
+            run_id=str(run_id),
+            batch_id=batch_id,
+            duplicate=True,
+            n_samples=replayed.n_samples,
+            digest=digest,
+        )
     _require_open(record)
     spec = RunSpec.model_validate(record.spec)
     batch = statistics.batch_statistics(spec, logits, labels, ctx=ctx)
+    # The store checks again under the run's lock: two first sends racing are one CREATED and
+    # one DUPLICATE (or a Conflict, for other tensors).
     outcome, _ = store.add_batch(
         run_id,
         batch_id,
-        digest=batch.digest,
+        digest=digest,
         n_samples=batch.n_samples,
         fold=partial(statistics.fold, batch=batch),
     )
@@ -80,8 +100,15 @@ def add_batch(
         batch_id=batch_id,
         duplicate=outcome is BatchOutcome.DUPLICATE,
         n_samples=batch.n_samples,
-        digest=batch.digest,
+        digest=digest,
     )
+
+
+def _stored(store: RunStore, run_id: uuid.UUID, batch_id: str) -> BatchRecord | None:
+    try:
+        return store.get_batch(run_id, batch_id)
+    except NotFound:
+        return None
 
 
 def get_batch(store: RunStore, run_id: uuid.UUID, batch_id: str, *, ctx: Context) -> StoredBatch:
