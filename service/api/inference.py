@@ -23,7 +23,7 @@ from service.core import Context, LossSpec
 from service.core.losses import call_loss
 from service.core.responses import grad_in_dtype
 from service.engine import Array, reduce_loss
-from service.errors import FieldPath, InvalidInput
+from service.errors import FieldPath, InvalidInput, shown
 from service.schemas.oip import (
     InferRequest,
     ModelMetadata,
@@ -124,7 +124,7 @@ def infer(
     for index, (name, as_binary) in enumerate(requested):
         if name not in available:
             raise InvalidInput(
-                f"outputs.{index}.name: {name!r} is not an output of this request; "
+                f"outputs.{index}.name: {shown(name)} is not an output of this request; "
                 f"available: {', '.join(available)}",
                 field=("outputs", index, "name"),
             )
@@ -162,8 +162,8 @@ def _decode_inputs(
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise InvalidInput(
-                    f"inputs.{index}.parameters.binary_data_size: {size!r} is not a byte count "
-                    f"within the {len(binary) - offset} binary bytes left",
+                    f"inputs.{index}.parameters.binary_data_size: {shown(size)} is not a byte "
+                    f"count within the {len(binary) - offset} binary bytes left",
                     field=(*field, "parameters", "binary_data_size"),
                 )
             chunk, offset = binary[offset : offset + size], offset + size

@@ -15,7 +15,7 @@ from service.api.request_body import read_body
 from service.api.routing import PiecesResponse
 from service.codecs import oip
 from service.core.registry import BY_NAME, LossSpec
-from service.errors import NotFound
+from service.errors import NotFound, shown
 from service.schemas.oip import (
     InferResponse,
     ModelMetadata,
@@ -42,7 +42,7 @@ def _spec(model_name: str) -> LossSpec:
 class _UnknownModel(NotFound):
     def __init__(self, model_name: str) -> None:
         super().__init__(
-            f"unknown model {model_name!r}; the models are the losses of GET /v1/losses"
+            f"unknown model {shown(model_name)}; the models are the losses of GET /v1/losses"
         )
 
 
