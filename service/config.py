@@ -37,6 +37,16 @@ class Settings(BaseSettings):
         2**28, gt=0, description="all the tensors of one request together"
     )
     max_classes: int = Field(2**20, gt=0, description="size of the class axis")
+    # A small request can ask for a large answer: these bound what one answer may hold.
+    max_output_elements: int = Field(
+        2**28, gt=0, description="all the output tensors of one answer together"
+    )
+    max_evaluate_losses: int = Field(
+        32, ge=1, description="entries of `losses` in one /v1/evaluate request"
+    )
+    max_oip_outputs: int = Field(
+        16, ge=1, description="entries of `outputs` in one Open Inference Protocol request"
+    )
     request_timeout_s: float = Field(120.0, gt=0)
     # Each computation holds its decoded tensors and their temporaries: this many at once bound
     # the memory a burst can take (SECURITY.md). A computation past its timeout keeps its slot

@@ -233,6 +233,23 @@ async def test_merge_of_shards_equals_the_union(client: httpx.AsyncClient) -> No
     assert twice["n"] == 1000 and twice["ece"] == pytest.approx(union["ece"], rel=1e-9)
 
 
+async def test_merged_counts_past_2_to_the_53_are_a_422_naming_states(
+    client: httpx.AsyncClient,
+) -> None:
+    """Regression: 1100 states of counts near 2^53 added up past int64 and the merged report
+    answered negative counts."""
+    state = (await post(client, REPORT, {"probs": [0.75], "labels": [1], "n_bins": 1}))["state"]
+    near = 2**53 - 1
+    state.update(n=near, n_correct=near, sum_brier=0.0, sum_nll=0.0, classwise=None)
+    state["bins"] = {"count": [near], "sum_confidence": [near * 0.75], "sum_correct": [near]}
+    assert (await client.post(MERGE, json={"states": [state]})).status_code == 200
+    response = await client.post(MERGE, json={"states": [state] * 1100})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert [error["field"] for error in problem["errors"]] == ["states"]
+    assert "2^53" in problem["detail"]
+
+
 async def test_incompatible_states_are_422(client: httpx.AsyncClient) -> None:
     logits, labels = sample(3, 40, 3)
     a = (await post(client, REPORT, {"logits": logits, "labels": labels}))["state"]

@@ -88,6 +88,49 @@ async def test_request_elements_count_evaluate_options(make_client: ClientFactor
         assert [e["field"] for e in found["errors"]] == ["losses[1].weight"]
 
 
+async def test_evaluate_loss_entries_are_limited(make_client: ClientFactory) -> None:
+    """Regression: 1000 copies of one entry with its gradient on 1000 x 1000 logits answered
+    5.3 GB to a 5 MB request."""
+    body: dict[str, Any] = {"logits": [[0.0, 1.0, 2.0]] * 2, "labels": [0, 1]}
+    async with make_client(max_evaluate_losses=3) as client:
+        body["losses"] = [{"name": "cross-entropy"}] * 3
+        assert (await client.post("/v1/evaluate", json=body)).status_code == 200
+        body["losses"] = [{"name": "cross-entropy"}] * 4
+        found = problem(await client.post("/v1/evaluate", json=body), 413)
+        assert found["detail"] == "losses: 4 entries exceed max_evaluate_losses = 3"
+        assert [e["field"] for e in found["errors"]] == ["losses"]
+
+
+async def test_output_elements_are_counted_across_evaluate_entries(
+    make_client: ClientFactory,
+) -> None:
+    body: dict[str, Any] = {"logits": [[0.0, 1.0, 2.0]] * 2, "labels": [0, 1]}
+    with_grad = {"name": "cross-entropy", "return_grad": True}
+    async with make_client(max_output_elements=14) as client:
+        # two gradients of 6 and the per-sample losses of 2: 14
+        body["losses"] = [with_grad, {**with_grad, "reduction": "none"}]
+        assert (await client.post("/v1/evaluate", json=body)).status_code == 200
+        body["losses"] = [with_grad, with_grad, with_grad]
+        found = problem(await client.post("/v1/evaluate", json=body), 413)
+        assert [e["field"] for e in found["errors"]] == ["losses[2].return_grad"]
+        assert "max_output_elements" in found["detail"]
+
+
+async def test_output_elements_are_counted_for_one_loss(make_client: ClientFactory) -> None:
+    body = {**VALID_CE, "reduction": "none", "return_grad": True}
+    async with make_client(max_output_elements=8) as client:  # per-sample 2, gradient 6
+        assert (await client.post(CE, json=body)).status_code == 200
+    async with make_client(max_output_elements=7) as client:
+        found = problem(await client.post(CE, json=body), 413)
+        assert [e["field"] for e in found["errors"]] == ["return_grad"]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_probes_answer_head(client: httpx.AsyncClient, path: str) -> None:
+    """Regression: HEAD /healthz was 405, and probes that ask with HEAD failed."""
+    assert (await client.head(path)).status_code == 200
+
+
 async def test_request_elements_count_calibration(make_client: ClientFactory) -> None:
     async with make_client(max_request_elements=5) as client:
         body = {"probs": [0.1, 0.8, 0.6], "labels": [0, 1, 1]}

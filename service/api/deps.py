@@ -15,7 +15,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.concurrency import ComputeGate
-from service.codecs import request_elements
+from service.codecs import output_elements, request_elements
 from service.config import Settings
 from service.core import Context
 from service.errors import Unauthorized
@@ -43,7 +43,8 @@ def _gate(request: Request, settings: Settings) -> ComputeGate:
 class Compute:
     """Runs a core use case for a route: on a worker thread (heavy NumPy never blocks the event
     loop), once one of the compute slots is free (`service.api.concurrency`), within
-    `request_timeout_s`, the tensors it decodes holding at most `max_request_elements`."""
+    `request_timeout_s`, the tensors it decodes holding at most `max_request_elements` and
+    those it answers at most `max_output_elements`."""
 
     ctx: Context
     gate: ComputeGate
@@ -55,7 +56,10 @@ class Compute:
         def work() -> T:
             return use_case(*args, ctx=self.ctx)
 
-        with request_elements(settings.max_request_elements):
+        with (
+            request_elements(settings.max_request_elements),
+            output_elements(settings.max_output_elements),
+        ):
             return await self.gate.run(work, timeout_s=settings.request_timeout_s)
 
 
