@@ -207,6 +207,18 @@ async def test_too_many_classes_is_413(make_client: ClientFactory) -> None:
         assert response.json()["errors"][0]["field"] == "probs"
 
 
+async def test_brier_of_two_column_scores_is_the_multiclass_sum(client: httpx.AsyncClient) -> None:
+    """As documented: [N, 2] scores are multiclass, so their Brier score sums both classes and
+    is twice the binary value of [N] scores (scikit-learn's brier_score_loss)."""
+    p = np.array([0.9, 0.2, 0.65, 0.4])
+    labels = [1, 0, 0, 1]
+    binary = await post(client, REPORT, {"probs": p.tolist(), "labels": labels})
+    two_columns = np.stack([1 - p, p], axis=1).tolist()
+    multiclass = await post(client, REPORT, {"probs": two_columns, "labels": labels})
+    assert binary["brier"] == pytest.approx(np.mean((p - labels) ** 2), rel=1e-12)
+    assert multiclass["brier"] == pytest.approx(2 * binary["brier"], rel=1e-12)
+
+
 # --- /v1/calibration/merge ---------------------------------------------------------------------
 
 
