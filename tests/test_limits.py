@@ -537,6 +537,60 @@ async def test_every_protected_operation_refuses_a_request_without_a_key(
         assert len(checked) >= 20
 
 
+async def test_a_request_without_a_key_is_refused_before_its_body_is_read(
+    make_client: ClientFactory,
+) -> None:
+    """Regression: /v1 read and parsed a whole body (57 MB) before its 401, and uvicorn said
+    `100 Continue` to the client first (it does so on the app's first `receive()`). Every
+    protected operation answers 401 without asking for the body."""
+    context = make_client(api_keys=["alpha"])
+    async with context as client:
+        document = (await client.get("/openapi.json")).json()
+        checked = []
+        for path, operations in document["paths"].items():
+            url = path.replace("{model_name}", "cross-entropy").replace("{model_version}", "1")
+            for method, operation in operations.items():
+                if "security" not in operation:
+                    continue
+                received: list[Any] = []
+                sent: list[Any] = []
+
+                async def receive(into: list[Any] = received) -> dict[str, Any]:
+                    into.append(True)
+                    return {"type": "http.request", "body": b"{}", "more_body": False}
+
+                async def send(message: dict[str, Any], into: list[Any] = sent) -> None:
+                    into.append(message)
+
+                scope = {
+                    "type": "http",
+                    "asgi": {"version": "3.0"},
+                    "http_version": "1.1",
+                    "method": method.upper(),
+                    "scheme": "http",
+                    "path": url,
+                    "raw_path": url.encode(),
+                    "root_path": "",
+                    "query_string": b"",
+                    "headers": [
+                        (b"host", b"testserver"),
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"60000000"),
+                        (b"expect", b"100-continue"),
+                        (b"x-api-key", b"beta"),
+                    ],
+                    "client": ("127.0.0.1", 1),
+                    "server": ("testserver", 80),
+                    "state": {},
+                }
+                await context.app(scope, receive, send)
+                assert not received, (method, path)
+                assert sent[0]["status"] == 401, (method, path)
+                assert (b"connection", b"close") in sent[0]["headers"], (method, path)
+                checked.append((method, path))
+        assert len(checked) >= 20
+
+
 async def test_either_credential_is_enough(make_client: ClientFactory) -> None:
     async with make_client(api_keys=["alpha"]) as client:
         for headers in (

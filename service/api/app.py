@@ -14,7 +14,9 @@ from fastapi.routing import APIRoute
 from service import __version__
 from service._compat.glibc_malloc import retain_freed_memory
 from service.api import docs, metrics, openapi, problems
+from service.api.api_keys import ApiKeyMiddleware
 from service.api.body_limit import BodyLimitMiddleware
+from service.api.deps import requires_key
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, losses, oip
 from service.config import Settings, get_settings
@@ -73,6 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(calibration.router)
     app.include_router(oip.router)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.api_keys:
+        # Outside the body limit: a client without a key learns nothing, not even the limit.
+        app.add_middleware(
+            ApiKeyMiddleware,
+            api_keys=settings.api_keys,
+            routes=lambda: app.routes,
+            requires_key=requires_key,
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

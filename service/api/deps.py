@@ -6,7 +6,6 @@ per request for nothing.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
@@ -14,6 +13,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.api_keys import MISSING_KEY, key_matches
 from service.api.concurrency import ComputeGate
 from service.codecs import output_elements, request_elements
 from service.config import Settings
@@ -93,18 +93,17 @@ async def require_api_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key_header)],
 ) -> None:
-    """With `api_keys` configured, require one of them as a Bearer token or as `X-API-Key`."""
+    """With `api_keys` configured, require one of them as a Bearer token or as `X-API-Key`.
+
+    `service.api.api_keys.ApiKeyMiddleware` refuses such requests before their body is read;
+    this dependency declares the schemes in the OpenAPI document, and checks again."""
     if not settings.api_keys:
         return
-    presented = [key for key in (bearer and bearer.credentials, api_key) if key]
-    # Bytes, not str: compare_digest refuses non-ASCII text, which any client can send. Each
-    # candidate is compared with every key: the time taken does not tell which prefix matched.
-    matches = [
-        hmac.compare_digest(candidate.encode(), key.encode())
-        for candidate in presented
-        for key in settings.api_keys
-    ]
-    if not any(matches):
-        raise Unauthorized(
-            "send a configured API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-        )
+    if not key_matches((bearer.credentials if bearer else None, api_key), settings.api_keys):
+        raise Unauthorized(MISSING_KEY)
+
+
+def requires_key(route: object) -> bool:
+    """Whether `route` declares `require_api_key` (its router's dependencies included)."""
+    dependencies = getattr(route, "dependencies", ())
+    return any(dependency.dependency is require_api_key for dependency in dependencies)
