@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 
 from service import __version__
 from service._compat.glibc_malloc import retain_freed_memory
+from service._compat.uvicorn_body_into import HttpLimits
 from service.api import docs, metrics, openapi, problems
 from service.api.api_keys import ApiKeyMiddleware
 from service.api.body_limit import BodyLimitMiddleware
@@ -33,6 +34,16 @@ Conventions follow PyTorch where PyTorch has one; every error is an RFC 9457
 def _operation_id(route: APIRoute) -> str:
     """Stable operation ids for generated clients: the route's name (`cross_entropy`)."""
     return route.name
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    """The limits on what a connection sends, for the server's protocol and the app."""
+    return HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -74,7 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(evaluate.router)
     app.include_router(calibration.router)
     app.include_router(oip.router)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, limits=http_limits(settings)
+    )
     if settings.api_keys:
         # Outside the body limit: a client without a key learns nothing, not even the limit.
         app.add_middleware(
