@@ -72,24 +72,34 @@ _scratch = threading.local()  # one per event loop thread: each read is parsed b
 
 
 class BodyInto:
-    """`start(buffer)` has the rest of this request's body read into `buffer`; `filled` is how
-    many bytes of the body are in it."""
+    """`start(buffer, size)` has the rest of this request's body, `size` bytes in all, read into
+    `buffer`; `filled` is how many bytes of the body are in it. A buffer shorter than the body
+    is filled, then the app's `receive()` returns an empty message with `more_body` and reading
+    pauses until `resume(larger)`: the app's buffer can grow with what arrives."""
 
     def __init__(self, protocol: _HttpToolsInto, cycle: RequestResponseCycle) -> None:
         self._protocol = protocol
         self._cycle = cycle
         self.filled = 0
+        self.size = 0
 
-    def start(self, buffer: memoryview) -> None:
-        """Move what has arrived into `buffer` and read the rest there. `buffer` must hold the
-        declared Content-Length; call once, before the app's first `receive()` that follows."""
+    def start(self, buffer: memoryview, size: int | None = None) -> None:
+        """Move what has arrived into `buffer` and read the rest there (`size`: the declared
+        Content-Length, by default `len(buffer)`). Call once, before the app's first
+        `receive()` that follows."""
+        self.size = len(buffer) if size is None else size
         arrived = self._cycle.body
         if len(arrived) > len(buffer):  # the parser frames the body by its Content-Length
-            raise ValueError("the buffer is shorter than the body")
+            raise ValueError("the buffer is shorter than what has arrived of the body")
         buffer[: len(arrived)] = arrived
         self._cycle.body = bytearray()
         self.filled = len(arrived)
-        rest = buffer[len(arrived) :]
+        self.resume(buffer)
+
+    def resume(self, buffer: memoryview) -> None:
+        """Go on reading into `buffer`, larger than the one before, whose first `filled` bytes
+        are the body's so far. Call when a `receive()` found the buffer full."""
+        rest = buffer[self.filled : self.size]
         if rest and self._cycle.more_body and not self._cycle.disconnected:
             self._protocol.read_into(self, rest)
 
@@ -168,7 +178,13 @@ class _HttpToolsInto(HttpToolsProtocol):
         self._into.filled += nbytes
         self._body_progress = self.loop.time()
         self._rest = self._rest[nbytes:]
-        if not self._rest:
+        if not self._rest and self._into.filled < self._into.size:
+            # The app's buffer is full and the body is not in: the app grows it (`resume`)
+            # when its receive() returns. No view of it is kept meanwhile.
+            self._rest = memoryview(b"")
+            self.flow.pause_reading()
+            self.cycle.message_event.set()
+        elif not self._rest:
             self._into, self._rest = None, memoryview(b"")
             # The parser still waits for the bytes that went around it; the next request starts
             # afresh, as uvicorn's parser is set up.
@@ -297,8 +313,9 @@ class _HttpToolsInto(HttpToolsProtocol):
             return
         idle = self.loop.time() - self._body_progress
         wait = self.limits.body_timeout_s - idle  # > 0: it advanced since the timer was set
-        if wait <= 0 and self._into is None and self.flow.read_paused:
-            # Not read because the app has not asked for more yet: not the client's delay.
+        if wait <= 0 and self.flow.read_paused:
+            # Not read because the app has not asked for more yet (or not grown its buffer):
+            # not the client's delay.
             wait = self.limits.body_timeout_s
         if wait > 0:
             self._body_timer = self.loop.call_later(wait, self._body_timeout)
@@ -386,8 +403,9 @@ def protocol_for_uvicorn(
 @functools.cache
 def self_check() -> str | None:
     """None when one request driven through `BodyIntoProtocol` (headers, then a body read
-    partly before and partly after the app asks for it, then the answer) comes out right;
-    otherwise what went wrong. Runs its own event loop: call it before the server starts."""
+    partly before and partly after the app asks for it, into a buffer the app grows once, then
+    the answer) comes out right; otherwise what went wrong. Runs its own event loop: call it
+    before the server starts."""
     try:
         return asyncio.run(_one_request())
     except Exception as error:  # any failure means: do not rely on these internals
@@ -401,6 +419,7 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = bytearray()
         self.closed = False
+        self.paused = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
@@ -415,10 +434,10 @@ class _Transport(asyncio.Transport):
         self.closed = True
 
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
 
 
 async def _one_request() -> str | None:
@@ -429,10 +448,14 @@ async def _one_request() -> str | None:
         into: BodyInto | None = scope.get("extensions", {}).get(BODY_INTO)
         if into is None:
             raise RuntimeError(f"the request scope has no {BODY_INTO} extension")
-        buffer = memoryview(bytearray(len(body)))
-        into.start(buffer)
+        buffer = memoryview(bytearray(len(body) * 3 // 4))  # grown once the body fills it
+        into.start(buffer, len(body))
         while (await receive()).get("more_body"):
-            pass
+            if into.filled == len(buffer) < len(body):
+                larger = memoryview(bytearray(len(body)))
+                larger[: into.filled] = buffer
+                buffer = larger
+                into.resume(buffer)
         received.append(bytes(buffer[: into.filled]))
         headers = [(b"content-length", b"2")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -445,10 +468,13 @@ async def _one_request() -> str | None:
     protocol.connection_made(transport)
     head = b"POST / HTTP/1.1\r\nhost: check\r\ncontent-length: %d\r\n\r\n" % len(body)
     half = len(body) // 2
-    _feed(protocol, head + body[:half])
+    rest = _feed(protocol, transport, head + body[:half])
     for _ in range(100):  # the app's task starts, asks for the body, and waits for the rest
         await asyncio.sleep(0)
-    _feed(protocol, body[half:])
+    rest = _feed(protocol, transport, rest + body[half:])  # until the app's buffer is full
+    for _ in range(100):  # the app grows its buffer and asks for the rest
+        await asyncio.sleep(0)
+    _feed(protocol, transport, rest)
     for _ in range(100):
         if transport.written.endswith(b"ok"):
             break
@@ -461,12 +487,14 @@ async def _one_request() -> str | None:
     return None
 
 
-def _feed(protocol: BodyIntoProtocol, data: bytes) -> None:
-    """`data` as the event loop hands it to a buffered protocol: into the buffers it offers."""
+def _feed(protocol: BodyIntoProtocol, transport: _Transport, data: bytes) -> bytes:
+    """`data` as the event loop hands it to a buffered protocol: into the buffers it offers,
+    while reading is not paused; what is left."""
     view = memoryview(data)
-    while view:
+    while view and not transport.paused:
         buffer = protocol.get_buffer(len(view))
         n = min(len(buffer), len(view))
         buffer[:n] = view[:n]
         protocol.buffer_updated(n)
         view = view[n:]
+    return bytes(view)

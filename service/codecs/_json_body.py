@@ -59,9 +59,13 @@ def body_buffer(size: int) -> mmap.mmap:
     return buffer
 
 
+def _huge_pages(size: int) -> int:
+    return -(-size // _HUGE_PAGE) * _HUGE_PAGE
+
+
 def _whole_huge_pages(size: int) -> mmap.mmap:
     # so that a slightly longer body fits the same buffer next time
-    return body_buffer(-(-size // _HUGE_PAGE) * _HUGE_PAGE)
+    return body_buffer(_huge_pages(size))
 
 
 # Up to 512 MiB of body buffers kept; a body takes one of its size to twice its size.
@@ -72,6 +76,46 @@ def body_view(size: int) -> memoryview:
     """`size` writable bytes for a large body: the start of a `BODY_BUFFERS` buffer, which
     `loads_json` can scan, and which is reused once the last view of it is gone."""
     return memoryview(BODY_BUFFERS.take(size))[:size]
+
+
+# A body that arrives into a new buffer starts in one of this size and doubles as it fills.
+FIRST_BODY_BYTES = 4 << 20
+
+
+class GrowingBody:
+    """The buffer of a large body of `size` bytes that is still arriving, sized by what has
+    arrived rather than by the `size` a client declared: an idle `BODY_BUFFERS` buffer that
+    holds the whole body (memory the process has already), else a new one of at most
+    `FIRST_BODY_BYTES` that `grow` doubles as it fills. A client that declares 500 MB and sends
+    nothing takes 4 MiB of address space, not 500 MB.
+
+    Growing resizes the mmap in place (`mremap`: its pages move, nothing is copied), which the
+    kernel allows only once every view of it is released; failing that it copies.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        pooled = BODY_BUFFERS.reuse(size)
+        self._buffer = (
+            pooled if pooled is not None else BODY_BUFFERS.take(min(size, FIRST_BODY_BYTES))
+        )
+
+    def view(self) -> memoryview:
+        """The part of the buffer the body may fill: all of the body, or the room there is."""
+        return memoryview(self._buffer)[: min(len(self._buffer), self.size)]
+
+    def grow(self, filled: int) -> memoryview:
+        """`view()` of a buffer twice as large (at most the body's size), the first `filled`
+        bytes kept. Release every view taken before."""
+        target = min(_huge_pages(self.size), 2 * len(self._buffer))
+        try:
+            self._buffer.resize(target)
+        except (BufferError, OSError, SystemError, ValueError):  # a view held; no mremap
+            bigger = BODY_BUFFERS.take(target)
+            with memoryview(bigger) as into, memoryview(self._buffer) as kept:
+                into[:filled] = kept[:filled]
+            self._buffer = bigger
+        return self.view()
 
 
 def loads_json(body: JsonBody) -> Any:
