@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     max_bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples per calibration request"
     )
+    max_diagram_bins: int = Field(
+        100, ge=1, description="bins of a reliability diagram (drawing costs time per bin)"
+    )
     # glibc: freed memory the process keeps for the next large body (service._compat.glibc_malloc)
     retain_freed_bytes: int = Field(
         1024 * MiB, ge=0, description="freed memory kept for reuse; 0: the C library's default"

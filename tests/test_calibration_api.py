@@ -337,6 +337,20 @@ async def test_diagram_errors(client: httpx.AsyncClient) -> None:
     assert response.status_code == 422 and response.json()["detail"].startswith("labels: ")
 
 
+async def test_diagram_bins_are_limited(make_client: ClientFactory) -> None:
+    """A figure costs time per bin (1000 bins: ~10 s of matplotlib, while other figures wait)."""
+    body = {"probs": [0.2, 0.9], "labels": [0, 1]}
+    async with make_client(max_diagram_bins=20) as client:
+        assert (await client.post(DIAGRAM, json={**body, "n_bins": 20})).status_code == 200
+        response = await client.post(DIAGRAM, json={**body, "n_bins": 21})
+        assert response.status_code == 413, response.text
+        problem = response.json()
+        assert problem["detail"] == "n_bins: 21 bins exceed max_diagram_bins = 20 for a diagram"
+        assert [error["field"] for error in problem["errors"]] == ["n_bins"]
+        # the report itself has no such limit
+        assert (await client.post(REPORT, json={**body, "n_bins": 1000})).status_code == 200
+
+
 async def test_routes_require_the_api_key(make_client: ClientFactory) -> None:
     async with make_client(api_keys="k1") as client:
         body = {"probs": [0.5], "labels": [1]}

@@ -69,6 +69,29 @@ async def _compute(request: Request, settings: SettingsDep) -> Compute:
 
 ComputeDep = Annotated[Compute, Depends(_compute)]
 
+
+def _drawing_gate(request: Request, settings: Settings) -> ComputeGate:
+    """The app's one drawing slot: matplotlib draws one figure at a time (`service.plots`), and
+    a figure waiting for its turn waits here, holding no compute slot (ten 1000-bin diagrams
+    waiting for the drawing lock in compute slots held up every other request)."""
+    gate: ComputeGate | None = getattr(request.app.state, "drawing_gate", None)
+    if gate is None:
+        gate = request.app.state.drawing_gate = ComputeGate(
+            1,
+            queue_timeout_s=settings.queue_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            slots="drawing slot",
+        )
+    return gate
+
+
+async def _draw(request: Request, settings: SettingsDep) -> Compute:
+    return Compute(Context(request.app.state.backend, settings), _drawing_gate(request, settings))
+
+
+DrawDep = Annotated[Compute, Depends(_draw)]
+"""Runs a drawing use case as `ComputeDep` runs a computation, in the drawing slot's queue."""
+
 # Both schemes appear in the OpenAPI document on every operation that requires a key; either
 # one is enough. auto_error=False: the check below answers 401 in the service's own form.
 _KEYS_ONLY_WHEN_CONFIGURED = (

@@ -1,10 +1,10 @@
-"""Work proportional to a request's body never runs on the event loop: while it runs, the loop
-answers others (`/healthz`) at once. Each test holds the slow part open with an event and asks
-for `/healthz` meanwhile; the waits only guard against a hang."""
+"""Work proportional to a request's body never runs on the event loop, and a figure waiting to
+be drawn holds no compute slot: while they run, others are answered at once (`/healthz`, a
+loss). Each test holds the slow part open with an event and asks meanwhile; the waits only
+guard against a hang."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import anyio
@@ -13,38 +13,12 @@ import numpy as np
 import pytest
 
 from service.api import routing
+from service.core import calibration as calibration_core
+from tests.api.held import Held
 
 pytestmark = pytest.mark.anyio
 
 ClientFactory = Any  # the `make_client` fixture
-GUARD_S = 10.0  # how long a held step waits before it goes on by itself: a hang, not a delay
-
-
-class Held:
-    """Wraps a function so that each call waits until `release()`: `entered` says a call is in,
-    `left` that one has returned."""
-
-    def __init__(self, function: Any) -> None:
-        self.function = function
-        self.entered = threading.Event()
-        self.left = threading.Event()
-        self._release = threading.Event()
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.entered.set()
-        self._release.wait(GUARD_S)
-        try:
-            return self.function(*args, **kwargs)
-        finally:
-            self.left.set()
-
-    def release(self) -> None:
-        self._release.set()
-
-    async def wait_entered(self) -> None:
-        with anyio.fail_after(GUARD_S * 2):
-            while not self.entered.is_set():
-                await anyio.sleep(0.005)
 
 
 async def _healthz_while_held(client: httpx.AsyncClient, held: Held, request: Any) -> None:
@@ -78,3 +52,32 @@ async def test_a_large_json_body_is_parsed_off_the_event_loop(
         await _healthz_while_held(
             client, held, lambda: client.post("/v1/losses/cross-entropy", json=body)
         )
+
+
+async def test_a_diagram_waiting_to_be_drawn_holds_no_compute_slot(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: reliability diagrams waited for the drawing lock in compute slots; ten of
+    them held every slot, and a one-element loss waited 19-26 s. While a figure is drawn (held
+    here), the one compute slot answers a loss."""
+    held = Held(calibration_core.reliability_diagram)
+    monkeypatch.setattr(calibration_core, "reliability_diagram", held)
+    body = {"probs": [0.2, 0.9, 0.6], "labels": [0, 1, 1]}
+    async with make_client(max_concurrent=1, queue_timeout_s=60) as client:
+        answers: list[httpx.Response] = []
+
+        async def draw() -> None:
+            answers.append(await client.post("/v1/calibration/reliability-diagram", json=body))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(draw)
+            await held.wait_entered()
+            loss = await client.post(
+                "/v1/losses/cross-entropy", json={"logits": [[0.0, 1.0]], "labels": [1]}
+            )
+            left_first = held.left.is_set()
+            held.release()
+    assert loss.status_code == 200, loss.text
+    assert not left_first, "the loss waited for the drawing to end"
+    assert answers[0].status_code == 200
+    assert answers[0].headers["content-type"] == "image/png"
