@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.api.problems import Problem
+from service.api.problems import Problem, problem_responses
 from service.codecs import WIRE_DTYPES
 from service.schemas.oip import InferRequest
 
@@ -71,10 +71,23 @@ def install(app: FastAPI) -> None:
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
             _drop_unreachable_validation_errors(schema)
+            _declare_connection_refusals(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _declare_connection_refusals(schema: dict[str, Any]) -> None:
+    """408 and 431 come before any route: from the server's protocol (or the body-limit
+    middleware) for a head over the header limits, a slow head or a stalled body. Any operation
+    may get them, in the problem form."""
+    refusals = problem_responses(408, 431)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, response in refusals.items():
+                responses.setdefault(str(status), response)
 
 
 def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:
