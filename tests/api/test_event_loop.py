@@ -21,36 +21,40 @@ pytestmark = pytest.mark.anyio
 ClientFactory = Any  # the `make_client` fixture
 
 
-async def _healthz_while_held(client: httpx.AsyncClient, held: Held, request: Any) -> None:
-    """`request()` runs until `held` is entered; /healthz must answer before `held` returns."""
+async def _healthz_while_held(
+    client: httpx.AsyncClient, held: Held, request: Any, count: int = 1
+) -> None:
+    """`count` requests run until `held` is entered; /healthz must answer before `held`
+    returns, and every request in the end."""
     answers: list[httpx.Response] = []
 
     async def send() -> None:
         answers.append(await request())
 
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(send)
+        for _ in range(count):
+            tasks.start_soon(send)
         await held.wait_entered()
         probe = await client.get("/healthz")
         left_first = held.left.is_set()
         held.release()
     assert probe.status_code == 200
     assert not left_first, "/healthz was answered only once the held step had returned"
-    assert answers[0].status_code == 200, answers[0].text
+    assert [answer.status_code for answer in answers] == [200] * count, answers[0].text
 
 
 async def test_a_large_json_body_is_parsed_off_the_event_loop(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: 16 concurrent 35 MB nested-JSON bodies stalled /healthz for 4-11 s, each
-    parsed by orjson on the event loop."""
+    parsed by orjson on the event loop. Four bodies here, their first parse held."""
     held = Held(routing.loads_json)
     monkeypatch.setattr(routing, "loads_json", held)
     rows = 50_000  # 600 kB of JSON
     body = {"logits": np.zeros((rows, 2)).tolist(), "labels": [0] * rows}
     async with make_client() as client:
         await _healthz_while_held(
-            client, held, lambda: client.post("/v1/losses/cross-entropy", json=body)
+            client, held, lambda: client.post("/v1/losses/cross-entropy", json=body), count=4
         )
 
 
