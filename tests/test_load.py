@@ -168,8 +168,8 @@ def test_a_burst_is_answered_in_full_while_healthz_stays_fast(
         f"threads {baseline_threads} -> max {max(probe.threads)}"
     )
     assert worst < 1.0, probe.latencies
-    # A worker thread per compute slot, not one per request.
-    assert max(probe.threads) <= baseline_threads + MAX_CONCURRENT + 1, probe.threads
+    # A worker thread per compute slot and one that parses large bodies, not one per request.
+    assert max(probe.threads) <= baseline_threads + MAX_CONCURRENT + 2, probe.threads
 
 
 def test_past_the_queue_wait_the_excess_gets_a_clean_503(
