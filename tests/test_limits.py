@@ -449,6 +449,24 @@ def test_settings_errors_do_not_echo_api_keys() -> None:
     assert "bad key" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_output_elements", 0),
+        ("max_evaluate_losses", 0),
+        ("max_oip_outputs", 0),
+        ("max_diagram_bins", 0),
+        ("max_header_bytes", 100),  # a request line must fit
+        ("max_header_count", 0),
+        ("header_timeout_s", 0),
+        ("body_timeout_s", -1),
+    ],
+)
+def test_limits_that_would_refuse_everything_stop_the_service(name: str, value: float) -> None:
+    with pytest.raises(pydantic.ValidationError, match=name):
+        Settings(**{name: value})  # type: ignore[arg-type]
+
+
 async def test_keys_from_a_file_open_the_api(make_client: ClientFactory, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("alpha\n", encoding="utf-8")
