@@ -63,10 +63,6 @@ class HttpLimits:
 DEFAULT_LIMITS = HttpLimits()
 
 
-class _HeadRefused(Exception):
-    """Raised from a parser callback to stop the parser; the refusal is `_refusal`."""
-
-
 SCRATCH_BYTES = 256 * 1024  # what uvloop reads at once for a plain protocol
 _scratch = threading.local()  # one per event loop thread: each read is parsed before the next
 
@@ -156,7 +152,8 @@ class _HttpToolsInto(HttpToolsProtocol):
         self._head_room: int | None = None
         self._head_number = 0
         self._header_count = 0
-        self._refusal: tuple[int, str] | None = None  # what a stopped parser answers
+        # Refused and closing: what the parser still finds in the bytes it has is ignored.
+        self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_progress = 0.0  # the loop's time when the body last advanced
@@ -200,6 +197,8 @@ class _HttpToolsInto(HttpToolsProtocol):
         self.flow.resume_reading()  # paused if more than uvicorn's 64 KiB had arrived
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._head_room = None
         self._cancel_head_timer()
         before = self.cycle
@@ -255,27 +254,25 @@ class _HttpToolsInto(HttpToolsProtocol):
             view = view[room:]  # the rest: a body, or the next request
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
         self._header_count += 1
         if self._header_count > self.limits.max_header_count:
-            self._refusal = (
-                431,
-                f"the request has more than max_header_count = {self.limits.max_header_count} "
-                "header fields",
-            )
-            raise _HeadRefused  # httptools stops; uvicorn calls send_400_response
+            count = self.limits.max_header_count
+            detail = f"the request has more than max_header_count = {count} header fields"
+            self._refuse_head(431, detail)
+            return
         super().on_header(name, value)
 
-    def send_400_response(self, msg: str) -> None:
-        if self._refusal is not None:
-            self._refuse_head(*self._refusal)
-            return
-        super().send_400_response(msg)
-
     def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
         self._body_progress = self.loop.time()
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._cancel_body_timer()
         super().on_message_complete()
         self._limit_head()  # what follows is the next request's head
@@ -341,6 +338,7 @@ class _HttpToolsInto(HttpToolsProtocol):
         self._close()
 
     def _close(self) -> None:
+        self._refused = True
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # The app's receive() gets a disconnect, and what it sends goes nowhere.
@@ -484,6 +482,15 @@ async def _one_request() -> str | None:
         return "the body read into the app's buffer is not the body sent"
     if not transport.written.startswith(b"HTTP/1.1 200"):
         return "the answer is not the app's"
+    # A head with one header field too many: the parser stops, and the answer is the 431.
+    strict = BodyIntoProtocol.with_limits(HttpLimits(max_header_count=1))
+    protocol = strict(config=config, server_state=ServerState(), app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    _feed(protocol, transport, b"GET / HTTP/1.1\r\nhost: check\r\nx-more: 1\r\n\r\n")
+    protocol.connection_lost(None)
+    if not (transport.written.startswith(b"HTTP/1.1 431") and transport.closed):
+        return "a head over the header limits is not refused with 431"
     return None
 
 
