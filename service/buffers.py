@@ -39,7 +39,22 @@ class BufferPool(Generic[Buffer]):
 
     def take(self, nbytes: int) -> Buffer:
         """An idle buffer of at least `nbytes`, or a new one."""
+        buffer = self.reuse(nbytes)
+        if buffer is not None:
+            return buffer
         with self._lock:
+            self._trim(nbytes)
+            buffer = self.allocate(nbytes)
+            if self.nbytes + len(buffer) <= self.max_bytes:
+                self._buffers.append(buffer)
+                if self._idle_refs is None:  # the count `_idle` sees with nothing handed out
+                    self._idle_refs = self._refs(len(self._buffers) - 1) - 1  # less `buffer`
+            return buffer
+
+    def reuse(self, nbytes: int) -> Buffer | None:
+        """An idle buffer of `nbytes` to `slack` x `nbytes` bytes, or None: nothing new."""
+        with self._lock:
+            self._trim(0)  # a buffer may have grown while it was out (`GrowingBody`)
             # By index: a loop variable would be one more reference to each buffer.
             for index in range(len(self._buffers)):
                 size = len(self._buffers[index])
@@ -47,18 +62,16 @@ class BufferPool(Generic[Buffer]):
                     buffer = self._buffers.pop(index)
                     self._buffers.append(buffer)
                     return buffer
-            index = 0
-            while self.nbytes + nbytes > self.max_bytes and index < len(self._buffers):
-                if self._idle(index):
-                    del self._buffers[index]
-                else:
-                    index += 1
-            buffer = self.allocate(nbytes)
-            if self.nbytes + len(buffer) <= self.max_bytes:
-                self._buffers.append(buffer)
-                if self._idle_refs is None:  # the count `_idle` sees with nothing handed out
-                    self._idle_refs = self._refs(len(self._buffers) - 1) - 1  # less `buffer`
-            return buffer
+        return None
+
+    def _trim(self, room: int) -> None:
+        """Drop idle buffers, oldest first, until `room` more bytes fit under `max_bytes`."""
+        index = 0
+        while self.nbytes + room > self.max_bytes and index < len(self._buffers):
+            if self._idle(index):
+                del self._buffers[index]
+            else:
+                index += 1
 
     def clear(self) -> None:
         with self._lock:

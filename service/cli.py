@@ -27,7 +27,7 @@ from service.core import BY_NAME, LOSSES, Context
 from service.core.offline import offline_loss
 from service.core.responses import render_json
 from service.engine import select_backend
-from service.errors import LossServiceError
+from service.errors import LossServiceError, shown
 from service.npy_files import load_arrays
 
 API_KEY_VARIABLE = "LOSS_SERVICE_API_KEY"  # the upload's key, kept off the command line
@@ -257,7 +257,7 @@ def _upgrade(url: str) -> int:
 def _option(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        raise ValueError(f"--option {shown(item)}: expected KEY=VALUE")
     try:
         return key, json.loads(raw)
     except ValueError:

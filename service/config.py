@@ -40,6 +40,28 @@ class Settings(BaseSettings):
         2**28, gt=0, description="all the tensors of one request together"
     )
     max_classes: int = Field(2**20, gt=0, description="size of the class axis")
+    # What a connection may send before the app sees a request, and how slowly: enforced by
+    # the server's protocol (service._compat.uvicorn_body_into), in part by the app otherwise.
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="request line and header fields of one request (431)"
+    )
+    max_header_count: int = Field(100, ge=1, description="header fields of one request (431)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="for a request's head to arrive; an idle connection closes (408)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="the longest a request body may stall while it is read (408)"
+    )
+    # A small request can ask for a large answer: these bound what one answer may hold.
+    max_output_elements: int = Field(
+        2**28, gt=0, description="all the output tensors of one answer together"
+    )
+    max_evaluate_losses: int = Field(
+        32, ge=1, description="entries of `losses` in one /v1/evaluate request"
+    )
+    max_oip_outputs: int = Field(
+        16, ge=1, description="entries of `outputs` in one Open Inference Protocol request"
+    )
     request_timeout_s: float = Field(120.0, gt=0)
     # Each computation holds its decoded tensors and their temporaries: this many at once bound
     # the memory a burst can take (SECURITY.md). A computation past its timeout keeps its slot
@@ -56,6 +78,9 @@ class Settings(BaseSettings):
     )
     max_bootstrap: int = Field(
         1000, ge=0, description="bootstrap resamples per calibration request"
+    )
+    max_diagram_bins: int = Field(
+        100, ge=1, description="bins of a reliability diagram (drawing costs time per bin)"
     )
     # glibc: freed memory the process keeps for the next large body (service._compat.glibc_malloc)
     retain_freed_bytes: int = Field(

@@ -17,9 +17,13 @@ The API maps each class to one HTTP status and an RFC 9457 problem type, in one 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 FieldPath = tuple[str | int, ...]
+
+# What a message may echo of a client's value: a few levels of nesting, a line of text.
+SHOWN_CHARS = 80
+SHOWN_DEPTH = 2
 
 
 class LossServiceError(Exception):
@@ -89,3 +93,50 @@ class DatabaseUnavailable(ServiceUnavailable):
 
     slug = "database-unavailable"
     title = "The database is unavailable"
+
+
+def shown(value: object, *, max_chars: int = SHOWN_CHARS) -> str:
+    """`value` as an error message echoes it: like `repr` for the JSON types, but at most
+    `max_chars` characters and `SHOWN_DEPTH` levels of nesting, and never an exception.
+
+    `repr` of a client's value is neither: an array nested 1000 deep raises RecursionError, an
+    integer of 5000 digits raises ValueError, and a 100 MB string is copied into the answer.
+    """
+    try:
+        text = _shown(value, SHOWN_DEPTH, max_chars)
+    except Exception:  # a message must never fail: say what the value is instead
+        text = f"a value of type {type(value).__name__}"
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+def _shown(value: object, depth: int, room: int) -> str:
+    """`value` in about `room` characters (the caller cuts the rest), `depth` levels down."""
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        # str() of an int is quadratic in its digits, and refused past 4300 of them.
+        return (
+            repr(value) if value.bit_length() <= 256 else f"an integer of {value.bit_length()} bits"
+        )
+    if isinstance(value, str):
+        return repr(value[:room]) + ("..." if len(value) > room else "")
+    if isinstance(value, list | tuple | Mapping):
+        opening, closing = ("{", "}") if isinstance(value, Mapping) else ("[", "]")
+        if not value:
+            return opening + closing
+        if depth == 0:
+            return f"{opening}...{closing}"
+        parts: list[str] = []
+        used = 0
+        items = value.items() if isinstance(value, Mapping) else ((None, item) for item in value)
+        for key, item in items:
+            if used >= room:
+                parts.append("...")
+                break
+            part = _shown(item, depth - 1, room - used)
+            if key is not None:
+                part = f"{_shown(key, 0, room - used)}: {part}"
+            parts.append(part)
+            used += len(part) + 2
+        return opening + ", ".join(parts) + closing
+    return f"a value of type {type(value).__name__}"  # not a JSON value: its repr could be anything

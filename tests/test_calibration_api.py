@@ -207,6 +207,18 @@ async def test_too_many_classes_is_413(make_client: ClientFactory) -> None:
         assert response.json()["errors"][0]["field"] == "probs"
 
 
+async def test_brier_of_two_column_scores_is_the_multiclass_sum(client: httpx.AsyncClient) -> None:
+    """As documented: [N, 2] scores are multiclass, so their Brier score sums both classes and
+    is twice the binary value of [N] scores (scikit-learn's brier_score_loss)."""
+    p = np.array([0.9, 0.2, 0.65, 0.4])
+    labels = [1, 0, 0, 1]
+    binary = await post(client, REPORT, {"probs": p.tolist(), "labels": labels})
+    two_columns = np.stack([1 - p, p], axis=1).tolist()
+    multiclass = await post(client, REPORT, {"probs": two_columns, "labels": labels})
+    assert binary["brier"] == pytest.approx(np.mean((p - labels) ** 2), rel=1e-12)
+    assert multiclass["brier"] == pytest.approx(2 * binary["brier"], rel=1e-12)
+
+
 # --- /v1/calibration/merge ---------------------------------------------------------------------
 
 
@@ -231,6 +243,23 @@ async def test_merge_of_shards_equals_the_union(client: httpx.AsyncClient) -> No
     # A merged state merges again.
     twice = await post(client, MERGE, {"states": [merged["state"], union["state"]]})
     assert twice["n"] == 1000 and twice["ece"] == pytest.approx(union["ece"], rel=1e-9)
+
+
+async def test_merged_counts_past_2_to_the_53_are_a_422_naming_states(
+    client: httpx.AsyncClient,
+) -> None:
+    """Regression: 1100 states of counts near 2^53 added up past int64 and the merged report
+    answered negative counts."""
+    state = (await post(client, REPORT, {"probs": [0.75], "labels": [1], "n_bins": 1}))["state"]
+    near = 2**53 - 1
+    state.update(n=near, n_correct=near, sum_brier=0.0, sum_nll=0.0, classwise=None)
+    state["bins"] = {"count": [near], "sum_confidence": [near * 0.75], "sum_correct": [near]}
+    assert (await client.post(MERGE, json={"states": [state]})).status_code == 200
+    response = await client.post(MERGE, json={"states": [state] * 1100})
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert [error["field"] for error in problem["errors"]] == ["states"]
+    assert "2^53" in problem["detail"]
 
 
 async def test_incompatible_states_are_422(client: httpx.AsyncClient) -> None:
@@ -306,6 +335,20 @@ async def test_diagram_errors(client: httpx.AsyncClient) -> None:
     assert response.status_code == 422  # an option the diagram does not use is not ignored
     response = await client.post(DIAGRAM, json={**body, "labels": [2]})
     assert response.status_code == 422 and response.json()["detail"].startswith("labels: ")
+
+
+async def test_diagram_bins_are_limited(make_client: ClientFactory) -> None:
+    """A figure costs time per bin (1000 bins: ~10 s of matplotlib, while other figures wait)."""
+    body = {"probs": [0.2, 0.9], "labels": [0, 1]}
+    async with make_client(max_diagram_bins=20) as client:
+        assert (await client.post(DIAGRAM, json={**body, "n_bins": 20})).status_code == 200
+        response = await client.post(DIAGRAM, json={**body, "n_bins": 21})
+        assert response.status_code == 413, response.text
+        problem = response.json()
+        assert problem["detail"] == "n_bins: 21 bins exceed max_diagram_bins = 20 for a diagram"
+        assert [error["field"] for error in problem["errors"]] == ["n_bins"]
+        # the report itself has no such limit
+        assert (await client.post(REPORT, json={**body, "n_bins": 1000})).status_code == 200
 
 
 async def test_routes_require_the_api_key(make_client: ClientFactory) -> None:

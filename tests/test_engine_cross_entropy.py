@@ -174,6 +174,44 @@ def test_probability_target_zero_on_a_masked_class_is_finite(xp: ModuleType) -> 
     assert to_numpy(out.grads["logits"])[0, 1] == 0
 
 
+def _masked_reference(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample -sum_c y_c log p_c and its gradient softmax - y, in float64 with SciPy, each
+    row over its finite classes only (a -inf class holds no mass: 0 log 0 = 0, gradient 0)."""
+    per_sample = np.zeros(len(logits))
+    grad = np.zeros_like(logits)
+    for i, (row, target) in enumerate(zip(logits, targets, strict=True)):
+        keep = np.isfinite(row)
+        log_p = scipy_log_softmax(row[keep])
+        per_sample[i] = -np.sum(target[keep] * log_p)
+        grad[i, keep] = np.exp(log_p) - target[keep]
+    return per_sample, grad
+
+
+@pytest.mark.parametrize(
+    "masked_rows",
+    [[0], [1, 3], [0, 1, 2, 3, 4, 5]],
+    ids=["first-row", "some-rows", "every-row"],
+)
+def test_probability_targets_with_masked_classes_in_some_rows(
+    xp: ModuleType, masked_rows: list[int]
+) -> None:
+    """Regression: with probability targets, -inf logits in some rows but not all answered 500
+    (the mask of zero weights was built from every row, and applied to the masked rows only)."""
+    logits = RNG.normal(size=(6, 5)) * 2
+    targets = RNG.dirichlet(np.ones(5), size=6)
+    for row in masked_rows:
+        masked = RNG.choice(5, size=2, replace=False)
+        logits[row, masked] = -np.inf
+        targets[row, masked] = 0.0
+        targets[row] /= targets[row].sum()
+    expected, expected_grad = _masked_reference(logits, targets)
+    out = ce(xp, logits, targets, "none")
+    np.testing.assert_allclose(to_numpy(out.per_sample), expected, rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(out.grads["logits"]), expected_grad, atol=1e-15)
+    mean = ce(xp, logits, targets)
+    np.testing.assert_allclose(mean.loss, expected.mean(), rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("logits", "labels", "options"),
     [

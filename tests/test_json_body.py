@@ -4,6 +4,7 @@ the base64 codec in pieces, each against the plain one-call result (orjson, pyba
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,50 @@ def test_a_body_of_many_strings_is_parsed_whole() -> None:
     parsed = loads_json(body)
     assert type(parsed["x"]["data"]) is str
     assert parsed == orjson.loads(body)
+
+
+def _steps_in_the_scan(body: bytes) -> int:
+    """Lines of `service.codecs._json_body` Python runs to parse `body`: the scan's steps."""
+    steps = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal steps
+        if frame.f_code.co_filename != _json_body.__file__:
+            return None
+        steps += event == "line"
+        return trace
+
+    sys.settrace(trace)
+    try:
+        loads_json(body)
+    finally:
+        sys.settrace(None)
+    return steps
+
+
+@pytest.mark.parametrize(
+    "string",
+    [
+        b"\\" * 2**17,  # a long run of backslashes, then the closing quote
+        b'\\"' * 2**16,  # escaped quotes, each one a step
+        b'\\"' + b"\\" * 2**17,  # an escaped quote after a long run
+    ],
+    ids=["backslashes", "escaped-quotes", "run-then-quote"],
+)
+def test_strings_of_backslashes_cost_a_bounded_number_of_steps(string: bytes) -> None:
+    """Regression: the scan for closing quotes counted the backslashes before a quote one Python
+    step per byte (a 48 MB string of backslashes held the event loop for 3 s). It measures a run
+    in C now, and the escaped quotes it steps over count against MAX_STRINGS_SCANNED."""
+    body = b'{"name": "' + string + b'", "x": {"data": "' + LONG.encode() + b'"}}'
+    assert _plain(loads_json(body)) == orjson.loads(body)
+    assert _steps_in_the_scan(body) < 20 * _json_body.MAX_STRINGS_SCANNED
+
+
+def test_a_string_ending_in_escaped_backslashes_is_closed() -> None:
+    body = b'{"name": "a' + b"\\" * 4 + b'", "x": {"data": "' + LONG.encode() + b'"}}'
+    parsed = loads_json(body)
+    assert parsed["name"] == "a" + "\\" * 2  # two escaped backslashes
+    assert isinstance(parsed["x"]["data"], Base64Text)
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,49 @@ async def test_request_elements_count_evaluate_options(make_client: ClientFactor
         assert [e["field"] for e in found["errors"]] == ["losses[1].weight"]
 
 
+async def test_evaluate_loss_entries_are_limited(make_client: ClientFactory) -> None:
+    """Regression: 1000 copies of one entry with its gradient on 1000 x 1000 logits answered
+    5.3 GB to a 5 MB request."""
+    body: dict[str, Any] = {"logits": [[0.0, 1.0, 2.0]] * 2, "labels": [0, 1]}
+    async with make_client(max_evaluate_losses=3) as client:
+        body["losses"] = [{"name": "cross-entropy"}] * 3
+        assert (await client.post("/v1/evaluate", json=body)).status_code == 200
+        body["losses"] = [{"name": "cross-entropy"}] * 4
+        found = problem(await client.post("/v1/evaluate", json=body), 413)
+        assert found["detail"] == "losses: 4 entries exceed max_evaluate_losses = 3"
+        assert [e["field"] for e in found["errors"]] == ["losses"]
+
+
+async def test_output_elements_are_counted_across_evaluate_entries(
+    make_client: ClientFactory,
+) -> None:
+    body: dict[str, Any] = {"logits": [[0.0, 1.0, 2.0]] * 2, "labels": [0, 1]}
+    with_grad = {"name": "cross-entropy", "return_grad": True}
+    async with make_client(max_output_elements=14) as client:
+        # two gradients of 6 and the per-sample losses of 2: 14
+        body["losses"] = [with_grad, {**with_grad, "reduction": "none"}]
+        assert (await client.post("/v1/evaluate", json=body)).status_code == 200
+        body["losses"] = [with_grad, with_grad, with_grad]
+        found = problem(await client.post("/v1/evaluate", json=body), 413)
+        assert [e["field"] for e in found["errors"]] == ["losses[2].return_grad"]
+        assert "max_output_elements" in found["detail"]
+
+
+async def test_output_elements_are_counted_for_one_loss(make_client: ClientFactory) -> None:
+    body = {**VALID_CE, "reduction": "none", "return_grad": True}
+    async with make_client(max_output_elements=8) as client:  # per-sample 2, gradient 6
+        assert (await client.post(CE, json=body)).status_code == 200
+    async with make_client(max_output_elements=7) as client:
+        found = problem(await client.post(CE, json=body), 413)
+        assert [e["field"] for e in found["errors"]] == ["return_grad"]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_probes_answer_head(client: httpx.AsyncClient, path: str) -> None:
+    """Regression: HEAD /healthz was 405, and probes that ask with HEAD failed."""
+    assert (await client.head(path)).status_code == 200
+
+
 async def test_request_elements_count_calibration(make_client: ClientFactory) -> None:
     async with make_client(max_request_elements=5) as client:
         body = {"probs": [0.1, 0.8, 0.6], "labels": [0, 1, 1]}
@@ -406,6 +449,24 @@ def test_settings_errors_do_not_echo_api_keys() -> None:
     assert "bad key" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_output_elements", 0),
+        ("max_evaluate_losses", 0),
+        ("max_oip_outputs", 0),
+        ("max_diagram_bins", 0),
+        ("max_header_bytes", 100),  # a request line must fit
+        ("max_header_count", 0),
+        ("header_timeout_s", 0),
+        ("body_timeout_s", -1),
+    ],
+)
+def test_limits_that_would_refuse_everything_stop_the_service(name: str, value: float) -> None:
+    with pytest.raises(pydantic.ValidationError, match=name):
+        Settings(**{name: value})  # type: ignore[arg-type]
+
+
 async def test_keys_from_a_file_open_the_api(make_client: ClientFactory, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("alpha\n", encoding="utf-8")
@@ -490,6 +551,60 @@ async def test_every_protected_operation_refuses_a_request_without_a_key(
                         problem(response, 401)
                 keyed = await client.request(method, url, json={}, headers={"x-api-key": "alpha"})
                 assert keyed.status_code != 401, (method, path)
+                checked.append((method, path))
+        assert len(checked) >= 20
+
+
+async def test_a_request_without_a_key_is_refused_before_its_body_is_read(
+    make_client: ClientFactory,
+) -> None:
+    """Regression: /v1 read and parsed a whole body (57 MB) before its 401, and uvicorn said
+    `100 Continue` to the client first (it does so on the app's first `receive()`). Every
+    protected operation answers 401 without asking for the body."""
+    context = make_client(api_keys=["alpha"])
+    async with context as client:
+        document = (await client.get("/openapi.json")).json()
+        checked = []
+        for path, operations in document["paths"].items():
+            url = path.replace("{model_name}", "cross-entropy").replace("{model_version}", "1")
+            for method, operation in operations.items():
+                if "security" not in operation:
+                    continue
+                received: list[Any] = []
+                sent: list[Any] = []
+
+                async def receive(into: list[Any] = received) -> dict[str, Any]:
+                    into.append(True)
+                    return {"type": "http.request", "body": b"{}", "more_body": False}
+
+                async def send(message: dict[str, Any], into: list[Any] = sent) -> None:
+                    into.append(message)
+
+                scope = {
+                    "type": "http",
+                    "asgi": {"version": "3.0"},
+                    "http_version": "1.1",
+                    "method": method.upper(),
+                    "scheme": "http",
+                    "path": url,
+                    "raw_path": url.encode(),
+                    "root_path": "",
+                    "query_string": b"",
+                    "headers": [
+                        (b"host", b"testserver"),
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"60000000"),
+                        (b"expect", b"100-continue"),
+                        (b"x-api-key", b"beta"),
+                    ],
+                    "client": ("127.0.0.1", 1),
+                    "server": ("testserver", 80),
+                    "state": {},
+                }
+                await context.app(scope, receive, send)
+                assert not received, (method, path)
+                assert sent[0]["status"] == 401, (method, path)
+                assert (b"connection", b"close") in sent[0]["headers"], (method, path)
                 checked.append((method, path))
         assert len(checked) >= 20
 

@@ -168,8 +168,8 @@ def test_a_burst_is_answered_in_full_while_healthz_stays_fast(
         f"threads {baseline_threads} -> max {max(probe.threads)}"
     )
     assert worst < 1.0, probe.latencies
-    # A worker thread per compute slot, not one per request.
-    assert max(probe.threads) <= baseline_threads + MAX_CONCURRENT + 1, probe.threads
+    # A worker thread per compute slot and one that parses large bodies, not one per request.
+    assert max(probe.threads) <= baseline_threads + MAX_CONCURRENT + 2, probe.threads
 
 
 def test_past_the_queue_wait_the_excess_gets_a_clean_503(
@@ -277,6 +277,118 @@ def test_clients_that_vanish_leave_nothing_behind(
     assert grown < 150, grown
     assert threads <= threads_before + MAX_CONCURRENT, (threads_before, threads)
     assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+# --- small requests that ask for large answers ----------------------------------------------------
+
+
+class MemoryPeak:
+    """The server's largest resident size and address space, sampled every few milliseconds
+    while the block runs."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+        self.rss = self.vms = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            info = self.process.memory_info()
+            self.rss, self.vms = max(self.rss, info.rss), max(self.vms, info.vms)
+            time.sleep(0.005)
+
+    def __enter__(self) -> MemoryPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def _oip_outputs_repeated(server: Server) -> httpx.Response:
+    """0.4 MB of binary logits asking for their gradient as JSON 300 times (629 MB answered)."""
+    logits = np.random.default_rng(1).standard_normal((1000, 100)).astype(np.float32)
+    labels = np.arange(1000) % 100
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "logits", "shape": [1000, 100], "datatype": "FP32",
+                 "parameters": {"binary_data_size": logits.nbytes}},
+                {"name": "labels", "shape": [1000], "datatype": "INT64",
+                 "parameters": {"binary_data_size": labels.nbytes}},
+            ],
+            "outputs": [{"name": "grad"}] * 300,
+        }
+    )  # fmt: skip
+    return httpx.post(
+        f"{server.url}/v2/models/cross-entropy/infer",
+        content=header + logits.tobytes() + labels.astype("<i8").tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+        timeout=120,
+    )
+
+
+def _evaluate_entries_repeated(server: Server) -> httpx.Response:
+    """1000 copies of one loss entry with its gradient (on 1000 x 1000 logits it answered
+    5.3 GB to 5 MB; 1000 x 100 here, to keep a run without the limits survivable)."""
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((1000, 100)).astype(np.float32)
+    body = {
+        "logits": _encoded(logits),
+        "labels": _encoded(np.arange(1000) % 100),
+        "losses": [{"name": "cross-entropy", "return_grad": True}] * 1000,
+    }
+    return httpx.post(
+        f"{server.url}/v1/evaluate", content=orjson.dumps(body), headers=JSON, timeout=120
+    )
+
+
+def _idle_sockets_declaring_huge_bodies(server: Server, count: int = 50) -> None:
+    """Sockets that each declare a 500 MB body and send none of it (each reserved ~480 MB of
+    address space)."""
+    sockets = [_raw_request(server.port, CE, b"", declared=500_000_000) for _ in range(count)]
+    time.sleep(1.0)  # each request reaches the app and starts reading its body
+    for connection in sockets:
+        _abort(connection)
+
+
+def test_amplification_is_refused_and_memory_returns(tmp_path: Path, heavy: list[Heavy]) -> None:
+    """Small requests that asked for huge answers are refused before they are computed, and
+    the process's resident size stays within what SECURITY.md documents it keeps:
+    LOSS_SERVICE_RETAIN_FREED_BYTES of freed heap (the pools hold only what the requests
+    before needed: here the warm-up's)."""
+    retain = 64 * MiB
+    with live(tmp_path / "server.log", LOSS_SERVICE_RETAIN_FREED_BYTES=str(retain)) as server:
+        for body in heavy[:2]:  # warm-up: the pools and the heap reach their working size
+            response = httpx.post(f"{server.url}{CE}", content=body.raw, headers=JSON, timeout=60)
+            assert response.status_code == 200, response.text
+        time.sleep(0.5)
+        before = server.process.memory_info()
+        with MemoryPeak(server.process) as peak:
+            oip = _oip_outputs_repeated(server)
+            evaluate = _evaluate_entries_repeated(server)
+        with MemoryPeak(server.process) as idle:
+            _idle_sockets_declaring_huge_bodies(server)
+        time.sleep(0.5)
+        after = server.process.memory_info().rss
+        print(
+            f"RSS before {before.rss / MiB:.0f} MiB, peak {peak.rss / MiB:.0f} MiB, after "
+            f"{after / MiB:.0f} MiB; address space with idle sockets +"
+            f"{(idle.vms - before.vms) / MiB:.0f} MiB; OIP {oip.status_code}, evaluate "
+            f"{evaluate.status_code}"
+        )
+        assert oip.status_code == 413, oip.text  # more outputs than max_oip_outputs (16)
+        assert "max_oip_outputs" in oip.json()["error"]
+        assert evaluate.status_code == 413, evaluate.text  # over max_evaluate_losses (32)
+        assert evaluate.json()["errors"][0]["field"] == "losses"
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    # Each case took hundreds of MB before it was refused up front; the sockets, 24 GB of
+    # address space (4 MiB each now, as a body's first buffer).
+    assert peak.rss - before.rss < 128 * MiB, (before, peak.rss)
+    assert idle.vms - before.vms < 1024 * MiB, (before, idle.vms)
+    assert after - before.rss < retain + 32 * MiB, (before, after)
 
 
 # --- graceful shutdown -------------------------------------------------------------------------

@@ -191,6 +191,90 @@ async def test_binary_header_length_is_checked(client_asgi: httpx.AsyncClient) -
     assert "Inference-Header-Content-Length" in response.json()["error"]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, None, [False]])
+@pytest.mark.parametrize("where", ["request", "output"])
+async def test_binary_flags_must_be_booleans(
+    client_asgi: httpx.AsyncClient, where: str, value: object
+) -> None:
+    """Regression: `binary_data_output: "false"` (a string) was taken as true, and a JSON client
+    got binary tensors it could not read."""
+    body: dict[str, Any] = {"inputs": [LOGITS_IN, LABELS_IN]}
+    if where == "request":
+        body["parameters"] = {"binary_data_output": value}
+        field = "parameters.binary_data_output"
+    else:
+        body["outputs"] = [{"name": "loss", "parameters": {"binary_data": value}}]
+        field = "outputs.0.parameters.binary_data"
+    response = await client_asgi.post(INFER, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"{field}: expected true or false")
+
+
+@pytest.mark.anyio
+async def test_binary_flags_choose_the_form(client_asgi: httpx.AsyncClient) -> None:
+    for flag, media_type in ((False, "application/json"), (True, "application/octet-stream")):
+        body = {"inputs": [LOGITS_IN, LABELS_IN], "parameters": {"binary_data_output": flag}}
+        response = await client_asgi.post(INFER, json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == media_type
+
+
+@pytest.mark.anyio
+async def test_an_output_is_asked_for_once(client_asgi: httpx.AsyncClient) -> None:
+    """Regression: `outputs` naming `grad` 300 times answered 300 copies (0.4 MB in, 629 MB
+    out)."""
+    outputs = [{"name": "loss"}, {"name": "grad"}, {"name": "grad"}]
+    response = await client_asgi.post(
+        INFER, json={"inputs": [LOGITS_IN, LABELS_IN], "outputs": outputs}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("outputs.2.name: 'grad' is asked for twice")
+
+
+@pytest.mark.anyio
+async def test_the_number_of_outputs_is_limited(make_client: Any) -> None:
+    outputs = [{"name": f"out{i}"} for i in range(3)]
+    async with make_client(max_oip_outputs=2) as client:
+        body = {"inputs": [LOGITS_IN, LABELS_IN], "outputs": outputs}
+        response = await client.post(INFER, json=body)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "outputs: 3 entries exceed max_oip_outputs = 2"
+
+
+@pytest.mark.anyio
+async def test_output_elements_are_counted(make_client: Any) -> None:
+    body = {"inputs": [LOGITS_IN, LABELS_IN], "outputs": [{"name": "loss"}, {"name": "grad"}]}
+    async with make_client(max_output_elements=LOGITS.size + 1) as client:
+        assert (await client.post(INFER, json=body)).status_code == 200
+    async with make_client(max_output_elements=LOGITS.size) as client:
+        response = await client.post(INFER, json=body)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"].startswith("outputs.1: with this output the answer holds 41")
+
+
+@pytest.mark.anyio
+async def test_a_model_version_that_does_not_exist_is_404(client_asgi: httpx.AsyncClient) -> None:
+    """Regression: any version was answered as version 1."""
+    body = {"inputs": [LOGITS_IN, LABELS_IN]}
+    versioned = "/v2/models/cross-entropy/versions/{}/infer"
+    assert (await client_asgi.post(versioned.format(1), json=body)).status_code == 200
+    for version in ("2", "latest", "0"):
+        response = await client_asgi.post(versioned.format(version), json=body)
+        assert response.status_code == 404, response.text
+        assert set(response.json()) == {"error"}
+        assert f"no version '{version}'" in response.json()["error"]
+    response = await client_asgi.post("/v2/models/nope/versions/1/infer", json=body)
+    assert response.status_code == 404
+    assert "unknown model" in response.json()["error"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/v2/health/live", "/v2/health/ready"])
+async def test_health_answers_head(client_asgi: httpx.AsyncClient, path: str) -> None:
+    assert (await client_asgi.head(path)).status_code == 200
+
+
 @pytest.fixture
 async def client_asgi(make_client: Any) -> Any:
     async with make_client() as http:

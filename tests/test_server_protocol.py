@@ -9,8 +9,9 @@ import hashlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -21,7 +22,12 @@ from starlette.routing import Route
 
 from service._compat.uvicorn_body_into import BODY_INTO, BodyIntoProtocol
 from service.api.request_body import read_body
-from service.codecs._json_body import LARGE_BODY_BYTES
+from service.codecs._json_body import (
+    BODY_BUFFERS,
+    FIRST_BODY_BYTES,
+    LARGE_BODY_BYTES,
+    GrowingBody,
+)
 
 LARGE = LARGE_BODY_BYTES * 3 + 12345  # several reads' worth, and not a round number
 
@@ -236,3 +242,81 @@ def test_a_chunked_body_is_left_to_uvicorn(address: tuple[str, int]) -> None:
         sock.sendall(_request("/digest", body))
         _, answer = _read_response(sock, pending)
     assert _json(answer) == _expected(body, into=LARGE)
+
+
+class _Grown:
+    """The `GrowingBody`s made while it is in use, with the buffers each went through."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.bodies: list[GrowingBody] = []
+        self.buffers: list[list[int]] = []  # ids of the mmaps of each body, in turn
+        grown = self
+        original_init, original_grow = GrowingBody.__init__, GrowingBody.grow
+
+        def init(body: GrowingBody, size: int) -> None:
+            original_init(body, size)
+            grown.bodies.append(body)
+            grown.buffers.append([id(body._buffer)])
+
+        def grow(body: GrowingBody, filled: int) -> memoryview:
+            view = original_grow(body, filled)
+            grown.buffers[grown.bodies.index(body)].append(id(body._buffer))
+            return view
+
+        monkeypatch.setattr(GrowingBody, "__init__", init)
+        monkeypatch.setattr(GrowingBody, "grow", grow)
+
+
+def test_a_body_grows_its_buffer_in_place_as_it_arrives(
+    address: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new buffer starts at FIRST_BODY_BYTES and doubles as the body fills it: the mmap is
+    resized (its pages move), not copied, and the body arrives whole."""
+    BODY_BUFFERS.clear()  # no idle buffer that holds the whole body
+    grown = _Grown(monkeypatch)
+    body = _body(5 * FIRST_BODY_BYTES + 12345, 13)
+    pending = bytearray()
+    with _connect(address) as sock:
+        sock.sendall(_request("/digest", body))
+        _, answer = _read_response(sock, pending)
+    assert _json(answer) == _expected(body, into=len(body))
+    (buffers,) = grown.buffers
+    assert len(buffers) == 4  # 4 MiB, 8, 16, then the body's 20 MiB and a bit
+    assert len(set(buffers)) == 1, "a buffer was copied instead of resized"
+
+
+def test_a_declared_length_reserves_nothing_before_the_bytes_arrive(
+    address: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a client that declared 500 MB and sent nothing had a 500 MB buffer mapped for
+    it (200 such sockets: 100 GB of address space)."""
+    BODY_BUFFERS.clear()
+    grown = _Grown(monkeypatch)
+    with _connect(address) as sock:
+        head = _request("/digest", b"")
+        head = head.replace(b"content-length: 0", b"content-length: 500000000")
+        sock.sendall(head + b"x" * 1000)
+        deadline = time.monotonic() + 20
+        while not grown.bodies and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert grown.bodies, "the app did not start reading the body"
+        assert len(grown.bodies[0]._buffer) == FIRST_BODY_BYTES
+
+
+@pytest.mark.anyio
+async def test_chunks_from_another_server_grow_the_buffer_too() -> None:
+    """Under a server without the extension, the body's chunks are copied into a buffer that
+    grows the same way."""
+    BODY_BUFFERS.clear()
+    body = _body(3 * FIRST_BODY_BYTES + 7, 14)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 1_000_003):
+            yield body[start : start + 1_000_003]
+
+    transport = httpx.ASGITransport(app=APP)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post(
+            "/digest", content=pieces(), headers={"content-length": str(len(body))}
+        )
+    assert response.json() == _expected(body, into=None)

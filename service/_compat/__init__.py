@@ -3,10 +3,13 @@
 The fast transport leans on behaviour that the libraries underneath do not promise:
 
 - `uvicorn_body_into`: uvicorn's `HttpToolsProtocol` and `RequestResponseCycle` attributes
-  (`cycle.body`, `cycle.more_body`, `cycle.disconnected`, `parser`, `flow`, `scope`,
-  `headers`) and httptools' `set_dangerous_leniencies`, so that a large request body is read
-  by the kernel straight into the app's buffer. Stock behaviour: uvicorn's own `httptools`
-  protocol (bodies arrive as uvicorn's messages and are copied into the buffer).
+  (`cycle.body`, `cycle.more_body`, `cycle.disconnected`, `cycle.message_event`,
+  `cycle.response_started`, `parser`, `flow`, `scope`, `headers`, `loop`, and the parser
+  callbacks and `send_400_response` it extends) and httptools' `set_dangerous_leniencies`, so
+  that a large request body is read by the kernel straight into the app's buffer (which may
+  grow as it fills), and so that the header limits and idle timeouts hold before the app runs.
+  Stock behaviour: uvicorn's own `httptools` protocol (bodies arrive as uvicorn's messages and
+  are copied into the buffer; the app checks the headers once they are in).
 - `httpx_reads`: `httpx.HTTPTransport._pool`, given a connection pool whose sockets are read
   256 KiB at a time. Stock behaviour: httpx's default transport.
 - `glibc_malloc`: glibc's `mallopt`, so that freed large buffers are kept for the next request.

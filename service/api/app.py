@@ -13,8 +13,11 @@ from fastapi.routing import APIRoute
 
 from service import __version__
 from service._compat.glibc_malloc import retain_freed_memory
+from service._compat.uvicorn_body_into import HttpLimits
 from service.api import docs, metrics, openapi, problems, run_pages
+from service.api.api_keys import ApiKeyMiddleware
 from service.api.body_limit import BodyLimitMiddleware
+from service.api.deps import requires_key
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, label_noise, losses, oip, runs
 from service.config import Settings, get_settings
@@ -33,6 +36,16 @@ Conventions follow PyTorch where PyTorch has one; every error is an RFC 9457
 def _operation_id(route: APIRoute) -> str:
     """Stable operation ids for generated clients: the route's name (`cross_entropy`)."""
     return route.name
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    """The limits on what a connection sends, for the server's protocol and the app."""
+    return HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -93,7 +106,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(label_noise.router)
     app.include_router(run_pages.router)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, limits=http_limits(settings)
+    )
+    if settings.api_keys:
+        # Outside the body limit: a client without a key learns nothing, not even the limit.
+        app.add_middleware(
+            ApiKeyMiddleware,
+            api_keys=settings.api_keys,
+            routes=lambda: app.routes,
+            requires_key=requires_key,
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

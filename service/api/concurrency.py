@@ -60,10 +60,18 @@ class _Ticket:
 class ComputeGate:
     """The compute slots of one application (`service.api.deps` keeps one per app)."""
 
-    def __init__(self, max_concurrent: int, *, queue_timeout_s: float, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        max_concurrent: int,
+        *,
+        queue_timeout_s: float,
+        retry_after_s: int,
+        slots: str = "compute slots (max_concurrent)",
+    ) -> None:
         self.max_concurrent = max_concurrent
         self.queue_timeout_s = queue_timeout_s
         self.retry_after_s = retry_after_s
+        self.slots = slots  # what the 503 calls them
         self._slots = anyio.Semaphore(max_concurrent, max_value=max_concurrent)
 
     @classmethod
@@ -118,7 +126,7 @@ class ComputeGate:
             await self._slots.acquire()
             return
         raise Overloaded(
-            f"all {self.max_concurrent} compute slots (max_concurrent) stayed busy for "
+            f"all {self.max_concurrent} {self.slots} stayed busy for "
             f"queue_timeout_s = {self.queue_timeout_s}; try again later",
             retry_after_s=self.retry_after_s,
         )

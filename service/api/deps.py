@@ -6,7 +6,6 @@ per request for nothing.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
@@ -15,8 +14,9 @@ import anyio
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.api_keys import MISSING_KEY, key_matches
 from service.api.concurrency import ComputeGate
-from service.codecs import request_elements
+from service.codecs import output_elements, request_elements
 from service.config import Settings
 from service.core import Context
 from service.db import RunStore
@@ -45,7 +45,8 @@ def _gate(request: Request, settings: Settings) -> ComputeGate:
 class Compute:
     """Runs a core use case for a route: on a worker thread (heavy NumPy never blocks the event
     loop), once one of the compute slots is free (`service.api.concurrency`), within
-    `request_timeout_s`, the tensors it decodes holding at most `max_request_elements`."""
+    `request_timeout_s`, the tensors it decodes holding at most `max_request_elements` and
+    those it answers at most `max_output_elements`."""
 
     ctx: Context
     gate: ComputeGate
@@ -57,7 +58,10 @@ class Compute:
         def work() -> T:
             return use_case(*args, ctx=self.ctx)
 
-        with request_elements(settings.max_request_elements):
+        with (
+            request_elements(settings.max_request_elements),
+            output_elements(settings.max_output_elements),
+        ):
             return await self.gate.run(work, timeout_s=settings.request_timeout_s)
 
     async def run_io(self, use_case: Callable[..., T], *args: object) -> T:
@@ -89,6 +93,29 @@ async def _run_store(request: Request) -> RunStore:
 
 RunStoreDep = Annotated[RunStore, Depends(_run_store)]
 
+
+def _drawing_gate(request: Request, settings: Settings) -> ComputeGate:
+    """The app's one drawing slot: matplotlib draws one figure at a time (`service.plots`), and
+    a figure waiting for its turn waits here, holding no compute slot (ten 1000-bin diagrams
+    waiting for the drawing lock in compute slots held up every other request)."""
+    gate: ComputeGate | None = getattr(request.app.state, "drawing_gate", None)
+    if gate is None:
+        gate = request.app.state.drawing_gate = ComputeGate(
+            1,
+            queue_timeout_s=settings.queue_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            slots="drawing slot",
+        )
+    return gate
+
+
+async def _draw(request: Request, settings: SettingsDep) -> Compute:
+    return Compute(Context(request.app.state.backend, settings), _drawing_gate(request, settings))
+
+
+DrawDep = Annotated[Compute, Depends(_draw)]
+"""Runs a drawing use case as `ComputeDep` runs a computation, in the drawing slot's queue."""
+
 # Both schemes appear in the OpenAPI document on every operation that requires a key; either
 # one is enough. auto_error=False: the check below answers 401 in the service's own form.
 _KEYS_ONLY_WHEN_CONFIGURED = (
@@ -113,18 +140,17 @@ async def require_api_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key_header)],
 ) -> None:
-    """With `api_keys` configured, require one of them as a Bearer token or as `X-API-Key`."""
+    """With `api_keys` configured, require one of them as a Bearer token or as `X-API-Key`.
+
+    `service.api.api_keys.ApiKeyMiddleware` refuses such requests before their body is read;
+    this dependency declares the schemes in the OpenAPI document, and checks again."""
     if not settings.api_keys:
         return
-    presented = [key for key in (bearer and bearer.credentials, api_key) if key]
-    # Bytes, not str: compare_digest refuses non-ASCII text, which any client can send. Each
-    # candidate is compared with every key: the time taken does not tell which prefix matched.
-    matches = [
-        hmac.compare_digest(candidate.encode(), key.encode())
-        for candidate in presented
-        for key in settings.api_keys
-    ]
-    if not any(matches):
-        raise Unauthorized(
-            "send a configured API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-        )
+    if not key_matches((bearer.credentials if bearer else None, api_key), settings.api_keys):
+        raise Unauthorized(MISSING_KEY)
+
+
+def requires_key(route: object) -> bool:
+    """Whether `route` declares `require_api_key` (its router's dependencies included)."""
+    dependencies = getattr(route, "dependencies", ())
+    return any(dependency.dependency is require_api_key for dependency in dependencies)

@@ -17,14 +17,14 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from service import __version__
-from service.codecs import TensorLimits, oip
+from service.codecs import TensorLimits, count_output, oip
 from service.codecs._dtypes import to_le_bytes
 from service.codecs._json_body import JsonBody
 from service.core import Context, LossSpec
 from service.core.losses import call_loss
 from service.core.responses import grad_in_dtype
 from service.engine import Array, reduce_loss
-from service.errors import FieldPath, InvalidInput
+from service.errors import FieldPath, InvalidInput, LimitExceeded, shown
 from service.schemas.common import TensorField
 from service.schemas.oip import (
     InferRequest,
@@ -77,6 +77,8 @@ def infer(
     output arrays: the response sends them as they are)."""
     header, binary = oip.split_body(body, header_length)
     request = validated(InferRequest, header, ())
+    binary_default = _flag(request.parameters, ("parameters", "binary_data_output"), False)
+    requested = _requested_outputs(request, binary_default, ctx.settings.max_oip_outputs)
     names = [item.name for item in request.inputs]
     options = {k: v for k, v in request.parameters.items() if k not in PROTOCOL_PARAMETERS}
     for name in options.keys() & spec.inputs.keys():
@@ -109,25 +111,20 @@ def infer(
         grad = grad_in_dtype(grad, loss_request.grad_dtype, input_dtype)
         available["grad" if name == "logits" else f"grad_{name}"] = grad
 
-    binary_default = bool(request.parameters.get("binary_data_output", False))
-    if request.outputs is None:
+    if requested is None:
         wanted = ["loss", *(["per_sample"] if "per_sample" in available else [])]
         if loss_request.return_grad:
             wanted += [name for name in available if name.startswith("grad")]
         requested = [(name, binary_default) for name in wanted]
-    else:
-        requested = [
-            (out.name, bool(out.parameters.get("binary_data", binary_default)))
-            for out in request.outputs
-        ]
     outputs, chunks = [], []
     for index, (name, as_binary) in enumerate(requested):
         if name not in available:
             raise InvalidInput(
-                f"outputs.{index}.name: {name!r} is not an output of this request; "
+                f"outputs.{index}.name: {shown(name)} is not an output of this request; "
                 f"available: {', '.join(available)}",
                 field=("outputs", index, "name"),
             )
+        count_output(available[name].size, ("outputs", index) if request.outputs else ("outputs",))
         array = ctx.backend.to_numpy(available[name])
         entry: dict[str, Any] = {
             "name": name,
@@ -148,6 +145,42 @@ def infer(
         "outputs": outputs,
     }
     return orjson.dumps(response), chunks
+
+
+def _flag(parameters: dict[str, Any], path: FieldPath, default: bool) -> bool:
+    """A boolean parameter (`binary_data_output`, `binary_data`): `true` or `false` only; the
+    string "false" is not false, and taking it as true would send binary to a JSON client."""
+    value = parameters.get(str(path[-1]), default)
+    if not isinstance(value, bool):
+        dotted = ".".join(str(part) for part in path)
+        raise InvalidInput(f"{dotted}: expected true or false, got {shown(value)}", field=path)
+    return value
+
+
+def _requested_outputs(
+    request: InferRequest, binary_default: bool, max_outputs: int
+) -> list[tuple[str, bool]] | None:
+    """The outputs `outputs` asks for, each with whether it is sent as binary; None when the
+    request leaves the choice to the model. Checked before anything is computed: each output
+    is its own copy in the answer, so one asked for many times multiplied the answer."""
+    if request.outputs is None:
+        return None
+    if len(request.outputs) > max_outputs:
+        raise LimitExceeded(
+            f"outputs: {len(request.outputs)} entries exceed max_oip_outputs = {max_outputs}",
+            field="outputs",
+        )
+    requested: list[tuple[str, bool]] = []
+    for index, output in enumerate(request.outputs):
+        if any(name == output.name for name, _ in requested):
+            raise InvalidInput(
+                f"outputs.{index}.name: {shown(output.name)} is asked for twice; ask for each "
+                "output once",
+                field=("outputs", index, "name"),
+            )
+        path: FieldPath = ("outputs", index, "parameters", "binary_data")
+        requested.append((output.name, _flag(output.parameters, path, binary_default)))
+    return requested
 
 
 def decode_inputs(
@@ -171,8 +204,8 @@ def decode_inputs(
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise InvalidInput(
-                    f"inputs.{index}.parameters.binary_data_size: {size!r} is not a byte count "
-                    f"within the {len(binary) - offset} binary bytes left",
+                    f"inputs.{index}.parameters.binary_data_size: {shown(size)} is not a byte "
+                    f"count within the {len(binary) - offset} binary bytes left",
                     field=(*field, "parameters", "binary_data_size"),
                 )
             chunk, offset = binary[offset : offset + size], offset + size

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from service.api.problems import Problem
+from service.api.problems import Problem, problem_responses
 from service.codecs import WIRE_DTYPES
 from service.core.runs.models import BatchBody
 from service.schemas.common import TENSOR_REF
@@ -75,6 +75,7 @@ def install(app: FastAPI) -> None:
                 components[model.__name__] = model_schema
             components[BatchBody.__name__] = _tensors_only_schema(BatchBody)
             _drop_unreachable_validation_errors(schema)
+            _declare_connection_refusals(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -96,6 +97,18 @@ def _tensors_only_schema(model: type[BaseModel]) -> dict[str, Any]:
             for name, info in fields.items()
         },
     }
+
+
+def _declare_connection_refusals(schema: dict[str, Any]) -> None:
+    """408 and 431 come before any route: from the server's protocol (or the body-limit
+    middleware) for a head over the header limits, a slow head or a stalled body. Any operation
+    may get them, in the problem form."""
+    refusals = problem_responses(408, 431)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, response in refusals.items():
+                responses.setdefault(str(status), response)
 
 
 def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:

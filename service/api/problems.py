@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:loss-service:problem:"
 OIP_PREFIX = "/v2"
+# An answer to bad input stays small whatever the input: messages name fields, and a field's
+# name is the client's (an unknown key of 10 MB), as is the number of invalid items.
+MAX_DETAIL_CHARS = 2000
+MAX_FIELD_ERRORS = 50
 
 
 class FieldError(BaseModel):
@@ -96,6 +100,7 @@ def problem_response(
 
     The protocol answers invalid requests with 400, where the rest of the API says 422.
     """
+    detail = _clipped(detail)
     if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
         return JSONResponse(
             {"error": detail}, status_code=400 if status == 422 else status, headers=headers
@@ -105,11 +110,27 @@ def problem_response(
         title=title or HTTPStatus(status).phrase,
         status=status,
         detail=detail,
-        errors=errors or [],
+        errors=_bounded(errors or []),
     )
     return JSONResponse(
         problem.model_dump(), status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
     )
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 3] + "..."
+
+
+def _bounded(errors: list[FieldError]) -> list[FieldError]:
+    """At most `MAX_FIELD_ERRORS` field errors, each of bounded length."""
+    return [
+        FieldError(
+            pointer=_clipped(error.pointer),
+            field=_clipped(error.field),
+            detail=_clipped(error.detail),
+        )
+        for error in errors[:MAX_FIELD_ERRORS]
+    ]
 
 
 def field_error(path: FieldPath, detail: str) -> FieldError:
@@ -158,7 +179,10 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
             continue
         name = ".".join(str(part) for part in location) or "body"
         errors.append(field_error(location, f"{name}: {error.get('msg', 'invalid value')}"))
-    summary = "; ".join(error.detail for error in errors) or "the request is invalid"
+    summary = "; ".join(error.detail for error in errors[:MAX_FIELD_ERRORS])
+    if len(errors) > MAX_FIELD_ERRORS:
+        summary += f"; and {len(errors) - MAX_FIELD_ERRORS} more"
+    summary = summary or "the request is invalid"
     return problem_response(
         422,
         detail=summary,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
+import anyio
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
@@ -28,6 +29,26 @@ from service.api.request_body import read_body
 from service.codecs import BodyPiece, body_pieces, loads_json
 from service.codecs._json_body import JsonBody
 from service.core.responses import render_json
+
+# Bodies from this size on are parsed on a worker thread (a thread hop costs ~0.1 ms: below
+# this, parsing inline is cheaper than the hop).
+PARSE_ON_LOOP_BYTES = 64 * 1024
+
+
+def parsing_lane(app: Any) -> anyio.CapacityLimiter:
+    """The one worker thread of an app that parses large bodies, made on first use (within the
+    app's event loop).
+
+    orjson holds the GIL for a whole parse (~10 ms per MB of nested numbers): the event loop
+    gets it back between two parses, not during one. With one parse at a time it waits for at
+    most one; with many threads parsing at once it waited behind several in turn (8 bodies of
+    39 MB stalled /healthz for up to 4.7 s with a thread each, 1.0 s with one lane), and the
+    parses took twice as long in all, fighting over the GIL.
+    """
+    lane: anyio.CapacityLimiter | None = getattr(app.state, "parsing_lane", None)
+    if lane is None:
+        lane = app.state.parsing_lane = anyio.CapacityLimiter(1)
+    return lane
 
 
 class OrjsonRequest(Request):
@@ -45,7 +66,14 @@ class OrjsonRequest(Request):
 
     async def json(self) -> Any:
         if self._parsed is None:
-            self._parsed = loads_json(cast(JsonBody, await self.body()))
+            body = cast(JsonBody, await self.body())
+            if len(body) < PARSE_ON_LOOP_BYTES:
+                self._parsed = loads_json(body)
+            else:
+                # orjson takes ~10 ms per MB of nested numbers, time in which the event loop
+                # would answer nothing, health probes included.
+                lane = parsing_lane(self.app)
+                self._parsed = await anyio.to_thread.run_sync(loads_json, body, limiter=lane)
         return self._parsed
 
 

@@ -14,7 +14,6 @@ OpenAPI document.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -23,15 +22,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 
-from service.api.deps import ComputeDep, RunStoreDep, require_api_key
+from service.api.deps import ComputeDep, DrawDep, RunStoreDep, require_api_key
 from service.api.docs import root_path
 from service.api.routes.runs import RunId
 from service.api.run_html import error_page, run_page, runs_page
-from service.core import Context
+from service.core.calibration import draw_diagram
 from service.core.runs import usecases
-from service.db import RunStore
 from service.errors import LossServiceError
-from service.plots import reliability_diagram
 
 # Nothing runs and nothing loads: the CSS is inline (the diagram's SVG styles with attributes),
 # the favicon a data: URL so that the browser asks the service for none.
@@ -89,16 +86,15 @@ async def list_page(
 
 @router.get("/runs/{run_id}", name="run_page")
 async def report_page(
-    request: Request, run_id: RunId, compute: ComputeDep, store: RunStoreDep
+    request: Request, run_id: RunId, compute: ComputeDep, draw: DrawDep, store: RunStoreDep
 ) -> HTMLResponse:
-    # A compute slot, not only a thread: drawing the diagram takes a CPU for a while.
-    return _page(await compute.run(_report_page, store, run_id, root_path(request)))
-
-
-def _report_page(store: RunStore, run_id: uuid.UUID, root: str, *, ctx: Context) -> str:
-    run, metrics = usecases.run_with_metrics(store, run_id, ctx=ctx)
-    diagram = None if metrics is None else reliability_diagram(metrics, "svg").decode()
-    return run_page(run, diagram, root=root)
+    run, metrics = await compute.run_io(usecases.run_with_metrics, store, run_id)
+    diagram = None
+    # Drawn in the drawing slot's queue, as the diagram routes draw; past max_diagram_bins
+    # the page shows the tables without the figure.
+    if metrics is not None and metrics.n_bins <= compute.ctx.settings.max_diagram_bins:
+        diagram = (await draw.run(draw_diagram, metrics, "svg")).decode()
+    return _page(run_page(run, diagram, root=root_path(request)))
 
 
 def _page(text: str, status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:

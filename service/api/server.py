@@ -7,7 +7,7 @@ from typing import Any
 import uvicorn
 
 from service._compat.uvicorn_body_into import protocol_for_uvicorn
-from service.api.app import create_app
+from service.api.app import create_app, http_limits
 from service.config import Settings
 from service.logs import logging_config
 
@@ -33,7 +33,9 @@ def serve(
         log_level=settings.log_level,
         access_log=False,  # the app logs one line per request itself (service.api.observe)
         # A buffered protocol where it checks out (uvicorn takes any protocol class), else its own.
-        http=protocol_for_uvicorn(enabled=settings.library_internals),  # type: ignore[arg-type]
+        http=protocol_for_uvicorn(  # type: ignore[arg-type]
+            enabled=settings.library_internals, limits=http_limits(settings)
+        ),
     )
 
 

@@ -13,9 +13,11 @@ from service.codecs._tensors import (
     DecodedTensor,
     TensorForm,
     TensorLimits,
+    count_output,
     decode_tensor,
     encode_tensor,
     json_array,
+    output_elements,
     request_elements,
 )
 
@@ -28,12 +30,14 @@ __all__ = [
     "TensorForm",
     "TensorLimits",
     "body_pieces",
+    "count_output",
     "decode_tensor",
     "dumps_json",
     "encode_tensor",
     "json_array",
     "loads_json",
     "oip",
+    "output_elements",
     "request_elements",
     "tensors_digest",
 ]

@@ -34,7 +34,8 @@ from service.codecs._base64 import Base64Output, Base64Text
 
 LIFT_MIN_CHARS = 1 << 16
 # Past this many strings the scan stops and orjson parses the whole body (a body of many short
-# strings is not a tensor payload; its scan would cost more than it saves).
+# strings is not a tensor payload; its scan would cost more than it saves). Escaped quotes inside
+# a string count too: each is a step of the scan in Python.
 MAX_STRINGS_SCANNED = 4096
 _QUOTE, _BACKSLASH = 0x22, 0x5C
 _DATA_KEY = b"data"
@@ -58,9 +59,13 @@ def body_buffer(size: int) -> mmap.mmap:
     return buffer
 
 
+def _huge_pages(size: int) -> int:
+    return -(-size // _HUGE_PAGE) * _HUGE_PAGE
+
+
 def _whole_huge_pages(size: int) -> mmap.mmap:
     # so that a slightly longer body fits the same buffer next time
-    return body_buffer(-(-size // _HUGE_PAGE) * _HUGE_PAGE)
+    return body_buffer(_huge_pages(size))
 
 
 # Up to 512 MiB of body buffers kept; a body takes one of its size to twice its size.
@@ -71,6 +76,46 @@ def body_view(size: int) -> memoryview:
     """`size` writable bytes for a large body: the start of a `BODY_BUFFERS` buffer, which
     `loads_json` can scan, and which is reused once the last view of it is gone."""
     return memoryview(BODY_BUFFERS.take(size))[:size]
+
+
+# A body that arrives into a new buffer starts in one of this size and doubles as it fills.
+FIRST_BODY_BYTES = 4 << 20
+
+
+class GrowingBody:
+    """The buffer of a large body of `size` bytes that is still arriving, sized by what has
+    arrived rather than by the `size` a client declared: an idle `BODY_BUFFERS` buffer that
+    holds the whole body (memory the process has already), else a new one of at most
+    `FIRST_BODY_BYTES` that `grow` doubles as it fills. A client that declares 500 MB and sends
+    nothing takes 4 MiB of address space, not 500 MB.
+
+    Growing resizes the mmap in place (`mremap`: its pages move, nothing is copied), which the
+    kernel allows only once every view of it is released; failing that it copies.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        pooled = BODY_BUFFERS.reuse(size)
+        self._buffer = (
+            pooled if pooled is not None else BODY_BUFFERS.take(min(size, FIRST_BODY_BYTES))
+        )
+
+    def view(self) -> memoryview:
+        """The part of the buffer the body may fill: all of the body, or the room there is."""
+        return memoryview(self._buffer)[: min(len(self._buffer), self.size)]
+
+    def grow(self, filled: int) -> memoryview:
+        """`view()` of a buffer twice as large (at most the body's size), the first `filled`
+        bytes kept. Release every view taken before."""
+        target = min(_huge_pages(self.size), 2 * len(self._buffer))
+        try:
+            self._buffer.resize(target)
+        except (BufferError, OSError, SystemError, ValueError):  # a view held; no mremap
+            bigger = BODY_BUFFERS.take(target)
+            with memoryview(bigger) as into, memoryview(self._buffer) as kept:
+                into[:filled] = kept[:filled]
+            self._buffer = bigger
+        return self.view()
 
 
 def loads_json(body: JsonBody) -> Any:
@@ -153,11 +198,14 @@ def _long_data_strings(text: bytes | mmap.mmap, length: int) -> list[tuple[int, 
     spans: list[tuple[int, int]] = []
     previous: tuple[int, int] | None = None  # the string before, which may be the key
     position = 0
-    for _ in range(MAX_STRINGS_SCANNED):
+    steps = 0  # quotes looked at, escaped ones included
+    while steps < MAX_STRINGS_SCANNED:
         start = text.find(b'"', position, length) + 1
         if start == 0:
             return spans
-        end = _closing_quote(text, start, length)
+        end, steps = _closing_quote(text, start, length, steps + 1)
+        if end == _GAVE_UP:
+            break
         if end < 0:
             return spans  # unterminated: orjson says so
         if (
@@ -170,16 +218,29 @@ def _long_data_strings(text: bytes | mmap.mmap, length: int) -> list[tuple[int, 
     return []
 
 
-def _closing_quote(text: bytes | mmap.mmap, start: int, length: int) -> int:
+_GAVE_UP = -2
+
+
+def _closing_quote(text: bytes | mmap.mmap, start: int, length: int, steps: int) -> tuple[int, int]:
+    """The index of the quote that closes the string whose characters begin at `start` (-1: it
+    is not closed; `_GAVE_UP`: `MAX_STRINGS_SCANNED` steps were taken), and the steps taken.
+
+    A quote preceded by an odd run of backslashes is escaped. The run is measured in C
+    (`rstrip`) over the bytes since the quote before, so a string of 48 MB of backslashes costs
+    one pass over them, not a Python step per byte; each escaped quote is one step.
+    """
+    after = start  # a run of backslashes cannot reach back past the quote before
     end = text.find(b'"', start, length)
-    while end > 0:
-        backslashes = 0
-        while text[end - 1 - backslashes] == _BACKSLASH:
-            backslashes += 1
-        if backslashes % 2 == 0:
-            return end
-        end = text.find(b'"', end + 1, length)
-    return end
+    while end >= 0 and text[end - 1] == _BACKSLASH:
+        piece = text[after:end]
+        if (len(piece) - len(piece.rstrip(b"\\"))) % 2 == 0:
+            break  # an even run: escaped backslashes, then the closing quote
+        if steps >= MAX_STRINGS_SCANNED:
+            return _GAVE_UP, steps
+        steps += 1
+        after = end + 1
+        end = text.find(b'"', after, length)
+    return end, steps
 
 
 def _is_data_value(text: bytes | mmap.mmap, key: tuple[int, int] | None, quote: int) -> bool:

@@ -27,7 +27,7 @@ from service.codecs._tensors import (
     invalid,
     parse_shape,
 )
-from service.errors import FieldPath, InvalidInput
+from service.errors import FieldPath, InvalidInput, shown
 
 # OIP datatype -> wire dtype (as docs/conventions.md names them); BYTES (strings) has no place in a
 # loss.
@@ -63,8 +63,8 @@ def split_body(
         digits = header_length.isascii() and header_length.isdigit()
         if not digits or int(header_length) > len(body):
             raise InvalidInput(
-                f"Inference-Header-Content-Length: {header_length!r} is not a byte count within "
-                f"the body's {len(body)} bytes",
+                f"Inference-Header-Content-Length: {shown(header_length)} is not a byte count "
+                f"within the body's {len(body)} bytes",
                 field="Inference-Header-Content-Length",
             )
         # A view, not a copy: the tensors are most of the body.
@@ -93,7 +93,7 @@ def decode_input(
     if not isinstance(datatype, str) or datatype not in OIP_DATATYPES:
         raise invalid(
             (*field, "datatype"),
-            f"expected one of {', '.join(OIP_DATATYPES)}, got {datatype!r}",
+            f"expected one of {', '.join(OIP_DATATYPES)}, got {shown(datatype)}",
         )
     wire = OIP_DATATYPES[datatype]
     dims = parse_shape(shape, (*field, "shape"))

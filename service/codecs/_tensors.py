@@ -67,6 +67,7 @@ class _ElementBudget:
 
 
 _REQUEST_BUDGET: ContextVar[_ElementBudget | None] = ContextVar("request_elements", default=None)
+_OUTPUT_BUDGET: ContextVar[_ElementBudget | None] = ContextVar("output_elements", default=None)
 
 
 @contextlib.contextmanager
@@ -81,6 +82,33 @@ def request_elements(limit: int) -> Iterator[None]:
         yield
     finally:
         _REQUEST_BUDGET.reset(token)
+
+
+@contextlib.contextmanager
+def output_elements(limit: int) -> Iterator[None]:
+    """Within the block, the output tensors of the answer hold at most `limit` elements together
+    (`count_output`): a small request can ask for large answers (the gradient of every loss of
+    `/v1/evaluate`, an OIP output asked for many times)."""
+    token = _OUTPUT_BUDGET.set(_ElementBudget(limit))
+    try:
+        yield
+    finally:
+        _OUTPUT_BUDGET.reset(token)
+
+
+def count_output(count: int, path: FieldPath) -> None:
+    """Count an output tensor of `count` elements against the answer's budget
+    (`output_elements`); LimitExceeded naming `path`, the request field that asked for it."""
+    budget = _OUTPUT_BUDGET.get()
+    if budget is None:
+        return
+    budget.used += count
+    if budget.used > budget.limit:
+        raise LimitExceeded(
+            f"{_dotted(path)}: with this output the answer holds {budget.used} elements, over "
+            f"the limit of {budget.limit} output elements per request (max_output_elements)",
+            field=path,
+        )
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from typing import Any
 
 from service.core.context import Context
 from service.engine import Array, calibration
+from service.errors import LimitExceeded
 from service.plots import ImageFormat, reliability_diagram
 from service.schemas.calibration import (
     CalibrationInputs,
@@ -36,12 +37,34 @@ def merge_states(body: CalibrationMergeRequest, *, ctx: Context) -> CalibrationR
     return report_response(calibration.merge_report(states), ctx=ctx)
 
 
-def diagram(body: ReliabilityDiagramRequest, image_format: ImageFormat, *, ctx: Context) -> bytes:
-    """The reliability diagram of the body's scores and labels, as PNG or SVG bytes."""
+def diagram_metrics(
+    body: ReliabilityDiagramRequest, *, ctx: Context
+) -> calibration.CalibrationMetrics:
+    """What the reliability diagram of the body's scores and labels shows (`draw_diagram` draws
+    it). A figure costs time per bin (1000 bins: ~10 s of matplotlib): at most
+    `max_diagram_bins`."""
+    check_diagram_bins(body.n_bins, "n_bins", ctx=ctx)
     report = calibration.calibration_report(
         **decode_scores(body, ctx=ctx), n_bins=body.n_bins, binning=body.binning
     )
-    return reliability_diagram(report.metrics, image_format)
+    return report.metrics
+
+
+def check_diagram_bins(n_bins: int, field: str, *, ctx: Context) -> None:
+    """A figure costs time per bin: at most `max_diagram_bins` are drawn."""
+    if n_bins > ctx.settings.max_diagram_bins:
+        raise LimitExceeded(
+            f"{field}: {n_bins} bins exceed max_diagram_bins = "
+            f"{ctx.settings.max_diagram_bins} for a diagram",
+            field=field,
+        )
+
+
+def draw_diagram(
+    metrics: calibration.CalibrationMetrics, image_format: ImageFormat, *, ctx: Context
+) -> bytes:
+    """The reliability diagram of `metrics`, as PNG or SVG bytes."""
+    return reliability_diagram(metrics, image_format)
 
 
 def decode_scores(body: CalibrationInputs, *, ctx: Context) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from service.core.losses import call_loss
 from service.core.registry import BY_NAME, LOSSES, LossSpec
 from service.core.responses import loss_response
 from service.engine import ComputeDtype
-from service.errors import FieldPath, InvalidInput
+from service.errors import FieldPath, InvalidInput, LimitExceeded
 from service.schemas.calibration import CalibrationOptions, CalibrationResponse
 from service.schemas.common import Body, IndexLabels, Logits, OutputEncoding
 from service.schemas.losses import LossOptions, LossResponse
@@ -91,6 +91,13 @@ class EvaluateResponse(BaseModel):
 
 def evaluate(body: EvaluateRequest, *, ctx: Context) -> EvaluateResponse:
     """Every requested loss on one upload, sharing the softmax (`engine.shared_softmax`)."""
+    if len(body.losses) > ctx.settings.max_evaluate_losses:
+        # Each entry is a full computation and may answer a gradient the size of the logits.
+        raise LimitExceeded(
+            f"losses: {len(body.losses)} entries exceed max_evaluate_losses = "
+            f"{ctx.settings.max_evaluate_losses}",
+            field="losses",
+        )
     logits = ctx.decode(("logits",), body.logits, logits=True)
     labels = ctx.decode(("labels",), body.labels)
     # Cast once: every loss then sees the same array, and the softmax cache recognises it.
@@ -114,7 +121,7 @@ def evaluate(body: EvaluateRequest, *, ctx: Context) -> EvaluateResponse:
             except InvalidInput as error:
                 raise within(error, path) from None
             responses.append(
-                loss_response(spec.name, result, item, form, logits.array.dtype, ctx.backend)
+                loss_response(spec.name, result, item, form, logits.array.dtype, ctx.backend, path)
             )
     report = None
     if body.calibration is not None:

@@ -12,9 +12,17 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from service.codecs import BodyPiece, TensorForm, dumps_json, encode_tensor, json_array
+from service.codecs import (
+    BodyPiece,
+    TensorForm,
+    count_output,
+    dumps_json,
+    encode_tensor,
+    json_array,
+)
 from service.codecs._dtypes import numpy_dtype
 from service.engine import Array, Backend, LossResult, reduce_loss
+from service.errors import FieldPath
 from service.schemas import LossResponse
 from service.schemas.losses import LossOptions
 
@@ -26,9 +34,17 @@ def loss_response(
     form: TensorForm,
     input_dtype: np.dtype | None,
     backend: Backend,
+    path: FieldPath = (),
 ) -> LossResponse:
-    """Reduce `result` as `options` ask and encode its tensors in `form`."""
+    """Reduce `result` as `options` ask and encode its tensors in `form`. Its output tensors
+    count against the answer's budget (`count_output`), named by the options under `path`
+    that asked for them."""
     reduced = reduce_loss(result, options.reduction, empty=options.empty)
+    if reduced.per_sample is not None:
+        count_output(reduced.per_sample.size, (*path, "reduction"))
+    if options.return_grad:
+        for grad in reduced.grads.values():
+            count_output(grad.size, (*path, "return_grad"))
     grads = {
         key: grad_in_dtype(grad, options.grad_dtype, input_dtype)
         for key, grad in reduced.grads.items()

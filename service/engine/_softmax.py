@@ -109,8 +109,10 @@ def _dot_rows(e: Array, v: Array, *, xp: ModuleType) -> Array:
         dot = e @ v if v.ndim == 1 else xp.sum(v * e, axis=-1)
         bad = xp.isnan(dot)  # inputs hold no NaN, so NaN here is 0 * -inf from a masked class
         if bool(xp.any(bad)):
-            rows = e[bad]
-            terms = xp.where(v != 0, (v if v.ndim == 1 else v[bad]) * rows, 0)
+            # Only the bad rows are recomputed: the weights and their mask are those rows' too
+            # (a per-row `v` masked whole no longer matched the rows it multiplied).
+            weights = v if v.ndim == 1 else v[bad]
+            terms = xp.where(weights != 0, weights * e[bad], 0)
             dot[bad] = xp.sum(terms, axis=-1)
     return dot
 

@@ -211,7 +211,9 @@ class CalibrationResponse(BaseModel):
         f"n_classes * n_bins > {MAX_CLASSWISE_CELLS}"
     )
     brier: float | None = Field(
-        description="mean of sum_c (p_c - y_c)^2 (binary: mean of (p - y)^2)"
+        description="mean of sum_c (p_c - y_c)^2 (binary [N] scores: mean of (p - y)^2). [N, 2] "
+        "scores are multiclass: their Brier score is twice scikit-learn's binary "
+        "brier_score_loss of the positive class"
     )
     nll: float | None = Field(description="mean -log p_y, p_y clipped at 2.2e-16 as scikit-learn")
     accuracy: float | None

@@ -85,7 +85,11 @@ class ClassBalance(BaseModel):
 
 class CrossEntropyRequest(ClassIndexRequest, ClassBalance):
     labels: IndexLabels = Field(description="class indices [...] or probabilities [..., C]")
-    weight: OptionalSharedTensor = Field(None, description="[C] rescaling weight per class")
+    weight: OptionalSharedTensor = Field(
+        None,
+        description="[C] rescaling weight per class; finite and >= 0 (PyTorch also takes "
+        "negative weights; here they are a 422)",
+    )
     label_smoothing: float = Field(0.0, ge=0.0, le=1.0)
     z_loss: float = Field(0.0, ge=0.0, description="adds z_loss * logsumexp^2 per sample (PaLM)")
 
@@ -149,7 +153,9 @@ class KLDivergenceRequest(LossRequest):
     logits: Logits = Field(description="student logits [..., C]")
     target_logits: OptionalLogits = Field(None, description="teacher logits [..., C]")
     target_probs: OptionalTensor = Field(
-        None, description="teacher probabilities [..., C] (instead of target_logits)"
+        None,
+        description="teacher probabilities [..., C] (instead of target_logits); each row in "
+        "[0, 1] and summing to 1 within 1e-6, else a 422 (PyTorch's kl_div takes any target)",
     )
     temperature: float = Field(1.0, gt=0.0, description="both softmaxes at x / T; loss x T^2")
 

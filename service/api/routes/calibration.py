@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from service.api.deps import ComputeDep, require_api_key
+from service.api.deps import ComputeDep, DrawDep, require_api_key
 from service.api.problems import problem_responses
 from service.api.routing import OrjsonRoute
-from service.core.calibration import calibrate, diagram, merge_states
+from service.core.calibration import calibrate, diagram_metrics, draw_diagram, merge_states
 from service.plots import MEDIA_TYPES, ImageFormat
 from service.schemas.calibration import (
     CalibrationMergeRequest,
@@ -67,9 +67,13 @@ async def calibration_merge(
 async def reliability_diagram_image(
     body: ReliabilityDiagramRequest,
     compute: ComputeDep,
+    draw: DrawDep,
     image_format: Annotated[
         ImageFormat, Query(alias="format", description="`png` (600 x 700 px) or `svg`")
     ] = "png",
 ) -> Response:
-    image = await compute.run(diagram, body, image_format)
+    # The statistics in a compute slot, the figure in the drawing slot's queue: a figure that
+    # waits to be drawn holds no compute slot.
+    metrics = await compute.run(diagram_metrics, body)
+    image = await draw.run(draw_diagram, metrics, image_format)
     return Response(content=image, media_type=MEDIA_TYPES[image_format])

@@ -10,12 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.deps import ComputeDep, require_api_key
-from service.api.inference import infer, model_metadata, server_metadata
+from service.api.inference import MODEL_VERSION, infer, model_metadata, server_metadata
 from service.api.request_body import read_body
 from service.api.routing import PiecesResponse
 from service.codecs import oip
 from service.core.registry import BY_NAME, LossSpec
-from service.errors import NotFound
+from service.errors import NotFound, shown
 from service.schemas.oip import (
     InferResponse,
     ModelMetadata,
@@ -42,7 +42,7 @@ def _spec(model_name: str) -> LossSpec:
 class _UnknownModel(NotFound):
     def __init__(self, model_name: str) -> None:
         super().__init__(
-            f"unknown model {model_name!r}; the models are the losses of GET /v1/losses"
+            f"unknown model {shown(model_name)}; the models are the losses of GET /v1/losses"
         )
 
 
@@ -59,6 +59,14 @@ async def live() -> ServerLive:
 @router.get("/health/ready", name="oip_server_ready", responses=_ERRORS)
 async def ready(request: Request) -> ServerReady:
     return ServerReady(ready=getattr(request.app.state, "backend", None) is not None)
+
+
+# Probes that ask with HEAD (load balancers, `curl -I`) get the GET's status, without a body
+# (the server sends none for HEAD). Left out of the OpenAPI document: one operation per probe.
+for _path, _probe in (("/health/live", live), ("/health/ready", ready)):
+    router.add_api_route(
+        _path, _probe, methods=["HEAD"], name=f"{_probe.__name__}_head", include_in_schema=False
+    )
 
 
 @router.get(
@@ -113,10 +121,17 @@ async def _infer(model_name: str, request: Request, compute: ComputeDep) -> Resp
 async def _infer_version(
     model_name: str, model_version: str, request: Request, compute: ComputeDep
 ) -> Response:
-    """Every model has the one version `MODEL_VERSION`; the versioned path answers the same.
+    """Every model has the one version `MODEL_VERSION`; the versioned path answers the same, and
+    any other version is a 404 (a client pinned to a version must not get another's answer).
 
     Its own function so that the OpenAPI document declares `model_version` (a path parameter
     left undeclared makes client generators drop the operation)."""
+    spec = _spec(model_name)
+    if model_version != MODEL_VERSION:
+        raise NotFound(
+            f"model {spec.name} has no version {shown(model_version)}; its one version is "
+            f"{MODEL_VERSION}"
+        )
     return await _infer(model_name, request, compute)
 
 

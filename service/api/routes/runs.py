@@ -13,13 +13,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from service.api.batch_body import add_batch_from_body
-from service.api.deps import ComputeDep, RunStoreDep, require_api_key
+from service.api.deps import ComputeDep, DrawDep, RunStoreDep, require_api_key
 from service.api.problems import problem_responses
 from service.api.request_body import read_body
 from service.api.routes.calibration import IMAGE_RESPONSES
 from service.api.routing import OrjsonResponse, OrjsonRoute
 from service.codecs import oip
-from service.core import Context
+from service.core.calibration import draw_diagram
 from service.core.runs import usecases
 from service.core.runs.models import (
     BatchId,
@@ -29,8 +29,7 @@ from service.core.runs.models import (
     RunList,
     StoredBatch,
 )
-from service.db import RunStore
-from service.plots import MEDIA_TYPES, ImageFormat, reliability_diagram
+from service.plots import MEDIA_TYPES, ImageFormat
 
 router = APIRouter(
     prefix="/v1/runs",
@@ -180,16 +179,13 @@ async def get_batch(
 async def run_reliability_diagram(
     run_id: RunId,
     compute: ComputeDep,
+    draw: DrawDep,
     store: RunStoreDep,
     image_format: Annotated[
         ImageFormat, Query(alias="format", description="`png` (600 x 700 px) or `svg`")
     ] = "png",
 ) -> Response:
-    image = await compute.run(_diagram, store, run_id, image_format)
+    metrics = await compute.run_io(usecases.run_metrics, store, run_id)
+    image = await draw.run(draw_diagram, metrics, image_format)
     return Response(content=image, media_type=MEDIA_TYPES[image_format])
 
-
-def _diagram(
-    store: RunStore, run_id: uuid.UUID, image_format: ImageFormat, *, ctx: Context
-) -> bytes:
-    return reliability_diagram(usecases.run_metrics(store, run_id, ctx=ctx), image_format)

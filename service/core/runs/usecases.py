@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from service.codecs import tensors_digest
-from service.core.calibration import report_response
+from service.core.calibration import check_diagram_bins, report_response
 from service.core.context import Context
 from service.core.runs import statistics
 from service.core.runs.models import (
@@ -142,13 +142,15 @@ def delete_run(store: RunStore, run_id: uuid.UUID, *, ctx: Context) -> None:
 def run_metrics(
     store: RunStore, run_id: uuid.UUID, *, ctx: Context
 ) -> calibration.CalibrationMetrics:
-    """The calibration metrics of a run (for its reliability diagram)."""
+    """The calibration metrics of a run, for its reliability diagram (`draw_diagram` draws
+    them; `max_diagram_bins` bounds the bins drawn)."""
     state = statistics.calibration_state(store.get_run(run_id).totals)
     if state is None:
         raise NotFound(
             f"run {run_id} has no calibration statistics: it was created without calibration "
             "options, or no batch has arrived yet"
         )
+    check_diagram_bins(state.n_bins, "calibration.n_bins", ctx=ctx)
     return calibration.compute(state)
 
 

@@ -17,7 +17,7 @@ from service.engine.calibration._smooth import SmoothEce
 from service.engine.calibration._state import CalibrationState
 from service.engine.calibration._temperature import fit_temperature, scale_logits
 from service.engine.calibration._update import merge, update
-from service.errors import FieldPath, InvalidInput
+from service.errors import FieldPath, InvalidInput, shown
 
 MAX_TOP_K_ENTRIES = 32
 
@@ -122,7 +122,9 @@ def check_options(
 ) -> None:
     """The options' ranges, one message style (the API's schema checks the same bounds)."""
     require(n_bins >= 1, "n_bins", f"expected an integer >= 1, got {n_bins}")
-    require(binning in BINNINGS, "binning", f"expected 'uniform' or 'quantile', got {binning!r}")
+    require(
+        binning in BINNINGS, "binning", f"expected 'uniform' or 'quantile', got {shown(binning)}"
+    )
     require(
         len(top_k) <= MAX_TOP_K_ENTRIES,
         "top_k",

@@ -38,7 +38,7 @@ from service.engine.calibration._bins import (
     uniform_edges,
 )
 from service.engine.calibration._inputs import NLL_CAP, Task
-from service.errors import FieldPath, InvalidInput
+from service.errors import FieldPath, InvalidInput, shown
 
 STATE_VERSION = 1
 MAX_COUNT = 2**53  # counts are exact integers in JSON (and in the float64 reader) up to here
@@ -152,14 +152,14 @@ class _StateReader:
         d = self.data
         if d.get("version") != STATE_VERSION:
             raise self.fail(
-                ("version",), f"unsupported state version {d.get('version')!r}; expected 1"
+                ("version",), f"unsupported state version {shown(d.get('version'))}; expected 1"
             )
         task = d.get("task")
         if task not in ("binary", "multiclass"):
-            raise self.fail(("task",), f"expected 'binary' or 'multiclass', got {task!r}")
+            raise self.fail(("task",), f"expected 'binary' or 'multiclass', got {shown(task)}")
         binning = d.get("binning")
         if binning not in BINNINGS:
-            raise self.fail(("binning",), f"expected 'uniform' or 'quantile', got {binning!r}")
+            raise self.fail(("binning",), f"expected 'uniform' or 'quantile', got {shown(binning)}")
         n_classes = self.integer(("n_classes",), low=1)
         if task == "binary" and n_classes != 2:
             raise self.fail(("n_classes",), f"a binary state has 2 classes, got {n_classes}")
@@ -264,7 +264,7 @@ class _StateReader:
     def integer(self, path: tuple[str, ...], *, low: int) -> int:
         value = self.data.get(path[0])
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise self.fail(path, f"expected an integer >= {low}, got {value!r}")
+            raise self.fail(path, f"expected an integer >= {low}, got {shown(value)}")
         return value
 
     def number(self, path: tuple[str, ...], *, high: float) -> float:
@@ -273,7 +273,7 @@ class _StateReader:
             number = float(value) if abs(value) < 2**1023 else math.inf  # a huge int: rejected
             if math.isfinite(number) and 0 <= number <= high:
                 return number
-        raise self.fail(path, f"expected a finite number in [0, {high}], got {value!r}")
+        raise self.fail(path, f"expected a finite number in [0, {high}], got {shown(value)}")
 
     def check_edges(self, path: tuple[str, ...], edges: np.ndarray) -> None:
         ok = np.all(edges[..., 0] == 0) and np.all(edges[..., -1] == 1)

@@ -19,7 +19,7 @@ from service.engine.calibration._state import (
     dotted,
     keeps_classwise,
 )
-from service.errors import FieldPath, InvalidInput
+from service.errors import FieldPath, InvalidInput, shown
 
 
 def update(
@@ -122,11 +122,9 @@ def merge(states: Sequence[CalibrationState], field: FieldPath = ("states",)) ->
         for name in ("version", "task", "n_classes", "n_bins", "top_k"):
             mine, theirs = getattr(state, name), getattr(first, name)
             if mine != theirs:
-                shown = list(mine) if isinstance(mine, tuple) else mine
-                expected = list(theirs) if isinstance(theirs, tuple) else theirs
                 raise InvalidInput(
-                    f"{dotted((*where, name))}: {shown!r} differs from "
-                    f"{dotted((*field, 0, name))} = {expected!r}; states merge only when they "
+                    f"{dotted((*where, name))}: {shown(mine)} differs from "
+                    f"{dotted((*field, 0, name))} = {shown(theirs)}; states merge only when they "
                     "agree on version, task, n_classes, n_bins, binning and top_k",
                     field=(*where, name),
                 )

@@ -1,0 +1,115 @@
+"""API keys, checked before anything of a request's body is read.
+
+`require_api_key` (a route dependency) declares the key schemes in the OpenAPI document and
+checks the key, but FastAPI solves dependencies only after it has read and parsed the body: a
+client without a key could have 500 MB read and parsed before its 401, and was told
+`100 Continue` first. `ApiKeyMiddleware` refuses such a request before the app sees it: it
+never calls `receive()`, so uvicorn neither reads the body for it nor answers `100 Continue`.
+
+The routes it guards are the ones that declare `require_api_key`, found in the app's routes
+once: the OpenAPI document and the check cannot disagree. Paths that match no protected route
+(health, metrics, the documentation, unknown paths) go on to the app, which reads no body there.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import fastapi.routing
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.api.problems import problem_response
+from service.errors import Unauthorized
+
+MISSING_KEY = "send a configured API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+
+
+def key_matches(presented: Iterable[str | None], keys: Sequence[str]) -> bool:
+    """Whether one of the `presented` credentials is one of `keys`.
+
+    Bytes, not str: compare_digest refuses non-ASCII text, which any client can send. Each
+    candidate is compared with every key: the time taken does not tell which prefix matched.
+    """
+    matches = [
+        hmac.compare_digest(candidate.encode(), key.encode())
+        for candidate in presented
+        if candidate
+        for key in keys
+    ]
+    return any(matches)
+
+
+def _presented(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The credentials of `Authorization: Bearer <key>` and `X-API-Key: <key>`, read as
+    Starlette and FastAPI's security classes read them (latin-1, the scheme in any case)."""
+    found = []
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                found.append(credentials)
+        elif name == b"x-api-key":
+            found.append(value.decode("latin-1"))
+    return found
+
+
+def _effective_routes(routes: Sequence[BaseRoute]) -> list[Any]:
+    """Every route with the dependencies it runs. FastAPI from 0.165 keeps an included router as
+    one entry and resolves its routes lazily (`iter_route_contexts` lists them, each with its
+    router's dependencies); before, `include_router` copied them into the list."""
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    return list(iterate(routes)) if iterate is not None else list(routes)
+
+
+class ApiKeyMiddleware:
+    """401 for a request to a route that requires a key when it carries none of `api_keys`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: Sequence[str],
+        routes: Callable[[], Sequence[BaseRoute]],
+        requires_key: Callable[[Any], bool],
+    ) -> None:
+        self.app = app
+        self.api_keys = api_keys
+        self._routes = routes
+        self._requires_key = requires_key
+        self._protected: list[Any] | None = None
+
+    def _is_protected(self, scope: Scope) -> bool:
+        if self._protected is None:  # every route is in place by the first request
+            routes = _effective_routes(self._routes())
+            self._protected = [route for route in routes if self._requires_key(route)]
+        # PARTIAL: the path of a protected route with another method (a 405 to come)
+        return any(route.matches(scope)[0] != Match.NONE for route in self._protected)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or key_matches(_presented(scope["headers"]), self.api_keys)
+            or not self._is_protected(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = {"WWW-Authenticate": "Bearer"}
+        if any(
+            name == b"expect" and value.lower() == b"100-continue"
+            for name, value in scope["headers"]
+        ):
+            # The client waits for a 100 that will not come, and will not send its body: the
+            # connection cannot carry another request.
+            headers["Connection"] = "close"
+        response = problem_response(
+            401,
+            detail=MISSING_KEY,
+            slug=Unauthorized.slug,
+            title=Unauthorized.title,
+            headers=headers,
+            path=scope.get("path", ""),
+        )
+        await response(scope, receive, send)
