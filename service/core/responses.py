@@ -21,8 +21,8 @@ from service.codecs import (
     json_array,
 )
 from service.codecs._dtypes import numpy_dtype
-from service.engine import Array, Backend, LossResult, reduce_loss
-from service.errors import FieldPath
+from service.engine import Array, Backend, LossResult, array_namespace, errstate, reduce_loss
+from service.errors import FieldPath, InvalidInput
 from service.schemas import LossResponse
 from service.schemas.losses import LossOptions
 
@@ -87,7 +87,20 @@ def grad_in_dtype(grad: Array, grad_dtype: str | None, input_dtype: np.dtype | N
     target = input_dtype if grad_dtype == "input" else numpy_dtype(grad_dtype)
     if target is None or target.kind not in "fV":  # integer inputs: keep the float gradient
         return grad
-    return grad.astype(target, copy=False)
+    if target.itemsize >= grad.dtype.itemsize:
+        return grad.astype(target, copy=False)
+    xp = array_namespace(grad)
+    with errstate(xp, over="ignore"):  # checked below, with the field to name
+        narrow = grad.astype(target, copy=False)
+    # A gradient past the narrow dtype's range (float16 ends at 65504) would come back as inf:
+    # refused rather than answered wrong.
+    if not bool(xp.all(xp.isfinite(narrow))):
+        raise InvalidInput(
+            f"grad_dtype: the gradient does not fit in {target.name} (its largest magnitude is "
+            f"{float(xp.max(xp.abs(grad))):.6g}); ask for a wider grad_dtype",
+            field="grad_dtype",
+        )
+    return narrow
 
 
 def render_json(content: Any) -> list[BodyPiece]:

@@ -12,7 +12,7 @@ from service.engine._cross_entropy import cross_entropy
 from service.engine._distillation import kl_divergence
 from service.engine._dtypes import ComputeDtype, to_compute_dtype
 from service.engine._engine_path import EnginePath, engine_path, warm_up
-from service.engine._namespace import Array, array_namespace
+from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._pairwise import bradley_terry, triplet_margin
 from service.engine._reduction import (
     EmptyPolicy,
@@ -64,6 +64,7 @@ __all__ = [
     "bradley_terry",
     "cross_entropy",
     "engine_path",
+    "errstate",
     "find_label_issues",
     "find_label_issues_from_logits",
     "focal",

@@ -96,3 +96,22 @@ async def test_many_invalid_items_are_listed_up_to_a_bound(client: httpx.AsyncCl
     problem = response.json()
     assert len(problem["errors"]) == MAX_FIELD_ERRORS
     assert problem["detail"].endswith("...") or "more" in problem["detail"]
+
+
+async def test_a_gradient_past_float16s_range_is_refused_not_inf(client: httpx.AsyncClient) -> None:
+    """Regression (found by the fuzz test): a float16 gradient of 2e6 came back as inf."""
+    body = {
+        "predictions": [1e6, 0.0],
+        "targets": [0.0, 0.0],
+        "reduction": "sum",
+        "return_grad": True,
+        "grad_dtype": "float16",
+    }
+    response = await client.post("/v1/losses/mse", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "grad_dtype"
+    body["grad_dtype"] = "float32"
+    assert (await client.post("/v1/losses/mse", json=body)).json()["grads"]["predictions"] == [
+        2e6,
+        0.0,
+    ]

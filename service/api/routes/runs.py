@@ -188,4 +188,3 @@ async def run_reliability_diagram(
     metrics = await compute.run_io(usecases.run_metrics, store, run_id)
     image = await draw.run(draw_diagram, metrics, image_format)
     return Response(content=image, media_type=MEDIA_TYPES[image_format])
-
