@@ -42,7 +42,9 @@ fail() { printf '[container-check] FAILED: %s\n' "$*" >&2; exit 1; }
 
 podman_() { timeout "${PODMAN_TIMEOUT_S:-120}" podman "${STORAGE[@]}" --runtime "$RUNTIME" "$@"; }
 
-rootfs=""
+# shellcheck source=scripts/debian_image.sh
+source scripts/debian_image.sh
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -55,11 +57,7 @@ cleanup() {
             > /dev/null || true
     fi
     ip netns list 2>/dev/null | grep -qw "$NETNS" && ip netns delete "$NETNS" || true
-    if [[ -n $rootfs && -d $rootfs ]]; then
-        # An interrupted debootstrap leaves /proc and /sys mounted in the tree.
-        findmnt -rn -o TARGET | grep "^$rootfs/" | sort -r | xargs -r umount -l || true
-        rm -rf --one-file-system "$rootfs"
-    fi
+    remove_rootfs
     step "done (exit $rc)"
     exit "$rc"
 }
@@ -69,63 +67,10 @@ trap 'exit 143' TERM
 
 [[ $(id -u) -eq 0 ]] || fail "run as root: debootstrap, buildah and network namespaces need it"
 
-# ---- 1. tools ---------------------------------------------------------------------------------
-packages=(debootstrap debian-archive-keyring buildah podman runc iproute2 python3)
-missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
-        || missing+=("$package")
-done
-if ((${#missing[@]})); then
-    step "apt-get install ${missing[*]}"
-    timeout 300 apt-get update -q > /dev/null
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q --no-install-recommends \
-        "${missing[@]}" uidmap slirp4netns containernetworking-plugins > /dev/null
-fi
+# ---- 1. tools, 2. the base image ---------------------------------------------------------------
+install_container_tools
 step "tools: $(buildah --version | cut -d' ' -f1-3), $(podman --version), runtime $RUNTIME"
-
-# ---- 2. the base image ------------------------------------------------------------------------
-# A host behind a TLS-inspecting proxy trusts the proxy's CA through
-# /usr/local/share/ca-certificates; pip inside the build needs the same trust, so the base image
-# gets those certificates (none on an ordinary machine). They are part of the cache key.
-host_cas=("${HOST_CA_DIR:-/usr/local/share/ca-certificates}"/*.crt)
-[[ -e ${host_cas[0]} ]] || host_cas=()
-recipe=$({
-    echo "recipe 1 $SUITE $BASE_PACKAGES"
-    if ((${#host_cas[@]})); then cat "${host_cas[@]}"; fi
-} | sha256sum | cut -c1-16)
-tarball=$CACHE_DIR/python-base-$SUITE-$recipe.tar
-label_of() {
-    podman "${STORAGE[@]}" image inspect --format '{{index .Config.Labels "loss-service.base-recipe"}}' \
-        "$1" 2>/dev/null || true
-}
-if [[ $(label_of "$BASE_IMAGE") == "$recipe" ]]; then
-    step "base image $BASE_IMAGE ($recipe) is in the store"
-else
-    mkdir -p "$CACHE_DIR"
-    if [[ ! -s $tarball ]]; then
-        rootfs=$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")
-        step "debootstrap $SUITE --variant=minbase --include=$BASE_PACKAGES (from $MIRROR)"
-        timeout 900 debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$rootfs" \
-            "$MIRROR" > "$CACHE_DIR/debootstrap.log" 2>&1 \
-            || { tail -20 "$CACHE_DIR/debootstrap.log" >&2; fail "debootstrap"; }
-        if ((${#host_cas[@]})); then
-            cp "${host_cas[@]}" "$rootfs/usr/local/share/ca-certificates/"
-            chroot "$rootfs" update-ca-certificates > /dev/null 2>&1
-        fi
-        chroot "$rootfs" apt-get clean
-        rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* \
-            "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log "$rootfs"/var/cache/debconf/*-old
-        chroot "$rootfs" python3 -c 'import ensurepip, sys, venv; assert sys.version_info >= (3, 11)'
-        tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
-        rm -rf "$rootfs"
-        rootfs=""
-        find "$CACHE_DIR" -maxdepth 1 -name "python-base-*.tar" ! -name "${tarball##*/}" -delete
-    fi
-    step "import $tarball as $BASE_IMAGE"
-    podman_ import --quiet --change "LABEL loss-service.base-recipe=$recipe" \
-        --change 'CMD ["/bin/bash"]' "$tarball" "$BASE_IMAGE" > /dev/null
-fi
+debian_image "$SUITE" "$BASE_PACKAGES" "$BASE_IMAGE"
 
 # ---- 3. the build -----------------------------------------------------------------------------
 step "build $IMAGE (Dockerfile, default target, PYTHON_IMAGE=$BASE_IMAGE)"

@@ -2,10 +2,10 @@
 
 The browser is Debian's `chromium` package, driven through Playwright's Python package with
 `executable_path` (Playwright's own browser download is never used). When it is missing, the
-module installs it with `scripts/install_browser.sh` (apt-get, as root); the tests are skipped,
-with the script's own words as the reason, only where that cannot be done. Every request the
-pages make is checked to stay on the service: a request elsewhere (a CDN) is aborted and fails
-the test.
+module installs it with `scripts/install_browser.sh` (apt-get, as root), with `libatomic1`, which
+Playwright's driver needs and a minimal Debian lacks; the tests are skipped, with the script's
+own words as the reason, only where that cannot be done. Every request the pages make is checked
+to stay on the service: a request elsewhere (a CDN) is aborted and fails the test.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def _runs(executable: str) -> bool:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    if _runs(CHROMIUM):
-        return CHROMIUM
+    """The browser, after the install script has added what is missing (nothing, mostly):
+    chromium itself, or the library Playwright's driver needs even where chromium runs."""
     completed = subprocess.run(
         ["bash", str(INSTALL)],
         capture_output=True,
