@@ -104,14 +104,11 @@ IFS='|' read -r user cmd healthcheck <<< "$config"
 # no systemd; step 5 runs the image's HEALTHCHECK command once itself.
 ip netns add "$NETNS"
 ip -n "$NETNS" link set lo up
-nofile=$(ulimit -Hn); [[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
-nproc=$(ulimit -Hu); [[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+host_ulimits
 step "run $IMAGE in network namespace $NETNS (read-only root, no capabilities)"
 podman_ run --detach --name "$NAME" --network "ns:/run/netns/$NETNS" \
     --read-only --tmpfs /tmp:rw,nosuid,nodev,size=256m --cap-drop ALL \
-    --security-opt no-new-privileges --no-healthcheck \
-    --ulimit "nofile=$nofile:$nofile" \
-    --ulimit "nproc=$nproc:$nproc" "$IMAGE" > /dev/null
+    --security-opt no-new-privileges --no-healthcheck "${ULIMITS[@]}" "$IMAGE" > /dev/null
 
 # ---- 5. the checks ----------------------------------------------------------------------------
 ip netns exec "$NETNS" timeout $((READY_TIMEOUT_S + 30)) python3 - "$READY_TIMEOUT_S" <<'EOF' \

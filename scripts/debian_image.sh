@@ -80,3 +80,13 @@ debian_image() {
         --change "LABEL loss-service.base-recipe=$recipe" --change 'CMD ["/bin/bash"]' \
         "$tarball" "$image" > /dev/null
 }
+
+# podman's default limits (nofile 1048576) can exceed what this host lets a process raise its
+# own to, and runc then fails to start the container ("error setting rlimits"): ask for the
+# host's hard limits instead, capped, as `--ulimit` options in the array ULIMITS.
+host_ulimits() {
+    local nofile nproc
+    nofile=$(ulimit -Hn); [[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
+    nproc=$(ulimit -Hu); [[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+    ULIMITS=(--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
+}

@@ -70,8 +70,9 @@ log=$CACHE_DIR/fresh-clone.log
 status=0
 # --tty off, stdin closed: nothing may wait for an answer. Python's own output is unbuffered so
 # that the log shows where a slow step is.
+host_ulimits
 timeout "$TEST_TIMEOUT_S" podman "${STORAGE[@]}" --runtime "$RUNTIME" run --rm --name "$NAME" \
-    --network host --volume "$work:/bundle:ro" --env PYTHONUNBUFFERED=1 "$IMAGE" \
+    --network host --volume "$work:/bundle:ro" --env PYTHONUNBUFFERED=1 "${ULIMITS[@]}" "$IMAGE" \
     bash -euc "git clone --quiet /bundle/repo.bundle /root/loss-service
         cd /root/loss-service && git checkout --quiet --detach $head
         python3 --version && make --version | head -1 && git --version
