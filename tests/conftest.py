@@ -25,22 +25,37 @@ def _cupy_with_gpu() -> ModuleType | None:
 
 
 _CUPY = _cupy_with_gpu()
+NO_GPU_REASON = "CuPy with a CUDA device not found"
+
+# NumPy always; CuPy only where it sees a device. Elsewhere the CuPy parametrisations are not
+# generated at all, instead of appearing as thousands of skips that hide the few that matter.
+BACKENDS = [pytest.param(np, id="numpy")]
+if _CUPY is not None:
+    BACKENDS.append(pytest.param(_CUPY, id="cupy", marks=pytest.mark.gpu))
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(np, id="numpy"),
-        pytest.param(
-            _CUPY,
-            id="cupy",
-            marks=pytest.mark.skipif(_CUPY is None, reason="CuPy with a CUDA device not found"),
-        ),
-    ]
-)
+@pytest.fixture(params=BACKENDS)
 def xp(request: pytest.FixtureRequest) -> ModuleType:
     """The array namespace an engine test runs on (SciPy's `xp` fixture, in small)."""
     module: ModuleType = request.param
     return module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a GPU, the tests marked `gpu` are deselected, as the CuPy parametrisations are
+    never generated; `pytest_report_header` says so once."""
+    if _CUPY is not None:
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _CUPY is not None:
+        return f"GPU: CuPy {_CUPY.__version__}, the engine tests run on NumPy and CuPy"
+    return f"GPU: none ({NO_GPU_REASON}): engine tests on NumPy only, `gpu` tests deselected"
 
 
 @pytest.fixture(params=ENGINE_PATHS)

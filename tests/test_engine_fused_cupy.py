@@ -554,15 +554,9 @@ def test_importing_the_kernel_module_imports_no_cupy() -> None:
 # --- on a GPU: CuPy fused vs CuPy reference vs NumPy reference -------------------------------
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(
-            "cupy",
-            marks=pytest.mark.skipif(CUPY is None, reason="CuPy with a CUDA device not found"),
-        )
-    ]
-)
-def cp(request: pytest.FixtureRequest) -> types.ModuleType:
+@pytest.fixture
+def cp() -> types.ModuleType:
+    """CuPy, for the tests marked `gpu` (deselected where no device is visible: conftest)."""
     assert CUPY is not None
     return CUPY
 
@@ -594,6 +588,7 @@ def three_ways(
     return fused  # type: ignore[no-any-return]
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     ("weight", "ignored", "smoothing", "z_loss", "reduction", "shape", "dtype"), GRID, ids=GRID_IDS
 )
@@ -612,6 +607,7 @@ def test_cupy_kernel_cross_entropy_agrees(
     three_ways(cp, cross_entropy, logits, labels, dtype, reduction=reduction, **options)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("function", "options"), FAMILY, ids=FAMILY_IDS)
@@ -626,6 +622,7 @@ def test_cupy_kernel_focal_and_poly1_agree(
     three_ways(cp, function, logits, labels, dtype, reduction=reduction, **options)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("function", "options"), MASKED, ids=MASKED_IDS)
 def test_cupy_kernel_masked_classes(
@@ -636,6 +633,7 @@ def test_cupy_kernel_masked_classes(
     assert np.all(host(fused.grads["logits"])[np.isneginf(logits)] == 0)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cupy_kernel_wide_rows_large_logits_and_edges(cp: types.ModuleType, dtype: Any) -> None:
     logits, labels = wide_batch(dtype)
@@ -657,6 +655,7 @@ def test_cupy_kernel_wide_rows_large_logits_and_edges(cp: types.ModuleType, dtyp
         three_ways(cp, function, np.ones((2, C), dtype), np.full(2, -100), dtype, reduction="mean")
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("input_dtype", ["float32", "float64", "float16", "bfloat16-bits"])
 @pytest.mark.parametrize(("n_rows", "n_classes", "offset", "launch"), LAYOUTS)
 def test_cupy_kernel_layouts_and_16_bit_rows(
@@ -670,6 +669,7 @@ def test_cupy_kernel_layouts_and_16_bit_rows(
     check_layout(cp, input_dtype, n_rows, n_classes, offset)
 
 
+@pytest.mark.gpu
 def test_cupy_kernel_float16_input_and_dispatch(
     cp: types.ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
