@@ -10,7 +10,8 @@ The API maps each class to one HTTP status and an RFC 9457 problem type, in one 
      ├── Unauthorized       API keys are configured and the request has none of them (401)
      └── ServiceUnavailable  try again later: the answer carries `Retry-After` (503)
           ├── ComputeTimeout     the computation outlived the request timeout
-          └── Overloaded         every compute slot stayed busy past the queue timeout
+          ├── Overloaded         every compute slot stayed busy past the queue timeout
+          └── Starting           the process is not ready yet (its kernels are compiling)
 """
 
 from __future__ import annotations
@@ -71,3 +72,8 @@ class ComputeTimeout(ServiceUnavailable):
 class Overloaded(ServiceUnavailable):
     slug = "overloaded"
     title = "Every compute slot is busy"
+
+
+class Starting(ServiceUnavailable):
+    slug = "starting"
+    title = "The service is starting"

@@ -95,6 +95,10 @@ class AsyncClientContext:
 
     async def __aenter__(self) -> httpx.AsyncClient:
         await self._lifespan.__aenter__()
+        # Requests never wait for the kernels' warm-up, but /readyz does: tests start when ready.
+        import anyio
+
+        await anyio.to_thread.run_sync(self.app.state.warm_up.wait)
         import httpx
 
         transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)

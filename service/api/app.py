@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
@@ -16,9 +15,10 @@ from service._compat.glibc_malloc import retain_freed_memory
 from service.api import docs, metrics, openapi, problems
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
+from service.api.readiness import KernelWarmUp
 from service.api.routes import calibration, evaluate, health, losses, oip
 from service.config import Settings, get_settings
-from service.engine import select_backend, warm_up
+from service.engine import select_backend
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retain_freed_memory(settings.retain_freed_bytes)
         # Chosen once: every request of this process computes on the same backend.
         app.state.backend = select_backend(settings.device)
-        # The fused CPU kernels compile (seconds) or load from numba's cache (well under one)
-        # here, in each worker process, so that no request waits for them.
-        fused = await anyio.to_thread.run_sync(warm_up)
-        app.state.engine = "fused" if fused else "reference"
-        logger.info(
-            "backend %s on %s, %s engine",
-            app.state.backend.name,
-            app.state.backend.device,
-            app.state.engine,
-        )
+        # The fused CPU kernels compile (first start) or load from numba's cache on a thread,
+        # in each worker process, while the server answers: /readyz says 503 until then.
+        app.state.warm_up = KernelWarmUp(app.state.backend)
+        app.state.warm_up.start()
         yield
 
     app = FastAPI(

@@ -16,12 +16,17 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", name="readyz", summary="Readiness, with the backend in use")
+@router.get(
+    "/readyz",
+    name="readyz",
+    summary="Readiness, with the backend in use",
+    description="503 while the process is starting: the compiled CPU kernels are compiling "
+    "(first start) or loading from their cache. `/healthz` answers 200 meanwhile.",
+    responses=problem_responses(503),
+)
 async def readyz(request: Request) -> Readiness:
     backend = request.app.state.backend
+    engine = request.app.state.warm_up.check_ready(request.app.state.settings.retry_after_s)
     return Readiness(
-        backend=backend.name,
-        device=backend.device,
-        engine=request.app.state.engine,
-        version=__version__,
+        backend=backend.name, device=backend.device, engine=engine, version=__version__
     )

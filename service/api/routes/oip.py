@@ -58,7 +58,9 @@ async def live() -> ServerLive:
 
 @router.get("/health/ready", name="oip_server_ready", responses=_ERRORS)
 async def ready(request: Request) -> ServerReady:
-    return ServerReady(ready=getattr(request.app.state, "backend", None) is not None)
+    # As /readyz: not before the compiled kernels are (service.api.readiness).
+    warm_up = getattr(request.app.state, "warm_up", None)
+    return ServerReady(ready=warm_up is not None and warm_up.engine is not None)
 
 
 @router.get(
