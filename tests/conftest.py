@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 from collections.abc import AsyncIterator, Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -41,21 +42,45 @@ def xp(request: pytest.FixtureRequest) -> ModuleType:
     return module
 
 
+# Tests that need what a machine may lack are deselected where it is missing, and each group is
+# named once, with the reason, at the end of the report: not thousands of skips that hide the few
+# that matter. The markers are declared in pyproject.toml.
+MISSING = {
+    marker: reason
+    for marker, reason in (
+        ("gpu", None if _CUPY is not None else NO_GPU_REASON),
+        ("cxx", None if shutil.which("g++") else "no host C++ compiler (g++)"),
+    )
+    if reason is not None
+}
+_deselected: dict[str, int] = {}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without a GPU, the tests marked `gpu` are deselected, as the CuPy parametrisations are
-    never generated; `pytest_report_header` says so once."""
-    if _CUPY is not None:
-        return
-    gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if gpu:
-        config.hook.pytest_deselected(items=gpu)
-        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+    kept, dropped = [], []
+    for item in items:
+        marker = next((name for name in MISSING if item.get_closest_marker(name)), None)
+        if marker is None:
+            kept.append(item)
+        else:
+            dropped.append(item)
+            _deselected[marker] = _deselected.get(marker, 0) + 1
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     if _CUPY is not None:
         return f"GPU: CuPy {_CUPY.__version__}, the engine tests run on NumPy and CuPy"
-    return f"GPU: none ({NO_GPU_REASON}): engine tests on NumPy only, `gpu` tests deselected"
+    return f"GPU: none ({NO_GPU_REASON}): the engine tests run on NumPy only"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for marker, count in _deselected.items():
+        terminalreporter.write_line(
+            f"DESELECTED [{count}] tests marked {marker}: {MISSING[marker]}", yellow=True
+        )
 
 
 @pytest.fixture(params=ENGINE_PATHS)
