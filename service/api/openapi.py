@@ -1,4 +1,5 @@
-"""The OpenAPI document: FastAPI's, plus the shared `Tensor` schema every tensor field refers to."""
+"""The OpenAPI document: FastAPI's, plus the shared `Tensor` schema every tensor field refers to,
+and an example for every operation (service.api.examples)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.api import examples
 from service.api.problems import Problem
 from service.codecs import WIRE_DTYPES
 from service.schemas.oip import InferRequest
@@ -71,6 +73,7 @@ def install(app: FastAPI) -> None:
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
             _drop_unreachable_validation_errors(schema)
+            examples.apply(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
