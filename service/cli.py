@@ -7,28 +7,41 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from service.codecs import body_pieces
 from service.config import Settings, get_settings
-from service.core import BY_NAME, LOSSES, Context
+from service.core import BY_NAME, LOSSES, Context, LossSpec
 from service.core.offline import offline_loss
 from service.core.responses import render_json
 from service.engine import select_backend
 from service.errors import LossServiceError
 from service.npy_files import load_arrays
+from service.schemas import LossResponse
+
+# The answer's fields that are not arrays, written beside the arrays of a .npz.
+SCALAR_FIELDS = {"name", "loss", "n_valid", "weight_sum", "backend", "dtype"}
 
 COMPUTE_EPILOG = """\
-Inputs are named as in the HTTP API: --logits a.npy --labels b.npy; --NAME file.npz takes the
-array NAME from the file (or its only array) and --NAME file.npz:KEY the array KEY; positional
-.npz files give every array they hold, by name. Options are KEY=VALUE with a JSON value
-(-o label_smoothing=0.1 -o reduction=none -o weight=[1,2,0.5]); a value that is not JSON is a
-string. The output is the JSON of POST /v1/losses/NAME.
+Inputs are named as in the HTTP API, with dashes or underscores (--logits a.npy --labels b.npy
+--target-logits t.npy); --NAME file.npz takes the array NAME from the file (or its only array)
+and --NAME file.npz:KEY the array KEY; positional .npz files give every array they hold, by name.
+Options are KEY=VALUE with a JSON value (-o label-smoothing=0.1 -o reduction=none
+-o weight=[1,2,0.5]); a value that is not JSON is a string.
+
+The output is the JSON of POST /v1/losses/NAME, on stdout or in --out FILE. --out FILE.npz
+writes the answer's arrays (per_sample, grad, grads.INPUT) and its scalars (loss, n_valid,
+weight_sum as 0-d arrays; name, backend, dtype as 0-d strings) into one .npz; --out FILE.npy
+writes its one array (asking for both per_sample and grad needs a .npz) and prints the scalars
+as JSON.
 Exit status: 0, 1 (invalid input), 2 (usage).
+
+losses (LOSS, its inputs; `-o` takes the options of GET /v1/losses):
 """
 
 
@@ -56,18 +69,22 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _add_compute(commands: Any) -> None:
+    losses = "".join(f"  {spec.name:<32} {_inputs(spec)}\n" for spec in LOSSES)
     compute = commands.add_parser(
         "compute",
         help="compute a loss over .npy / .npz files, offline",
         description="Compute a loss over arrays in files with the service's engine, no server.",
-        epilog=COMPUTE_EPILOG,
+        epilog=COMPUTE_EPILOG + losses,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compute.add_argument("loss", choices=list(BY_NAME), metavar="LOSS", help="e.g. cross-entropy")
+    compute.add_argument(
+        "loss", choices=list(BY_NAME), metavar="LOSS", help="a loss of the list below"
+    )
     compute.add_argument("npz", nargs="*", metavar="FILE.npz", help="arrays named as inputs")
     inputs = compute.add_argument_group("inputs (each a .npy, .npz or .npz:KEY)")
     for name in sorted({name for spec in LOSSES for name in spec.inputs}):
-        inputs.add_argument(f"--{name}", metavar="PATH", dest=f"input_{name}")
+        flags = dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])  # both spellings
+        inputs.add_argument(*flags, metavar="PATH", dest=f"input_{name}")
     compute.add_argument(
         "-o",
         "--option",
@@ -77,7 +94,10 @@ def _add_compute(commands: Any) -> None:
         help="a request field: reduction, return_grad, label_smoothing, ...",
     )
     compute.add_argument(
-        "--out", type=Path, metavar="PATH", help="write the JSON here instead of stdout"
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="write the JSON here instead of stdout; a .npz or .npy gets arrays (see below)",
     )
     compute.add_argument(
         "--chunk-rows",
@@ -91,6 +111,11 @@ def _add_compute(commands: Any) -> None:
         default=None,
         help="a progress line on stderr (default: when stderr is a terminal)",
     )
+
+
+def _inputs(spec: LossSpec) -> str:
+    """`logits, labels, [weight]`: the loss's inputs, optional ones in brackets."""
+    return ", ".join(name if name in spec.required_inputs else f"[{name}]" for name in spec.inputs)
 
 
 def _compute(args: argparse.Namespace, settings: Settings) -> int:
@@ -112,6 +137,9 @@ def _compute(args: argparse.Namespace, settings: Settings) -> int:
     if args.chunk_rows is not None and args.chunk_rows < 1:
         return fail("--chunk-rows must be at least 1")
 
+    arrays_out = args.out is not None and args.out.suffix.lower() in (".npz", ".npy")
+    if arrays_out:
+        options["output_encoding"] = "json"  # the arrays as they are, not base64
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = _ProgressLine(args.loss) if show else None
     ctx = Context(select_backend(settings.device), settings)
@@ -131,6 +159,8 @@ def _compute(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if progress is not None:
             progress.close()
+    if arrays_out:
+        return _write_arrays(response, args.out, fail)
     # Rendered as the HTTP route renders it: the same bytes the API would send.
     text = b"".join(body_pieces(render_json(response))) + b"\n"
     if args.out is None:
@@ -141,10 +171,40 @@ def _compute(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _write_arrays(response: LossResponse, out: Path, fail: Callable[[str], int]) -> int:
+    """The answer as NumPy files: all of it in a .npz, or its one array in a .npy and the
+    scalars as JSON on stdout."""
+    arrays = {
+        key: np.asarray(value)
+        for key, value in [
+            ("per_sample", response.per_sample),
+            ("grad", response.grad),
+            *((f"grads.{name}", grad) for name, grad in (response.grads or {}).items()),
+        ]
+        if value is not None
+    }
+    scalars = {
+        key: value
+        for key, value in response.model_dump(include=SCALAR_FIELDS).items()
+        if value is not None
+    }
+    if out.suffix.lower() == ".npz":
+        contents: dict[str, Any] = {**arrays, **scalars}
+        np.savez(out, **contents)
+        return 0
+    if len(arrays) != 1:
+        names = ", ".join(arrays) or "none (reduction=none gives per_sample)"
+        return fail(f"--out {out}: a .npy holds one array; this answer has {names}: use a .npz")
+    np.save(out, next(iter(arrays.values())))
+    print(json.dumps(scalars))
+    return 0
+
+
 def _option(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+    key = key.replace("-", "_")  # label-smoothing, as a command line spells it
     try:
         return key, json.loads(raw)
     except ValueError:
@@ -177,7 +237,7 @@ class _ProgressLine:
         elapsed = now - self.start
         sys.stderr.write(
             f"\r{self.label}: {percent:3d}% ({done}/{total} rows, "
-            f"{self.chunks} chunks, {elapsed:.1f} s)"
+            f"{self.chunks} chunk{'' if self.chunks == 1 else 's'}, {elapsed:.1f} s)"
         )
         sys.stderr.flush()
         self.drawn = True
