@@ -110,3 +110,16 @@ async def test_redoc_is_served_without_its_cdn_logo(client: httpx.AsyncClient) -
     assert b"https://cdn.redoc.ly/" in shipped
     assert b"https://cdn.redoc.ly/" not in response.content
     assert response.content.replace(EMPTY_IMAGE, REDOC_LOGO_URL) == shipped
+
+
+async def test_the_root_redirects_to_the_docs(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 307
+    assert response.headers["location"] == "/docs"
+    assert "/" not in (await client.get("/openapi.json")).json()["paths"]  # pages are left out
+    from service.api import create_app
+    from service.config import Settings
+
+    transport = httpx.ASGITransport(app=create_app(Settings(device="cpu")), root_path="/loss")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as proxied:
+        assert (await proxied.get("/loss/")).headers["location"] == "/loss/docs"

@@ -1,4 +1,5 @@
-"""`/docs` (Swagger UI) and `/redoc`, served from files shipped in the package: no CDN.
+"""`/docs` (Swagger UI) and `/redoc`, served from files shipped in the package: no CDN; `/`
+redirects to `/docs`.
 
 The files under `static/` are the npm packages `swagger-ui-dist` and `redoc`, byte for byte
 (`scripts/update_docs_assets.sh` fetches them; `static/VERSIONS` says which). The pages are
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -52,6 +53,13 @@ def _root(request: Request) -> str:
     """The prefix a proxy serves the app under (`--root-path`), so the pages' links work there."""
     root: str = request.scope.get("root_path", "")
     return root.rstrip("/")
+
+
+@router.get("/")
+async def root(request: Request) -> RedirectResponse:
+    """The address alone, typed into a browser, leads to the docs. Left out of the OpenAPI
+    document (as the pages are): a client has nothing to call there."""
+    return RedirectResponse(f"{_root(request)}/docs", status_code=307)
 
 
 @router.get("/docs")
