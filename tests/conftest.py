@@ -28,8 +28,7 @@ def _cupy_with_gpu() -> ModuleType | None:
 _CUPY = _cupy_with_gpu()
 NO_GPU_REASON = "CuPy with a CUDA device not found"
 
-# NumPy always; CuPy only where it sees a device. Elsewhere the CuPy parametrisations are not
-# generated at all, instead of appearing as thousands of skips that hide the few that matter.
+# NumPy always; CuPy only where it sees a device: elsewhere its parametrisations do not exist.
 BACKENDS = [pytest.param(np, id="numpy")]
 if _CUPY is not None:
     BACKENDS.append(pytest.param(_CUPY, id="cupy", marks=pytest.mark.gpu))
