@@ -93,6 +93,11 @@ async def test_readyz_is_503_until_the_kernels_are_ready(
     assert ready.json()["engine"] == "fused"
     assert (await client.get("/v2/health/ready")).json() == {"ready": True}
 
+    # Another app of this process finds the kernels warm: ready at once, with nothing to wait on.
+    kernels.release.clear()
+    async with _Started() as again:
+        assert (await again.get("/readyz")).status_code == 200
+
 
 @pytest.mark.anyio
 async def test_kernels_that_fail_to_compile_keep_the_process_unready(

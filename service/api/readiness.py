@@ -21,6 +21,10 @@ from service.errors import Starting
 
 logger = logging.getLogger(__name__)
 
+# Kernels' modules whose warm-up finished in this process: numba keeps what it compiled or loaded
+# for the process's life, so another app made here (tests make many) is ready at once.
+_WARM: set[ModuleType] = set()
+
 
 class KernelWarmUp:
     """The warm-up of one app: `engine` is `fused` or `reference` once it is done, else None."""
@@ -35,8 +39,8 @@ class KernelWarmUp:
         """Raises at once what a loss would (an unknown `LOSS_SERVICE_ENGINE`, `fused` without
         numba), so that a misconfigured process fails to start; compiles on a thread."""
         module = cpu_kernels()
-        if module is None:
-            self._ready("reference")
+        if module is None or module in _WARM:
+            self._ready("reference" if module is None else "fused")
             return
         # A daemon thread: stopping the server never waits for a compile to finish.
         thread = threading.Thread(
@@ -84,6 +88,7 @@ class KernelWarmUp:
             self._done.set()
             return
         elapsed = time.perf_counter() - start
+        _WARM.add(module)
         counts = compile_counts(module)
         if counts.compiled:
             logger.info(
