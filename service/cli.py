@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging.config
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,9 @@ from service.core import BY_NAME, LOSSES, Context, LossSpec
 from service.core.offline import offline_loss
 from service.core.responses import render_json
 from service.engine import select_backend
+from service.engine._warm_up import warm_up_in_background
 from service.errors import LossServiceError
+from service.logs import logging_config
 from service.npy_files import load_arrays
 from service.schemas import LossResponse
 
@@ -58,6 +61,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
     if args.command == "compute":
         sys.exit(_compute(args, settings))
+    if args.command == "serve":
+        # The kernels load (or compile) on a thread while the web stack imports, below: the
+        # server is ready about a second sooner. Its start finds this warm-up under way. The
+        # logs are configured first (uvicorn applies the same configuration again), so that the
+        # warm-up's lines are not lost.
+        logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+        try:
+            warm_up_in_background()
+        except (ValueError, RuntimeError) as error:  # LOSS_SERVICE_ENGINE
+            sys.exit(f"loss-service serve: {error}")
     # The server's modules (FastAPI, uvicorn) are imported only by the commands that use them.
     from service.api import server
 

@@ -4,7 +4,9 @@ kernels compile once, then load from numba's cache (or from a copy made ahead, a
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api import create_app, readiness
+from service.api import create_app
 from service.config import Settings
-from service.engine import _kernel_cache
-from tests.live_server import _env
+from service.engine import _kernel_cache, _warm_up
+from tests.live_server import _env, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +42,7 @@ class SlowKernels(types.ModuleType):
 @pytest.fixture
 def kernels(monkeypatch: pytest.MonkeyPatch) -> SlowKernels:
     module = SlowKernels()
-    monkeypatch.setattr(readiness, "cpu_kernels", lambda: module)
+    monkeypatch.setattr(_warm_up, "cpu_kernels", lambda: module)
     return module
 
 
@@ -93,9 +95,11 @@ async def test_readyz_is_503_until_the_kernels_are_ready(
     assert ready.json()["engine"] == "fused"
     assert (await client.get("/v2/health/ready")).json() == {"ready": True}
 
-    # Another app of this process finds the kernels warm: ready at once, with nothing to wait on.
+    # The warm-up is the process's: another app made here is ready at once.
     kernels.release.clear()
-    async with _Started() as again:
+    another = _Started()
+    async with another as again:
+        assert another.app.state.warm_up is started.app.state.warm_up
         assert (await again.get("/readyz")).status_code == 200
 
 
@@ -121,6 +125,36 @@ async def test_an_unknown_engine_fails_the_start(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ValueError, match="LOSS_SERVICE_ENGINE"):
         async with _Started():
             pass
+
+
+def test_the_server_logs_its_warm_up(tmp_path: Path) -> None:
+    """What a first start shows instead of uvicorn's bare "Waiting for application startup":
+    what the kernels are doing, then how long it took (here they load from numba's cache,
+    which the tests before have filled, or compile where they did not)."""
+    log = tmp_path / "server.log"
+    with running_server(log, LOSS_SERVICE_LOG_LEVEL="info"):
+        pass
+    messages = [json.loads(line)["message"] for line in log.read_text().splitlines()]
+    warm_up = [m for m in messages if "fused CPU kernels" in m]
+    assert len(warm_up) == 2, messages
+    assert re.match(r"(loading|compiling) the fused CPU kernels", warm_up[0])
+    finished = r"fused CPU kernels (loaded from numba's cache|compiled) in [0-9.]+ s"
+    assert re.match(finished, warm_up[1])
+
+
+def test_serve_refuses_an_unknown_engine_before_it_starts() -> None:
+    """`loss-service serve` starts the warm-up first, so a bad setting stops it at once."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--port", "1"],
+        cwd=ROOT,
+        env=_env(LOSS_SERVICE_ENGINE="fast"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("loss-service serve: LOSS_SERVICE_ENGINE='fast'")
 
 
 @pytest.mark.anyio
@@ -164,15 +198,13 @@ WARM_UP = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 import toy_kernels
-from service.api import readiness
-from service.engine import CPU
+from service.engine import _warm_up
 from service.engine._kernel_cache import compile_counts
-real_cpu_kernels = readiness.cpu_kernels
+real_cpu_kernels = _warm_up.cpu_kernels
 # The server's own steps (the seed is copied as the real kernels' module is imported), then
 # the toy kernels in their place.
-readiness.cpu_kernels = lambda: (real_cpu_kernels(), toy_kernels)[1]
-warm_up = readiness.KernelWarmUp(CPU)
-warm_up.start()
+_warm_up.cpu_kernels = lambda: (real_cpu_kernels(), toy_kernels)[1]
+warm_up = _warm_up.warm_up_in_background()
 assert warm_up.wait(120) and warm_up.engine == "fused", warm_up.failure
 print("counts", compile_counts(toy_kernels))
 """

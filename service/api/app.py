@@ -15,10 +15,10 @@ from service._compat.glibc_malloc import retain_freed_memory
 from service.api import docs, metrics, openapi, problems
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
-from service.api.readiness import KernelWarmUp
 from service.api.routes import calibration, evaluate, health, losses, oip
 from service.config import Settings, get_settings
 from service.engine import select_backend
+from service.engine._warm_up import warm_up_in_background
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Chosen once: every request of this process computes on the same backend.
         app.state.backend = select_backend(settings.device)
         # The fused CPU kernels compile (first start) or load from numba's cache on a thread,
-        # in each worker process, while the server answers: /readyz says 503 until then.
-        app.state.warm_up = KernelWarmUp(app.state.backend)
-        app.state.warm_up.start()
+        # once per worker process, while the server answers: /readyz says 503 until then.
+        app.state.warm_up = warm_up_in_background()
+        logger.info("backend %s on %s", app.state.backend.name, app.state.backend.device)
         yield
 
     app = FastAPI(

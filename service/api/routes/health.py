@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from service import __version__
 from service.api.problems import problem_responses
+from service.errors import Starting
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"], responses=problem_responses(500))
@@ -26,7 +27,15 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> Readiness:
     backend = request.app.state.backend
-    engine = request.app.state.warm_up.check_ready(request.app.state.settings.retry_after_s)
+    warm_up = request.app.state.warm_up
+    engine = warm_up.engine
+    if engine is None:
+        raise Starting(
+            warm_up.failure
+            or "the fused CPU kernels are still compiling (first start) or loading from numba's "
+            "cache; /healthz answers meanwhile",
+            retry_after_s=request.app.state.settings.retry_after_s,
+        )
     return Readiness(
         backend=backend.name, device=backend.device, engine=engine, version=__version__
     )

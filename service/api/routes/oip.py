@@ -60,7 +60,7 @@ async def live() -> ServerLive:
 
 @router.get("/health/ready", name="oip_server_ready", responses=_ERRORS)
 async def ready(request: Request) -> ServerReady:
-    # As /readyz: not before the compiled kernels are (service.api.readiness).
+    # As /readyz: not before the compiled kernels are (service.engine._warm_up).
     warm_up = getattr(request.app.state, "warm_up", None)
     return ServerReady(ready=warm_up is not None and warm_up.engine is not None)
 
