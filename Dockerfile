@@ -104,7 +104,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8000
-# No curl in a slim image: the interpreter checks liveness itself. /healthz answers 3-5 s after
+# No curl in a slim image: the interpreter checks liveness itself. /healthz answers 2-3.5 s after
 # the start on 2 CPUs (scripts/container_check.sh measures it), whether the kernels are loaded
 # yet or not: a start period of 10 s, and a check every 10 s (the first one comes after one
 # interval, so the container is healthy within about 10 s, not 30).
