@@ -9,7 +9,8 @@ image compiles them at build time into a directory of its own and names that dir
 fits: the same kernel source, numba version and CPU model (numba's own checks); otherwise numba
 compiles, as without a seed.
 
-Everything here takes the kernels' module (`_fused`), already imported, so numba is too.
+`cache_state` and `compile_counts` take the kernels' module (`_fused`), imported, so numba is
+too; `seed_cache` runs before numba is imported.
 """
 
 from __future__ import annotations
