@@ -11,7 +11,7 @@ PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check -c constra
 RUNTIME := $(VENV)/.installed-runtime
 TESTING := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck pytest openapi clean ci container-check deploy-check lock
+.PHONY: run test lint typecheck pytest openapi clean ci container-check deploy-check fresh-check lock
 
 $(RUNTIME): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ deploy-check:
 # Builds the image with buildah against a locally made Debian base and serves requests from it.
 container-check:
 	bash scripts/container_check.sh
+
+# `make test` in a fresh clone of the committed HEAD on a bare Debian stable (python3, make, git,
+# curl): what a new user's first command meets. Root, podman, network; about 15 minutes.
+fresh-check:
+	bash scripts/fresh_clone_check.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

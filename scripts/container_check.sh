@@ -10,8 +10,10 @@
 #  4. runs the image's own command as the pod spec of deploy/k8s would (read-only root, no
 #     capabilities, its non-root user) in a network namespace of its own, so port 8000 never
 #     collides with anything on the host;
-#  5. checks /healthz, /readyz, one cross-entropy request (logits [[0, 0]], label 1: loss = log 2),
-#     the image's HEALTHCHECK, its user, the absence of build tools, and a clean exit on SIGTERM;
+#  5. measures the seconds from `podman run` to the first 200 of /healthz and of /readyz, checks
+#     that the kernels were loaded from the cache compiled into the image (its log), one
+#     cross-entropy request (logits [[0, 0]], label 1: loss = log 2), the image's HEALTHCHECK,
+#     its user, the absence of build tools, and a clean exit on SIGTERM;
 #  6. always removes the container and the namespace it made (the images stay, as a cache).
 #
 # Run as root, non-interactively: `make container-check` or `bash scripts/container_check.sh`.
@@ -42,7 +44,9 @@ fail() { printf '[container-check] FAILED: %s\n' "$*" >&2; exit 1; }
 
 podman_() { timeout "${PODMAN_TIMEOUT_S:-120}" podman "${STORAGE[@]}" --runtime "$RUNTIME" "$@"; }
 
-rootfs=""
+# shellcheck source=scripts/debian_image.sh
+source scripts/debian_image.sh
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -55,11 +59,7 @@ cleanup() {
             > /dev/null || true
     fi
     ip netns list 2>/dev/null | grep -qw "$NETNS" && ip netns delete "$NETNS" || true
-    if [[ -n $rootfs && -d $rootfs ]]; then
-        # An interrupted debootstrap leaves /proc and /sys mounted in the tree.
-        findmnt -rn -o TARGET | grep "^$rootfs/" | sort -r | xargs -r umount -l || true
-        rm -rf --one-file-system "$rootfs"
-    fi
+    remove_rootfs
     step "done (exit $rc)"
     exit "$rc"
 }
@@ -69,63 +69,10 @@ trap 'exit 143' TERM
 
 [[ $(id -u) -eq 0 ]] || fail "run as root: debootstrap, buildah and network namespaces need it"
 
-# ---- 1. tools ---------------------------------------------------------------------------------
-packages=(debootstrap debian-archive-keyring buildah podman runc iproute2 python3)
-missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
-        || missing+=("$package")
-done
-if ((${#missing[@]})); then
-    step "apt-get install ${missing[*]}"
-    timeout 300 apt-get update -q > /dev/null
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q --no-install-recommends \
-        "${missing[@]}" uidmap slirp4netns containernetworking-plugins > /dev/null
-fi
+# ---- 1. tools, 2. the base image ---------------------------------------------------------------
+install_container_tools
 step "tools: $(buildah --version | cut -d' ' -f1-3), $(podman --version), runtime $RUNTIME"
-
-# ---- 2. the base image ------------------------------------------------------------------------
-# A host behind a TLS-inspecting proxy trusts the proxy's CA through
-# /usr/local/share/ca-certificates; pip inside the build needs the same trust, so the base image
-# gets those certificates (none on an ordinary machine). They are part of the cache key.
-host_cas=("${HOST_CA_DIR:-/usr/local/share/ca-certificates}"/*.crt)
-[[ -e ${host_cas[0]} ]] || host_cas=()
-recipe=$({
-    echo "recipe 1 $SUITE $BASE_PACKAGES"
-    if ((${#host_cas[@]})); then cat "${host_cas[@]}"; fi
-} | sha256sum | cut -c1-16)
-tarball=$CACHE_DIR/python-base-$SUITE-$recipe.tar
-label_of() {
-    podman "${STORAGE[@]}" image inspect --format '{{index .Config.Labels "loss-service.base-recipe"}}' \
-        "$1" 2>/dev/null || true
-}
-if [[ $(label_of "$BASE_IMAGE") == "$recipe" ]]; then
-    step "base image $BASE_IMAGE ($recipe) is in the store"
-else
-    mkdir -p "$CACHE_DIR"
-    if [[ ! -s $tarball ]]; then
-        rootfs=$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")
-        step "debootstrap $SUITE --variant=minbase --include=$BASE_PACKAGES (from $MIRROR)"
-        timeout 900 debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$rootfs" \
-            "$MIRROR" > "$CACHE_DIR/debootstrap.log" 2>&1 \
-            || { tail -20 "$CACHE_DIR/debootstrap.log" >&2; fail "debootstrap"; }
-        if ((${#host_cas[@]})); then
-            cp "${host_cas[@]}" "$rootfs/usr/local/share/ca-certificates/"
-            chroot "$rootfs" update-ca-certificates > /dev/null 2>&1
-        fi
-        chroot "$rootfs" apt-get clean
-        rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* \
-            "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log "$rootfs"/var/cache/debconf/*-old
-        chroot "$rootfs" python3 -c 'import ensurepip, sys, venv; assert sys.version_info >= (3, 11)'
-        tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
-        rm -rf "$rootfs"
-        rootfs=""
-        find "$CACHE_DIR" -maxdepth 1 -name "python-base-*.tar" ! -name "${tarball##*/}" -delete
-    fi
-    step "import $tarball as $BASE_IMAGE"
-    podman_ import --quiet --change "LABEL loss-service.base-recipe=$recipe" \
-        --change 'CMD ["/bin/bash"]' "$tarball" "$BASE_IMAGE" > /dev/null
-fi
+debian_image "$SUITE" "$BASE_PACKAGES" "$BASE_IMAGE"
 
 # ---- 3. the build -----------------------------------------------------------------------------
 step "build $IMAGE (Dockerfile, default target, PYTHON_IMAGE=$BASE_IMAGE)"
@@ -159,18 +106,16 @@ IFS='|' read -r user cmd healthcheck <<< "$config"
 # no systemd; step 5 runs the image's HEALTHCHECK command once itself.
 ip netns add "$NETNS"
 ip -n "$NETNS" link set lo up
-nofile=$(ulimit -Hn); [[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
-nproc=$(ulimit -Hu); [[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
+host_ulimits
 step "run $IMAGE in network namespace $NETNS (read-only root, no capabilities)"
+launched=$(date +%s.%N)
 podman_ run --detach --name "$NAME" --network "ns:/run/netns/$NETNS" \
     --read-only --tmpfs /tmp:rw,nosuid,nodev,size=256m --cap-drop ALL \
-    --security-opt no-new-privileges --no-healthcheck \
-    --ulimit "nofile=$nofile:$nofile" \
-    --ulimit "nproc=$nproc:$nproc" "$IMAGE" > /dev/null
+    --security-opt no-new-privileges --no-healthcheck "${ULIMITS[@]}" "$IMAGE" > /dev/null
 
 # ---- 5. the checks ----------------------------------------------------------------------------
-ip netns exec "$NETNS" timeout $((READY_TIMEOUT_S + 30)) python3 - "$READY_TIMEOUT_S" <<'EOF' \
-    || fail "the requests (above)"
+ip netns exec "$NETNS" timeout $((READY_TIMEOUT_S + 30)) python3 - "$READY_TIMEOUT_S" "$launched" \
+    <<'EOF' || fail "the requests (above)"
 import json, math, sys, time, urllib.error, urllib.request
 
 BASE = "http://127.0.0.1:8000"
@@ -184,26 +129,34 @@ def call(path, body=None):
         return response.status, json.loads(response.read())
 
 
-deadline = time.monotonic() + float(sys.argv[1])
-started = time.monotonic()
-while True:
-    try:
-        status, ready = call("/readyz")
-        if status == 200:
-            break
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        pass
-    if time.monotonic() > deadline:
+# The start as a probe sees it: seconds from `podman run` to the first 200 of each probe.
+launched = float(sys.argv[2])
+deadline = time.time() + float(sys.argv[1])
+first = {}
+while "/readyz" not in first:
+    for probe in ("/healthz", "/readyz"):
+        try:
+            status, answer = call(probe)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            continue  # not listening yet, or /readyz's 503 while the kernels load
+        first.setdefault(probe, (time.time() - launched, answer))
+    if time.time() > deadline:
         sys.exit(f"/readyz did not answer 200 within {sys.argv[1]} s")
-    time.sleep(0.25)
-print(f"[container-check] /readyz after {time.monotonic() - started:.1f} s: {json.dumps(ready)}")
-status, _ = call("/healthz")
-assert status == 200, f"/healthz answered {status}"
+    time.sleep(0.1)
+(live_s, _), (ready_s, ready) = first["/healthz"], first["/readyz"]
+print(f"[container-check] from podman run: /healthz 200 after {live_s:.1f} s, /readyz 200 after "
+      f"{ready_s:.1f} s: {json.dumps(ready)}")
 status, answer = call("/v1/losses/cross-entropy", {"logits": [[0.0, 0.0]], "labels": [1]})
 assert status == 200, f"cross-entropy answered {status}: {answer}"
 assert abs(answer["loss"] - math.log(2)) < 1e-12, f"cross-entropy: {answer}"
 print(f"[container-check] cross-entropy of [[0, 0]], label 1: {answer['loss']!r} (log 2)")
 EOF
+# The kernels came from the image, compiled at build time: loaded, not compiled, at start.
+loaded=$(podman "${STORAGE[@]}" logs "$NAME" 2>&1 | grep -o "fused CPU kernels [a-z' ]* in [0-9.]* s") \
+    || fail "the kernels were not loaded from the image's numba cache (container log above)"
+[[ $loaded == *"loaded from numba's cache"* ]] \
+    || fail "the container compiled its kernels at start: $loaded"
+step "$loaded"
 mapfile -t probe < <(python3 -c 'import json, sys
 test = json.loads(sys.argv[1])
 assert test[0] == "CMD", test

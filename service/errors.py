@@ -12,7 +12,8 @@ The API maps each class to one HTTP status and an RFC 9457 problem type, in one 
      └── ServiceUnavailable  try again later: the answer carries `Retry-After` (503)
           ├── ComputeTimeout       the computation outlived the request timeout
           ├── Overloaded           every compute slot stayed busy past the queue timeout
-          └── DatabaseUnavailable  the database cannot be reached, or stayed busy too long
+          ├── DatabaseUnavailable  the database cannot be reached, or stayed busy too long
+          └── Starting             the process is not ready yet (its kernels are compiling)
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class DatabaseUnavailable(ServiceUnavailable):
 
     slug = "database-unavailable"
     title = "The database is unavailable"
+
+
+class Starting(ServiceUnavailable):
+    slug = "starting"
+    title = "The service is starting"
 
 
 def shown(value: object, *, max_chars: int = SHOWN_CHARS) -> str:

@@ -1,10 +1,13 @@
 """The reliability diagram (Guo et al. 2017, figure 1 style), drawn with matplotlib's Agg canvas.
 
 Top: the accuracy of each bin (binary: the observed frequency of the positive class) as a bar
-over the bin's span, the gap to the bin's mean confidence shaded, and the diagonal of perfect
-calibration. Bottom: the histogram of confidences (the bin counts; the density for quantile
-bins, whose counts are equal by construction), with the overall accuracy and mean confidence
-marked. ECE in the title.
+over the bin's span, the gap to the bin's mean confidence hatched, and the diagonal of perfect
+calibration. The gap is hatched, never filled: it lies over the bar where the accuracy is above
+the confidence, and a translucent fill there would draw a colour the legend does not have.
+Bottom: the histogram of confidences (the bin counts, on whole-number ticks; the density for
+quantile bins, whose counts are equal by construction), with the overall accuracy and mean
+confidence marked. ECE in the title. The SVG keeps its text as text (`svg.fonttype: none`), so
+that it can be selected and searched.
 
 matplotlib is imported on first use, so `import service` stays light, and only the object API is
 used (`Figure` + `FigureCanvasAgg`, never pyplot and its global figure manager). matplotlib does
@@ -15,9 +18,12 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from service.engine.calibration import CalibrationMetrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ImageFormat = Literal["png", "svg"]
 MEDIA_TYPES: dict[ImageFormat, str] = {"png": "image/png", "svg": "image/svg+xml"}
@@ -30,13 +36,25 @@ GAP_COLOR = "#d62728"
 
 def reliability_diagram(metrics: CalibrationMetrics, image_format: ImageFormat) -> bytes:
     """The diagram of `metrics` as PNG or SVG bytes."""
+    import matplotlib
+
     with _LOCK:
-        return _draw(metrics, image_format)
+        figure = draw(metrics)
+        buffer = io.BytesIO()
+        if image_format == "svg":
+            # Text as <text> elements in the font's name, not as glyph outlines (the default).
+            with matplotlib.rc_context({"svg.fonttype": "none"}):
+                figure.savefig(buffer, format="svg", metadata={"Date": None})
+        else:
+            figure.savefig(buffer, format="png", dpi=DPI)
+        return buffer.getvalue()
 
 
-def _draw(metrics: CalibrationMetrics, image_format: ImageFormat) -> bytes:
+def draw(metrics: CalibrationMetrics) -> Figure:
+    """The diagram as a matplotlib figure on an Agg canvas (hold `_LOCK` while drawing)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     binary = metrics.task == "binary"
     figure = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
@@ -68,8 +86,7 @@ def _draw(metrics: CalibrationMetrics, image_format: ImageFormat) -> bytes:
         bottom=accuracy,
         width=widths,
         align="edge",
-        color=GAP_COLOR,
-        alpha=0.3,
+        fill=False,
         edgecolor=GAP_COLOR,
         hatch="//",
         linewidth=0.6,
@@ -111,6 +128,7 @@ def _draw(metrics: CalibrationMetrics, image_format: ImageFormat) -> bytes:
         color="0.55",
         edgecolor="black",
         linewidth=0.6,
+        label="Density" if density else "Samples",
     )
     if metrics.n:
         observed = sum(b.accuracy * b.count for b in filled if b.accuracy is not None) / metrics.n
@@ -122,14 +140,10 @@ def _draw(metrics: CalibrationMetrics, image_format: ImageFormat) -> bytes:
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("Predicted probability of class 1" if binary else "Confidence")
     bottom.set_ylabel("Density" if density else "Count")
+    if not density:
+        bottom.yaxis.set_major_locator(MaxNLocator(integer=True))  # no tick at half a sample
     bottom.grid(True, axis="y", linewidth=0.4, alpha=0.5)
-
-    buffer = io.BytesIO()
-    if image_format == "svg":
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
-    else:
-        figure.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    return figure
 
 
 def _title(metrics: CalibrationMetrics) -> str:

@@ -29,6 +29,12 @@ def _cupy_with_gpu() -> ModuleType | None:
 
 
 _CUPY = _cupy_with_gpu()
+NO_GPU_REASON = "CuPy with a CUDA device not found"
+
+# NumPy always; CuPy only where it sees a device: elsewhere its parametrisations do not exist.
+BACKENDS = [pytest.param(np, id="numpy")]
+if _CUPY is not None:
+    BACKENDS.append(pytest.param(_CUPY, id="cupy", marks=pytest.mark.gpu))
 
 # No test writes the default embedded database into the working directory: apps made without an
 # explicit database_url (the OpenAPI and fuzz tests) get one in a directory removed at exit.
@@ -37,20 +43,52 @@ atexit.register(shutil.rmtree, _DATA, ignore_errors=True)
 os.environ.setdefault("LOSS_SERVICE_DATABASE_URL", f"sqlite:///{_DATA}/runs.db")
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(np, id="numpy"),
-        pytest.param(
-            _CUPY,
-            id="cupy",
-            marks=pytest.mark.skipif(_CUPY is None, reason="CuPy with a CUDA device not found"),
-        ),
-    ]
-)
+@pytest.fixture(params=BACKENDS)
 def xp(request: pytest.FixtureRequest) -> ModuleType:
     """The array namespace an engine test runs on (SciPy's `xp` fixture, in small)."""
     module: ModuleType = request.param
     return module
+
+
+# Tests that need what a machine may lack are deselected where it is missing, and each group is
+# named once, with the reason, at the end of the report: not thousands of skips that hide the few
+# that matter. The markers are declared in pyproject.toml.
+MISSING = {
+    marker: reason
+    for marker, reason in (
+        ("gpu", None if _CUPY is not None else NO_GPU_REASON),
+        ("cxx", None if shutil.which("g++") else "no host C++ compiler (g++)"),
+    )
+    if reason is not None
+}
+_deselected: dict[str, int] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, dropped = [], []
+    for item in items:
+        marker = next((name for name in MISSING if item.get_closest_marker(name)), None)
+        if marker is None:
+            kept.append(item)
+        else:
+            dropped.append(item)
+            _deselected[marker] = _deselected.get(marker, 0) + 1
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _CUPY is not None:
+        return f"GPU: CuPy {_CUPY.__version__}, the engine tests run on NumPy and CuPy"
+    return f"GPU: none ({NO_GPU_REASON}): the engine tests run on NumPy only"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for marker, count in _deselected.items():
+        terminalreporter.write_line(
+            f"DESELECTED [{count}] tests marked {marker}: {MISSING[marker]}", yellow=True
+        )
 
 
 @pytest.fixture(params=ENGINE_PATHS)
@@ -95,6 +133,10 @@ class AsyncClientContext:
 
     async def __aenter__(self) -> httpx.AsyncClient:
         await self._lifespan.__aenter__()
+        # Requests never wait for the kernels' warm-up, but /readyz does: tests start when ready.
+        import anyio
+
+        await anyio.to_thread.run_sync(self.app.state.warm_up.wait)
         import httpx
 
         transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)

@@ -310,7 +310,7 @@ async def test_svg_diagram_parses_with_ece_in_the_title(client: httpx.AsyncClien
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     assert (root.get("width"), root.get("height")) == ("432pt", "504pt")
     report = await post(client, REPORT, body)
-    # Text is drawn as paths; matplotlib keeps each text's string in a comment of its group.
+    # Text stays text in the SVG (svg.fonttype: none): the title is there as written.
     assert f"ECE = {100 * report['ece']:.2f}%" in response.text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -363,3 +364,110 @@ def test_chunks_bound_the_memory(tmp_path: Path) -> None:
     whole, chunked = peak(rows), peak(100)
     assert chunked < whole / 3, (chunked, whole)
     assert chunked < rows * classes * 8 / 8, chunked  # an eighth of the input
+
+
+# --- --out FILE.npz / FILE.npy, the help, the spellings ----------------------------------------
+
+
+def test_out_npz_holds_the_arrays_and_the_scalars(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["compute", "cross-entropy", str(files / "batch.npz"), "-o", "reduction=none"]
+    argv += ["-o", "return_grad=true"]
+    assert run(argv, monkeypatch) == 0
+    answer = json.loads(capsys.readouterr().out)
+    out = files / "answer.npz"
+    assert run([*argv, "--out", str(out)], monkeypatch) == 0
+    assert capsys.readouterr().out == ""
+    with np.load(out) as saved:
+        assert set(saved.files) == {
+            "per_sample", "grad", "name", "loss", "n_valid", "weight_sum", "backend", "dtype"
+        }  # fmt: skip
+        # As computed (float32 logits: float32), not the float64 of JSON numbers.
+        assert saved["per_sample"].dtype == saved["grad"].dtype == np.dtype(answer["dtype"])
+        for key in ("per_sample", "grad"):
+            expected = np.array(answer[key], dtype=saved[key].dtype)
+            np.testing.assert_array_equal(saved[key], expected)
+        assert saved["loss"][()] == answer["loss"]
+        assert saved["n_valid"][()] == answer["n_valid"] == N - 3
+        assert str(saved["name"]) == "cross-entropy"
+
+
+def test_out_npz_names_the_gradients_of_each_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(5)
+    np.savez(
+        tmp_path / "pairs.npz", query=rng.standard_normal((4, 3)), keys=rng.standard_normal((6, 3))
+    )
+    np.save(tmp_path / "labels.npy", np.array([0, 2, 4, 5]))
+    argv = [
+        "compute",
+        "info-nce",
+        str(tmp_path / "pairs.npz"),
+        "--labels",
+        str(tmp_path / "labels.npy"),
+    ]
+    assert (
+        run([*argv, "-o", "return_grad=true", "--out", str(tmp_path / "g.npz")], monkeypatch) == 0
+    )
+    with np.load(tmp_path / "g.npz") as saved:
+        assert saved["grads.query"].shape == (4, 3)
+        assert saved["grads.keys"].shape == (6, 3)
+        assert "grad" not in saved.files and "per_sample" not in saved.files
+
+
+def test_out_npy_holds_the_one_array_and_prints_the_scalars(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["compute", "cross-entropy", str(files / "batch.npz"), "-o", "return_grad=true"]
+    assert run(argv, monkeypatch) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert run([*argv, "--out", str(files / "grad.npy")], monkeypatch) == 0
+    scalars = json.loads(capsys.readouterr().out)
+    assert scalars == {
+        k: answer[k] for k in ("name", "loss", "n_valid", "weight_sum", "backend", "dtype")
+    }
+    np.testing.assert_array_equal(np.load(files / "grad.npy"), np.array(answer["grad"], np.float32))
+
+    both = [*argv, "-o", "reduction=none", "--out", str(files / "both.npy")]
+    assert run(both, monkeypatch) == 1
+    assert "this answer has per_sample, grad: use a .npz" in capsys.readouterr().err
+    assert not (files / "both.npy").exists()
+
+
+def test_dashed_inputs_and_options_are_the_underscored_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "student.npy", LOGITS)
+    np.save(tmp_path / "teacher.npy", LOGITS[::-1].copy())
+    printed = []
+    for flag, option in (
+        ("--target-logits", "compute-dtype"),
+        ("--target_logits", "compute_dtype"),
+    ):
+        argv = ["compute", "kl-divergence", "--logits", str(tmp_path / "student.npy")]
+        argv += [flag, str(tmp_path / "teacher.npy"), "-o", f"{option}=float64"]
+        assert run(argv, monkeypatch) == 0
+        printed.append(json.loads(capsys.readouterr().out))
+    assert printed[0] == printed[1]
+    assert printed[0]["dtype"] == "float64"  # the option was read, not ignored
+
+
+def test_help_lists_every_loss_with_its_inputs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["compute", "--help"])
+    help_text = capsys.readouterr().out
+    for spec in BY_NAME.values():
+        assert re.search(rf"^  {re.escape(spec.name)} +{spec.required_inputs[0]}", help_text, re.M)
+    # Both spellings (Python 3.13 writes the metavar once: "--target-logits, --target_logits PATH").
+    assert re.search(r"--target-logits( PATH)?, --target_logits PATH", help_text)
+    assert "kl-divergence                    logits, [target_logits], [target_probs]" in help_text
+
+
+def test_progress_counts_one_chunk_in_the_singular(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["compute", "cross-entropy", str(files / "batch.npz"), "--progress"]
+    assert run(argv, monkeypatch) == 0
+    assert "(50/50 rows, 1 chunk," in capsys.readouterr().err

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api.docs import STATIC_DIR
+from service.api.docs import EMPTY_IMAGE, REDOC_BUNDLE_PATH, REDOC_LOGO_URL, STATIC_DIR
 
 pytestmark = pytest.mark.anyio
 
@@ -98,3 +98,28 @@ def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in (*ASSETS, "VERSIONS"):
         assert f"service/api/static/{asset}" in names, asset
+
+
+async def test_redoc_is_served_without_its_cdn_logo(client: httpx.AsyncClient) -> None:
+    """ReDoc's bundle draws a logo from Redocly's CDN; /redoc gets it with that address inlined."""
+    assert REDOC_BUNDLE_PATH in (await client.get("/redoc")).text
+    response = await client.get(REDOC_BUNDLE_PATH)
+    assert response.status_code == 200
+    assert "javascript" in response.headers["content-type"]
+    shipped = (STATIC_DIR / "redoc" / "redoc.standalone.js").read_bytes()
+    assert b"https://cdn.redoc.ly/" in shipped
+    assert b"https://cdn.redoc.ly/" not in response.content
+    assert response.content.replace(EMPTY_IMAGE, REDOC_LOGO_URL) == shipped
+
+
+async def test_the_root_redirects_to_the_docs(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 307
+    assert response.headers["location"] == "/docs"
+    assert "/" not in (await client.get("/openapi.json")).json()["paths"]  # pages are left out
+    from service.api import create_app
+    from service.config import Settings
+
+    transport = httpx.ASGITransport(app=create_app(Settings(device="cpu")), root_path="/loss")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as proxied:
+        assert (await proxied.get("/loss/")).headers["location"] == "/loss/docs"

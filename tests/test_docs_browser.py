@@ -2,10 +2,10 @@
 
 The browser is Debian's `chromium` package, driven through Playwright's Python package with
 `executable_path` (Playwright's own browser download is never used). When it is missing, the
-module installs it with `scripts/install_browser.sh` (apt-get, as root); the tests are skipped,
-with the script's own words as the reason, only where that cannot be done. Every request the
-pages make is checked to stay on the service: a request elsewhere (a CDN) is aborted and fails
-the test.
+module installs it with `scripts/install_browser.sh` (apt-get, as root), with `libatomic1`, which
+Playwright's driver needs and a minimal Debian lacks; the tests are skipped, with the script's
+own words as the reason, only where that cannot be done. Every request the pages make is checked
+to stay on the service: a request elsewhere (a CDN) is aborted and fails the test.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
+from service.api.examples import LOSS_BODIES
 from tests.live_server import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TIMEOUT_MS = 30_000
+expect.set_options(timeout=TIMEOUT_MS)  # the pages render slowly on a busy 2-core machine
 
 # apt-get may take minutes the first time.
 pytestmark = pytest.mark.timeout(900)
@@ -50,8 +52,8 @@ def _runs(executable: str) -> bool:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    if _runs(CHROMIUM):
-        return CHROMIUM
+    """The browser, after the install script has added what is missing (nothing, mostly):
+    chromium itself, or the library Playwright's driver needs even where chromium runs."""
     completed = subprocess.run(
         ["bash", str(INSTALL)],
         capture_output=True,
@@ -103,9 +105,10 @@ def page(browser: Browser, server: str) -> Iterator[Page]:
     assert outside == [], f"the page tried to load from outside the service: {outside}"
 
 
-def test_swagger_ui_executes_a_cross_entropy_request(
+def test_swagger_ui_executes_the_offered_cross_entropy_request(
     page: Page, server: str, tmp_path: Path
 ) -> None:
+    """ "Try it out" as a new user meets it: the body Swagger UI offers, executed unchanged."""
     page.goto(f"{server}/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Loss service")
     # The operations are listed: one per loss, the health probes, /metrics, /v2.
@@ -117,9 +120,9 @@ def test_swagger_ui_executes_a_cross_entropy_request(
 
     operation.locator(".opblock-summary").click()
     operation.get_by_role("button", name="Try it out").click()
-    body = {"logits": [[2.0, 0.5, -1.0], [0.1, 3.0, 0.2]], "labels": [0, 2], "return_grad": True}
-    editor = operation.locator("textarea.body-param__text")
-    editor.fill(json.dumps(body))
+    offered = json.loads(operation.locator("textarea.body-param__text").input_value())
+    example = LOSS_BODIES["cross-entropy"]["class_indices"]["value"]
+    assert offered == example
     operation.get_by_role("button", name="Execute").click()
 
     live = operation.locator(".live-responses-table .response")
@@ -127,12 +130,15 @@ def test_swagger_ui_executes_a_cross_entropy_request(
     answer = live.locator(".response-col_description pre").first
     expect(answer).to_contain_text('"loss"')
     result = json.loads(answer.inner_text())
-    logits = np.array(body["logits"])
-    expected = np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[[0, 1], [0, 2]])
+    logits, labels = np.array(example["logits"]), np.array(example["labels"])
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    smoothing, n_classes = example["label_smoothing"], logits.shape[1]
+    target = np.full(logits.shape, smoothing / n_classes)
+    target[np.arange(len(labels)), labels] += 1 - smoothing
     assert result["name"] == "cross-entropy"
-    assert result["loss"] == pytest.approx(expected, rel=1e-12)
-    assert result["n_valid"] == 2
-    assert len(result["grad"]) == 2
+    assert result["loss"] == pytest.approx(float(-(target * log_p).sum(axis=1).mean()), rel=1e-12)
+    assert result["n_valid"] == len(labels)
+    assert np.array(result["grad"]).shape == logits.shape
     page.screenshot(path=tmp_path / "docs.png", full_page=True)
     assert (tmp_path / "docs.png").stat().st_size > 10_000
 
@@ -151,9 +157,22 @@ def test_swagger_ui_shows_a_problem(page: Page, server: str) -> None:
 
 
 def test_redoc_renders_the_operations(page: Page, server: str, tmp_path: Path) -> None:
+    """ReDoc draws every operation with its example, without a console error (its bundle's
+    logo on Redocly's CDN was one, blocked by the page's policy) or a request elsewhere (the
+    `page` fixture)."""
+    errors: list[str] = []
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{server}/redoc")
     expect(page.locator(".api-info h1")).to_contain_text("Loss service")
     heading = page.locator("h2", has_text="Softmax cross-entropy with class weights")
     expect(heading).to_be_visible()
     expect(page.locator("h2", has_text="Prometheus metrics")).to_be_visible()
+    # The request sample is the example, not a body made up from the schema ("logits": [[]]).
+    section = page.locator('[data-section-id="tag/losses/operation/cross_entropy"]')
+    expect(section).to_contain_text('"label_smoothing": 0.1')
+    expect(page.get_by_text("API docs by Redocly")).to_be_attached()  # the footer, drawn
     page.screenshot(path=tmp_path / "redoc.png")
+    assert errors == []

@@ -211,8 +211,7 @@ class EmulatedKernel:
 @pytest.fixture(scope="module")
 def emulation_library(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no host C++ compiler (g++) to run the kernel source on the CPU")
+    assert compiler is not None, "the tests marked cxx are deselected without g++ (conftest)"
     folder = tmp_path_factory.mktemp("kernel")
     source = folder / "kernel.cpp"
     source.write_text(EMULATION + _fused_cupy.SOURCE + LAUNCHER)
@@ -241,6 +240,7 @@ def emulated(
     assert emulation_library.misaligned_vectors() == 0, "a 16-byte vector access off its boundary"
 
 
+@pytest.mark.cxx
 @pytest.mark.parametrize(
     ("weight", "ignored", "smoothing", "z_loss", "reduction", "shape", "dtype"), GRID, ids=GRID_IDS
 )
@@ -263,6 +263,7 @@ def test_emulated_kernel_cross_entropy_agrees(
     assert emulated[np.dtype(dtype).name].launches == [(1, 32, 1)]  # a thread per row
 
 
+@pytest.mark.cxx
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("function", "options"), FAMILY, ids=FAMILY_IDS)
 def test_emulated_kernel_focal_and_poly1_agree(
@@ -276,6 +277,7 @@ def test_emulated_kernel_focal_and_poly1_agree(
     assert_same(on_path("fused", function, logits, labels, **options), reference, dtype)
 
 
+@pytest.mark.cxx
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("function", "options"), MASKED, ids=MASKED_IDS)
 def test_emulated_kernel_masked_classes(
@@ -297,6 +299,7 @@ WIDE_LAYOUTS = [
 ]
 
 
+@pytest.mark.cxx
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "options",
@@ -328,6 +331,7 @@ def test_emulated_kernel_wide_rows_and_large_logits(
         assert_same(on_path("fused", function, logits, labels), reference, dtype)
 
 
+@pytest.mark.cxx
 def test_emulated_kernel_errors_and_empty_batches(emulated: dict[str, EmulatedKernel]) -> None:
     logits = np.zeros((3, C))
     logits[1, 2] = -np.inf
@@ -414,6 +418,7 @@ def layout_rows(n_rows: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     return x, labels
 
 
+@pytest.mark.cxx
 @pytest.mark.parametrize("input_dtype", INPUT_DTYPES)
 @pytest.mark.parametrize(("n_rows", "n_classes", "offset", "launch"), LAYOUTS)
 def test_emulated_kernel_layouts_and_16_bit_rows(
@@ -463,6 +468,7 @@ def check_layout(xp: Any, input_dtype: str, n_rows: int, n_classes: int, offset:
     np.testing.assert_allclose(lse, expected_lse, **tolerance)
 
 
+@pytest.mark.cxx
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_emulated_kernel_grad_scale(emulated: dict[str, EmulatedKernel], dtype: Any) -> None:
     """The gradient is scaled as it is written (as `mean`'s `grad *= 1 / divisor`), nothing else."""
@@ -554,15 +560,9 @@ def test_importing_the_kernel_module_imports_no_cupy() -> None:
 # --- on a GPU: CuPy fused vs CuPy reference vs NumPy reference -------------------------------
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(
-            "cupy",
-            marks=pytest.mark.skipif(CUPY is None, reason="CuPy with a CUDA device not found"),
-        )
-    ]
-)
-def cp(request: pytest.FixtureRequest) -> types.ModuleType:
+@pytest.fixture
+def cp() -> types.ModuleType:
+    """CuPy, for the tests marked `gpu` (deselected where no device is visible: conftest)."""
     assert CUPY is not None
     return CUPY
 
@@ -594,6 +594,7 @@ def three_ways(
     return fused  # type: ignore[no-any-return]
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     ("weight", "ignored", "smoothing", "z_loss", "reduction", "shape", "dtype"), GRID, ids=GRID_IDS
 )
@@ -612,6 +613,7 @@ def test_cupy_kernel_cross_entropy_agrees(
     three_ways(cp, cross_entropy, logits, labels, dtype, reduction=reduction, **options)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("function", "options"), FAMILY, ids=FAMILY_IDS)
@@ -626,6 +628,7 @@ def test_cupy_kernel_focal_and_poly1_agree(
     three_ways(cp, function, logits, labels, dtype, reduction=reduction, **options)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("function", "options"), MASKED, ids=MASKED_IDS)
 def test_cupy_kernel_masked_classes(
@@ -636,6 +639,7 @@ def test_cupy_kernel_masked_classes(
     assert np.all(host(fused.grads["logits"])[np.isneginf(logits)] == 0)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cupy_kernel_wide_rows_large_logits_and_edges(cp: types.ModuleType, dtype: Any) -> None:
     logits, labels = wide_batch(dtype)
@@ -657,6 +661,7 @@ def test_cupy_kernel_wide_rows_large_logits_and_edges(cp: types.ModuleType, dtyp
         three_ways(cp, function, np.ones((2, C), dtype), np.full(2, -100), dtype, reduction="mean")
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("input_dtype", ["float32", "float64", "float16", "bfloat16-bits"])
 @pytest.mark.parametrize(("n_rows", "n_classes", "offset", "launch"), LAYOUTS)
 def test_cupy_kernel_layouts_and_16_bit_rows(
@@ -670,6 +675,7 @@ def test_cupy_kernel_layouts_and_16_bit_rows(
     check_layout(cp, input_dtype, n_rows, n_classes, offset)
 
 
+@pytest.mark.gpu
 def test_cupy_kernel_float16_input_and_dispatch(
     cp: types.ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,7 +43,7 @@ def test_gpu_required_without_a_gpu_fails_at_startup() -> None:
     assert select_backend("auto") is CPU
 
 
-@pytest.mark.skipif(_CUPY is None, reason="CuPy with a CUDA device not found")
+@pytest.mark.gpu
 def test_auto_picks_the_gpu_when_there_is_one() -> None:
     backend = select_backend("auto")
     assert backend.name == "cupy"

@@ -59,10 +59,12 @@ keyed_schema.config.phases.update(phases=["examples", "fuzzing"])
 
 def _warm_up() -> None:
     """The first plot pays matplotlib's start-up (its font cache on a fresh machine), which
-    would otherwise count against the first example's deadline."""
+    would otherwise count against the first example's deadline. The kernels' warm-up ends here
+    too: every later app of this process is ready at once, and /readyz never answers 503."""
     body = {"probs": [0.2, 0.9], "labels": [0, 1]}
     with schemathesis.python.asgi.get_client(APP) as client:
         response = client.post("/v1/calibration/reliability-diagram?format=svg", json=body)
+        assert APP.state.warm_up.wait(300)
     assert response.status_code == 200, response.text
 
 

@@ -22,7 +22,8 @@ from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, label_noise, losses, oip, runs
 from service.config import Settings, get_settings
 from service.db import RunStore
-from service.engine import select_backend, warm_up
+from service.engine import select_backend
+from service.engine._warm_up import warm_up_in_background
 from service.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -57,16 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retain_freed_memory(settings.retain_freed_bytes)
         # Chosen once: every request of this process computes on the same backend.
         app.state.backend = select_backend(settings.device)
-        # The fused CPU kernels compile (seconds) or load from numba's cache (well under one)
-        # here, in each worker process, so that no request waits for them.
-        fused = await anyio.to_thread.run_sync(warm_up)
-        app.state.engine = "fused" if fused else "reference"
-        logger.info(
-            "backend %s on %s, %s engine",
-            app.state.backend.name,
-            app.state.backend.device,
-            app.state.engine,
-        )
+        # The fused CPU kernels compile (first start) or load from numba's cache on a thread,
+        # once per worker process, while the server answers: /readyz says 503 until then.
+        app.state.warm_up = warm_up_in_background()
+        logger.info("backend %s on %s", app.state.backend.name, app.state.backend.device)
         app.state.run_store = store = RunStore(
             settings.database_url,
             connect_timeout_s=settings.database_connect_timeout_s,

@@ -1,4 +1,5 @@
-"""The OpenAPI document: FastAPI's, plus the shared `Tensor` schema every tensor field refers to."""
+"""The OpenAPI document: FastAPI's, plus the shared `Tensor` schema every tensor field refers to,
+and an example for every operation (service.api.examples)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from service.api import examples
 from service.api.problems import Problem, problem_responses
 from service.codecs import WIRE_DTYPES
 from service.core.runs.models import BatchBody
@@ -76,6 +78,7 @@ def install(app: FastAPI) -> None:
             components[BatchBody.__name__] = _tensors_only_schema(BatchBody)
             _drop_unreachable_validation_errors(schema)
             _declare_connection_refusals(schema)
+            examples.apply(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

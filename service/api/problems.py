@@ -66,6 +66,16 @@ STATUS_OF: dict[type[LossServiceError], int] = {
     ServiceUnavailable: 503,  # a compute timeout, no compute slot in time, the database down
 }
 
+# RFC 9110's reason phrases, which Python 3.13 adopted for these two ("Request Entity Too Large"
+# and "Unprocessable Entity" before): the document and the problems' titles do not change with the
+# interpreter.
+_RFC_9110_PHRASES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def status_phrase(status: int) -> str:
+    return _RFC_9110_PHRASES.get(status) or HTTPStatus(status).phrase
+
+
 RETRY_AFTER_HEADER = {
     "Retry-After": {
         "description": "seconds to wait before trying again",
@@ -78,7 +88,7 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry declaring each status as a Problem in the OpenAPI document."""
     return {
         status: {
-            "description": HTTPStatus(status).phrase,
+            "description": status_phrase(status),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
             **({"headers": RETRY_AFTER_HEADER} if status == 503 else {}),
         }
@@ -107,7 +117,7 @@ def problem_response(
         )
     problem = Problem(
         type=TYPE_PREFIX + slug if slug else "about:blank",
-        title=title or HTTPStatus(status).phrase,
+        title=title or status_phrase(status),
         status=status,
         detail=detail,
         errors=_bounded(errors or []),
@@ -195,7 +205,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) else status_phrase(exc.status_code)
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}"
     if exc.status_code == 400:

@@ -26,6 +26,7 @@ but NumPy (it reaches CuPy only when a CuPy array reached it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -33,6 +34,8 @@ from types import ModuleType
 from typing import Literal, cast, get_args
 
 import numpy as np
+
+from service.engine._kernel_cache import seed_cache
 
 EnginePath = Literal["auto", "reference", "fused"]
 ENGINE_ENV = "LOSS_SERVICE_ENGINE"
@@ -72,14 +75,23 @@ def is_cupy(xp: ModuleType) -> bool:
     return xp.__name__ == "cupy"
 
 
+def cpu_kernels() -> ModuleType | None:
+    """The fused CPU kernels' module that NumPy arrays will use, imported but not compiled, or
+    None (the reference code: `LOSS_SERVICE_ENGINE=reference`, or no numba with `auto`).
+
+    Raises what a loss would raise: an unknown `LOSS_SERVICE_ENGINE`, or `fused` without numba.
+    """
+    path = engine_path()
+    return None if path == "reference" else _load(required=path == "fused")
+
+
 def warm_up() -> bool:
     """Compile the fused kernels now, or load them from numba's cache, so no request waits.
 
-    The first compile takes seconds, loading a cached one well under one. Returns whether
+    The first compile takes tens of seconds, loading a cached one about one. Returns whether
     the fused kernels are in use (False on `LOSS_SERVICE_ENGINE=reference` or without numba).
     """
-    path = engine_path()
-    module = None if path == "reference" else _load(required=path == "fused")
+    module = cpu_kernels()
     if module is None:
         return False
     module.warm_up()
@@ -96,6 +108,10 @@ def _load(*, required: bool) -> ModuleType | None:
 @functools.cache
 def _import_fused() -> tuple[ModuleType | None, str]:
     """The `_fused` module, or None and why not (tried once per process)."""
+    # Kernels compiled ahead of time (an image's build) go into numba's cache before numba looks
+    # there; a failed copy costs a compile, nothing more.
+    with contextlib.suppress(OSError):
+        seed_cache()
     try:
         return importlib.import_module("service.engine._fused"), ""
     except ImportError as error:  # numba missing, or built for another NumPy

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.api.deps import ComputeDep, require_api_key
 from service.api.inference import MODEL_VERSION, infer, model_metadata, server_metadata
+from service.api.problems import status_phrase
 from service.api.request_body import read_body
 from service.api.routing import PiecesResponse
 from service.codecs import oip
@@ -28,7 +29,8 @@ from service.schemas.oip import (
 
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": OipError} for status in (400, 401, 404, 413, 500, 503)
+    status: {"model": OipError, "description": status_phrase(status)}
+    for status in (400, 401, 404, 413, 500, 503)
 }
 
 
@@ -58,7 +60,9 @@ async def live() -> ServerLive:
 
 @router.get("/health/ready", name="oip_server_ready", responses=_ERRORS)
 async def ready(request: Request) -> ServerReady:
-    return ServerReady(ready=getattr(request.app.state, "backend", None) is not None)
+    # As /readyz: not before the compiled kernels are (service.engine._warm_up).
+    warm_up = getattr(request.app.state, "warm_up", None)
+    return ServerReady(ready=warm_up is not None and warm_up.engine is not None)
 
 
 # Probes that ask with HEAD (load balancers, `curl -I`) get the GET's status, without a body
