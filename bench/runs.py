@@ -434,7 +434,10 @@ def main() -> None:
     parser.add_argument("--fill-clients", type=int, default=16)
     parser.add_argument("--gets", type=int, default=200)
     parser.add_argument(
-        "--storage-batches", type=int, default=64, help="of 256 rows, into the storage runs"
+        "--storage-batches",
+        type=int,
+        default=64,
+        help="of 256 rows, into the storage runs (0: no storage table)",
     )
     args = parser.parse_args()
     wanted = [name.strip().lower() for name in args.backends.split(",") if name.strip()]
@@ -494,16 +497,21 @@ def run(args: argparse.Namespace, backends: list[Backend], clients: list[int]) -
                 f"{_ms(statistics.median(timing.gets_one_batch))} | {_kib(timing.report_bytes)} |"
             )
 
+    if args.storage_batches > 0:
+        print_storage(backends, args.storage_batches)
+
+
+def print_storage(backends: list[Backend], n_batches: int) -> None:
     print(
         "\nStorage, read from the database: a run's row with "
         f"{len(STORAGE_SPEC['losses'])} losses and calibration (15 bins, top-5), after "
-        f"{args.storage_batches} batches of 256 rows; a batch's row with its share of the "
-        "primary key index, over every batch stored"
+        f"{n_batches} batches of 256 rows; a batch's row with its share of the primary key "
+        "index, over every batch stored"
     )
     print("| database | classes | totals (JSON) | totals as stored | spec | batch row (rows) |")
     print("|---|---|---|---|---|---|")
     for backend in backends:
-        sizes = storage(backend, rows=256, n_batches=args.storage_batches)
+        sizes = storage(backend, rows=256, n_batches=n_batches)
         per_batch, n_rows = batch_row_bytes(backend.database_url)
         for classes, (as_text, stored, spec) in sizes:
             print(
