@@ -77,7 +77,6 @@ class Backend:
     name: str  # as printed: SQLite, PostgreSQL
     database_url: str
     url: str = ""  # the server's base URL, once started
-    skipped: str | None = None  # why it is not measured
 
 
 @dataclass
@@ -101,8 +100,9 @@ class Batches:
         return batches
 
     def mean_cross_entropy(self, n_batches: int) -> float:
-        """Mean cross-entropy over the rows of batches 0 .. n_batches - 1 as sent (batch i is
-        `DISTINCT_BATCHES`' i % 16), from the engine in this process."""
+        """Mean cross-entropy over the rows of batches 0 .. n_batches - 1 as sent (batch i carries
+        the tensors of the distinct batch i % DISTINCT_BATCHES), from the engine in this
+        process."""
         total = rows = 0.0
         for k, (x, y) in enumerate(zip(self.logits, self.labels, strict=True)):
             times = len(range(k, n_batches, DISTINCT_BATCHES))
@@ -158,11 +158,11 @@ def drive(
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
     start = threading.Barrier(clients + 1)
-    deadline = float("inf")
 
     def worker(mine: list[float]) -> None:
         with httpx.Client(base_url=url, timeout=120, trust_env=False) as client:
             start.wait()
+            deadline = float("inf") if seconds is None else time.perf_counter() + seconds
             while not errors and time.perf_counter() < deadline:
                 index = next(indices)
                 if count is not None and index >= count:
@@ -179,8 +179,6 @@ def drive(
     for thread in threads:
         thread.start()
     began = time.perf_counter()
-    if seconds is not None:
-        deadline = began + seconds
     start.wait()
     for thread in threads:
         thread.join()
