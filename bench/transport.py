@@ -17,51 +17,18 @@ and reads its lists with orjson over plain httpx, the fastest a client can do th
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import httpx
 import numpy as np
 import orjson
 
 from bench.engine import torch_step
+from bench.server import serving
 from service.client import LossClient
 from service.engine import cross_entropy, reduce_loss
-
-
-@contextmanager
-def serving(settings: dict[str, str] | None = None) -> Iterator[str]:
-    """`loss-service serve` with its defaults, on the CPU, but for `settings` (LOSS_SERVICE_*)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
-    command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
-    env["LOSS_SERVICE_DEVICE"] = "cpu"
-    env.update(settings or {})
-    server = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("the server did not start")
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def _json_lists(client: httpx.Client, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@
 #  5. measures the seconds from `podman run` to the first 200 of /healthz and of /readyz, checks
 #     that the kernels were loaded from the cache compiled into the image (its log), one
 #     cross-entropy request (logits [[0, 0]], label 1: loss = log 2), the image's HEALTHCHECK,
+#     an evaluation run in the default SQLite file (/tmp) and the PostgreSQL driver's import,
 #     its user, the absence of build tools, and a clean exit on SIGTERM;
 #  6. always removes the container and the namespace it made (the images stay, as a cache).
 #
@@ -163,6 +164,40 @@ assert test[0] == "CMD", test
 print("\n".join(test[1:]))' "$healthcheck")
 podman_ exec "$NAME" "${probe[@]}" || fail "the image's HEALTHCHECK: ${probe[*]}"
 step "HEALTHCHECK passes"
+
+# Evaluation runs, as the image runs without LOSS_SERVICE_DATABASE_URL: the default SQLite file
+# lands in the working directory (/tmp, the one writable place). And the PostgreSQL driver that
+# deploy/ points the replicas at loads, with the libpq its wheel bundles.
+ip netns exec "$NETNS" timeout 60 python3 - <<'EOF' || fail "evaluation runs (above)"
+import json, math, urllib.request
+
+BASE = "http://127.0.0.1:8000"
+
+
+def call(method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(BASE + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+status, run = call("POST", "/v1/runs", {"losses": [{"name": "cross-entropy"}]})
+assert status == 201, (status, run)
+for batch_id, label in (("a", 1), ("b", 0)):
+    batch = {"logits": [[0.0, 0.0]], "labels": [label]}
+    status, receipt = call("PUT", f"/v1/runs/{run['id']}/batches/{batch_id}", batch)
+    assert status == 201, (status, receipt)
+status, report = call("GET", f"/v1/runs/{run['id']}")
+loss = report["losses"][0]["loss"]
+assert status == 200 and report["n_batches"] == 2 and abs(loss - math.log(2)) < 1e-12, report
+print(f"[container-check] a run of two batches of [[0, 0]]: cross-entropy {loss!r} (log 2)")
+EOF
+podman_ exec "$NAME" test -s /tmp/loss-service.db || fail "no SQLite file /tmp/loss-service.db"
+podman_ exec "$NAME" python3 -c 'import psycopg
+print(f"[container-check] psycopg {psycopg.__version__}, libpq {psycopg.pq.version()}")' \
+    || fail "the PostgreSQL driver (psycopg) does not load in the image"
+step "evaluation runs: the default SQLite file in /tmp; psycopg and its libpq load"
 uid=$(podman_ exec "$NAME" id -u)
 [[ $uid == 10001 ]] || fail "the server runs as uid $uid"
 podman_ exec "$NAME" sh -c '! test -e /opt/venv/bin/pip || exit 1
