@@ -45,7 +45,7 @@ RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/dist . \
     && /opt/venv/bin/loss-service --help > /dev/null
 WORKDIR /
 RUN NUMBA_CACHE_DIR=/opt/venv/kernel-cache /opt/venv/bin/python -c \
-    "from service.engine import warm_up; assert warm_up(), 'no fused kernels'"
+    "from service.engine import label_noise, warm_up; assert warm_up(), 'no fused kernels'; label_noise.warm_up()"
 
 FROM cuda-base AS cuda
 RUN groupadd --gid 10001 loss \
@@ -84,7 +84,7 @@ RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/dist . \
     && /opt/venv/bin/loss-service --help > /dev/null
 WORKDIR /
 RUN NUMBA_CACHE_DIR=/opt/venv/kernel-cache /opt/venv/bin/python -c \
-    "from service.engine import warm_up; assert warm_up(), 'no fused kernels'"
+    "from service.engine import label_noise, warm_up; assert warm_up(), 'no fused kernels'; label_noise.warm_up()"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --gid 10001 loss \

@@ -1,5 +1,6 @@
 """`loss-service serve` starts the server; `loss-service openapi` prints the OpenAPI document;
-`loss-service compute` computes a loss over .npy / .npz files, offline; `loss-service upload`
+`loss-service compute` computes a loss over .npy / .npz files, offline; `loss-service
+label-noise` finds likely label errors in them; `loss-service upload`
 sends .npy / .npz files into an evaluation run; `loss-service db upgrade` applies the database
 migrations of evaluation runs."""
 
@@ -11,7 +12,7 @@ import logging.config
 import sys
 from collections.abc import Sequence
 
-from service.cli import compute, database, upload
+from service.cli import compute, database, label_noise, upload
 from service.config import get_settings
 from service.engine._warm_up import warm_up_in_background
 from service.logs import logging_config
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     commands.add_parser("openapi", help="print the OpenAPI document as JSON")
     compute.add_parser(commands)
+    label_noise.add_parser(commands)
     upload.add_parser(commands)
     database.add_parser(commands)
     args = parser.parse_args(argv)
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
     if args.command == "compute":
         sys.exit(compute.run(args, settings))
+    if args.command == "label-noise":
+        sys.exit(label_noise.run(args, settings))
     if args.command == "upload":
         sys.exit(upload.run(args))
     if args.command == "db":

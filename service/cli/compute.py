@@ -5,26 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
+from service.cli import answers
 from service.cli.progress import ProgressLine
-from service.codecs import body_pieces
 from service.config import Settings
 from service.core import BY_NAME, LOSSES, Context, LossSpec
 from service.core.offline import offline_loss
-from service.core.responses import render_json
 from service.engine import select_backend
 from service.errors import LossServiceError, shown
 from service.npy_files import load_arrays
-from service.schemas import LossResponse
-
-# The answer's fields that are not arrays, written beside the arrays of a .npz.
-SCALAR_FIELDS = {"name", "loss", "n_valid", "weight_sum", "backend", "dtype"}
 
 COMPUTE_EPILOG = """\
 Inputs are named as in the HTTP API, with dashes or underscores (--logits a.npy --labels b.npy
@@ -113,8 +106,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.chunk_rows is not None and args.chunk_rows < 1:
         return fail("--chunk-rows must be at least 1")
 
-    arrays_out = args.out is not None and args.out.suffix.lower() in (".npz", ".npy")
-    if arrays_out:
+    if answers.wants_arrays(args.out):
         options["output_encoding"] = "json"  # the arrays as they are, not base64
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = ProgressLine(args.loss) if show else None
@@ -135,45 +127,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if progress is not None:
             progress.close()
-    if arrays_out:
-        return _write_arrays(response, args.out, fail)
-    # Rendered as the HTTP route renders it: the same bytes the API would send.
-    text = b"".join(body_pieces(render_json(response))) + b"\n"
-    if args.out is None:
-        sys.stdout.buffer.write(text)
-        sys.stdout.flush()
-    else:
-        args.out.write_bytes(text)
-    return 0
-
-
-def _write_arrays(response: LossResponse, out: Path, fail: Callable[[str], int]) -> int:
-    """The answer as NumPy files: all of it in a .npz, or its one array in a .npy and the
-    scalars as JSON on stdout."""
-    arrays = {
-        key: np.asarray(value)
-        for key, value in [
-            ("per_sample", response.per_sample),
-            ("grad", response.grad),
-            *((f"grads.{name}", grad) for name, grad in (response.grads or {}).items()),
-        ]
-        if value is not None
-    }
-    scalars = {
-        key: value
-        for key, value in response.model_dump(include=SCALAR_FIELDS).items()
-        if value is not None
-    }
-    if out.suffix.lower() == ".npz":
-        contents: dict[str, Any] = {**arrays, **scalars}
-        np.savez(out, **contents)
-        return 0
-    if len(arrays) != 1:
-        names = ", ".join(arrays) or "none (reduction=none gives per_sample)"
-        return fail(f"--out {out}: a .npy holds one array; this answer has {names}: use a .npz")
-    np.save(out, next(iter(arrays.values())))
-    print(json.dumps(scalars))
-    return 0
+    grads = {f"grads.{name}": grad for name, grad in (response.grads or {}).items()}
+    tensors = {"per_sample": response.per_sample, "grad": response.grad, **grads}
+    return answers.write(response, args.out, tensors, fail)
 
 
 def _option(item: str) -> tuple[str, Any]:

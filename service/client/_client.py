@@ -21,6 +21,7 @@ from service.client._models import (
     EvaluateResult,
     Health,
     InferResult,
+    LabelNoiseResult,
     LossInfo,
     LossResult,
     Readiness,
@@ -39,6 +40,7 @@ from service.codecs._json_body import dumps_json
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_S = 120.0  # the server's default request timeout
+LABEL_NOISE_PATH = "/v1/label-noise"
 
 
 class _Requests:
@@ -195,6 +197,15 @@ class LossClient:
         answer = read_json(exchange(self._http, "POST", "/v1/evaluate", content))
         return _evaluate_result(answer)
 
+    def label_noise(self, labels: Any, **scores_and_options: Any) -> LabelNoiseResult:
+        """`POST /v1/label-noise`: `probs=` (out-of-sample) or `logits=`, and options
+        (`filter_by=`, `rank_by=`, `calibrate=`, `max_issues=`) as keyword arguments."""
+        content = self._requests.json_body(
+            self._requests.loss_body({"labels": labels, **scores_and_options})
+        )
+        answer = exchange(self._http, "POST", LABEL_NOISE_PATH, content)
+        return LabelNoiseResult.from_json(read_json(answer))
+
     def list_losses(self) -> list[LossInfo]:
         """`GET /v1/losses`: every loss with its inputs, options and reference."""
         answer = read_json(exchange(self._http, "GET", "/v1/losses"))
@@ -303,6 +314,13 @@ class AsyncLossClient:
         content = self._requests.json_body(body)
         answer = read_json(await async_exchange(self._http, "POST", "/v1/evaluate", content))
         return _evaluate_result(answer)
+
+    async def label_noise(self, labels: Any, **scores_and_options: Any) -> LabelNoiseResult:
+        content = self._requests.json_body(
+            self._requests.loss_body({"labels": labels, **scores_and_options})
+        )
+        answer = await async_exchange(self._http, "POST", LABEL_NOISE_PATH, content)
+        return LabelNoiseResult.from_json(read_json(answer))
 
     async def list_losses(self) -> list[LossInfo]:
         answer = read_json(await async_exchange(self._http, "GET", "/v1/losses"))

@@ -56,6 +56,47 @@ class LossResult:
 
 
 @dataclass(frozen=True)
+class LabelNoiseResult:
+    """Confident learning's answer (`POST /v1/label-noise`), with NumPy arrays.
+
+    `transition_matrix` is `forward-corrected-cross-entropy`'s option as it is: row i is
+    P(given label | true class i)."""
+
+    label_issues: Array
+    n_issues: int
+    label_quality: Array
+    noise_rate: float
+    confident_joint: Array
+    class_thresholds: Array
+    transition_matrix: Array
+    n: int
+    n_classes: int
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> LabelNoiseResult:
+        try:
+            arrays = {
+                name: _required(decode(body[name], name))
+                for name in (
+                    "label_issues",
+                    "label_quality",
+                    "confident_joint",
+                    "class_thresholds",
+                    "transition_matrix",
+                )
+            }
+            return cls(
+                **arrays,
+                n_issues=int(body["n_issues"]),
+                noise_rate=float(body["noise_rate"]),
+                n=int(body["n"]),
+                n_classes=int(body["n_classes"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ResponseError(f"not a label-noise response: {error!r}") from None
+
+
+@dataclass(frozen=True)
 class EvaluateResult:
     """`POST /v1/evaluate`: one LossResult per requested loss, in order, and the calibration
     report as the service sends it (a dict), when one was asked for."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from service.codecs import TensorForm
 from service.core.context import Context
 from service.core.responses import encode_output
 from service.engine import CPU
@@ -17,9 +20,24 @@ def label_noise(body: LabelNoiseRequest, *, ctx: Context) -> LabelNoiseResponse:
     name = "logits" if body.logits is not None else "probs"
     scores = ctx.decode((name,), getattr(body, name), logits=name == "logits")
     labels = ctx.decode(("labels",), body.labels)
-    _check_classes(name, scores.array.shape, ctx.settings.max_label_noise_classes)
+    form = body.output_encoding or scores.form
+    return label_noise_of(name, scores.array, labels.array, body, form, ctx=ctx)
+
+
+def label_noise_of(
+    name: str,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    body: LabelNoiseRequest,
+    form: TensorForm,
+    *,
+    ctx: Context,
+) -> LabelNoiseResponse:
+    """The answer for decoded `scores` (`name`: "logits" or "probs") and `labels`, with the
+    options of `body` (whose tensors are not read: the offline CLI gives files' arrays)."""
+    _check_classes(name, scores.shape, ctx.settings.max_label_noise_classes)
     # The engine runs on the host (NumPy and numba): device arrays come back first.
-    x, y = ctx.backend.to_numpy(scores.array), ctx.backend.to_numpy(labels.array)
+    x, y = ctx.backend.to_numpy(scores), ctx.backend.to_numpy(labels)
     find = find_label_issues_from_logits if name == "logits" else find_label_issues
     report = find(
         x,
@@ -29,7 +47,6 @@ def label_noise(body: LabelNoiseRequest, *, ctx: Context) -> LabelNoiseResponse:
         calibrate=body.calibrate,
         max_issues=body.max_issues,
     )
-    form = body.output_encoding or scores.form
     return LabelNoiseResponse(
         label_issues=encode_output(report.label_issues, form, CPU),
         n_issues=report.n_issues,

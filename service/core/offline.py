@@ -132,7 +132,7 @@ def _loss(
     try:
         inputs = {
             name: ctx.backend.asarray(
-                _checked(
+                checked_array(
                     name,
                     array,
                     allow_neg_inf=name in spec.inputs and spec.inputs[name].logits,
@@ -149,7 +149,9 @@ def _loss(
         raise type(error)(f"rows [{start}, {stop}): {error.detail}", field=error.field) from None
 
 
-def _checked(name: str, array: NDArray[Any], *, allow_neg_inf: bool, start: int) -> NDArray[Any]:
+def checked_array(
+    name: str, array: NDArray[Any], *, allow_neg_inf: bool, start: int
+) -> NDArray[Any]:
     """The codecs' rules for a file's array: a wire dtype, no NaN or +inf (-inf in logits).
 
     A C-contiguous, native-endian ndarray (a memory map's chunk is read here). `start` is the

@@ -16,6 +16,7 @@ import threading
 import time
 from types import ModuleType
 
+from service.engine import label_noise
 from service.engine._engine_path import cpu_kernels
 from service.engine._kernel_cache import cache_state, compile_counts
 
@@ -58,6 +59,7 @@ class KernelWarmUp:
         start = time.perf_counter()
         try:
             module.warm_up()
+            label_noise.warm_up()  # confident learning's kernels: numba too, the same cache
         except Exception as error:  # the kernels do not compile: never ready, and say why
             self.failure = f"the fused CPU kernels failed to compile: {error}"
             logger.exception("%s", self.failure)

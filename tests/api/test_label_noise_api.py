@@ -113,3 +113,58 @@ async def test_classes_over_the_limit(make_client: Any) -> None:
         response = await client.post(PATH, json={"probs": probs.tolist(), "labels": [0, 1]})
     assert response.status_code == 413
     assert "max_label_noise_classes" in response.json()["detail"]
+
+
+async def test_the_client_finds_the_same_issues(make_client: Any) -> None:
+    from service.client import AsyncLossClient
+
+    probs, labels = noisy_dataset(seed=6)
+    async with make_client() as http, AsyncLossClient(http_client=http) as client:
+        found = await client.label_noise(labels, probs=probs, rank_by="self_confidence")
+    expected = cleanlab_filter.find_label_issues(
+        labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1
+    )
+    np.testing.assert_array_equal(found.label_issues, expected)
+    assert found.label_issues.dtype == np.int64
+    np.testing.assert_allclose(found.transition_matrix.sum(axis=1), 1.0, rtol=1e-12)
+    assert found.n == 300
+
+
+def test_the_command_line_and_the_round_trip_into_forward_correction(tmp_path: Any) -> None:
+    """`loss-service label-noise` on files, its matrix passed to `loss-service compute`."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.live_server import ROOT, _env
+
+    probs, labels = noisy_dataset(seed=7)
+    np.save(tmp_path / "probs.npy", probs)
+    np.save(tmp_path / "labels.npy", labels)
+    run = [sys.executable, "-m", "service"]
+    found = subprocess.run(
+        [*run, "label-noise", "--probs", str(tmp_path / "probs.npy"), "--labels",
+         str(tmp_path / "labels.npy"), "--out", str(tmp_path / "noise.npz")],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    with np.load(tmp_path / "noise.npz") as saved:
+        expected = cleanlab_filter.find_label_issues(
+            labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1
+        )
+        np.testing.assert_array_equal(saved["label_issues"], expected)
+        matrix = saved["transition_matrix"]
+        assert int(saved["n_issues"]) == len(expected)
+    logits = np.log(probs[:10])
+    np.save(tmp_path / "logits.npy", logits)
+    np.save(tmp_path / "targets.npy", labels[:10])
+    loss = subprocess.run(
+        [*run, "compute", "forward-corrected-cross-entropy", "--logits",
+         str(tmp_path / "logits.npy"), "--labels", str(tmp_path / "targets.npy"),
+         "--transition-matrix", f"{tmp_path / 'noise.npz'}:transition_matrix"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert loss.returncode == 0, loss.stderr
+    softmax = probs[:10] / probs[:10].sum(axis=1, keepdims=True)
+    reference = -np.log((softmax @ matrix)[np.arange(10), labels[:10]]).mean()
+    assert json.loads(loss.stdout)["loss"] == pytest.approx(reference, rel=1e-9)
