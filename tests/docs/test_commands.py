@@ -48,6 +48,13 @@ VALIDATED_ELSEWHERE: dict[tuple[str, str], str] = {
         "against a live server"
     ),
     (
+        "README.md",
+        "openapi-python-client generate --path openapi/openapi.json --meta none \\",
+    ): (
+        "tests/test_generated_client.py runs this very command and uses the generated client "
+        "against a live server"
+    ),
+    (
         "docs/deployment.md",
         "docker build -t loss-service .",
     ): ("`make container-check` builds the Dockerfile and serves requests from the image (CI)"),
