@@ -45,7 +45,7 @@ openapi: $(RUNTIME)
 	mkdir -p openapi && $(BIN)/loss-service openapi > openapi/openapi.json.tmp && mv openapi/openapi.json.tmp openapi/openapi.json
 
 # CI (.ci/run) adds two checks to `make test`; both need root and network access to Debian's
-# packages and PyPI, and install what they use (see the README's "Deploy" section).
+# packages and PyPI, and install what they use (see docs/deployment.md).
 ci: test deploy-check container-check
 
 # Lints the Dockerfile and deploy/, renders deploy/k8s and validates it offline (a few seconds).
