@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,6 +40,14 @@ def _log(handle: IO[bytes]) -> str:
     handle.flush()
     handle.seek(0)
     return handle.read().decode(errors="replace")[-4000:]
+
+
+def console_script() -> str:
+    """`loss-service` from the environment that runs the tests."""
+    script = shutil.which("loss-service", path=str(Path(sys.executable).parent))
+    script = script or shutil.which("loss-service")
+    assert script is not None, "the loss-service console script is not installed"
+    return script
 
 
 @contextlib.contextmanager

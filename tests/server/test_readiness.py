@@ -22,7 +22,7 @@ from service.config import Settings
 from service.engine import _kernel_cache, _warm_up
 from tests.live_server import _env, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class SlowKernels(types.ModuleType):

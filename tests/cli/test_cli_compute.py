@@ -22,8 +22,7 @@ from service.core.registry import BY_NAME
 from service.core.responses import render_json
 from service.engine import CPU
 from service.npy_files import load_arrays
-from tests.live_server import _env
-from tests.test_server import _console_script
+from tests.live_server import _env, console_script
 
 ClientFactory = Callable[..., Any]
 RNG = np.random.default_rng(3)
@@ -325,7 +324,7 @@ def test_unknown_loss_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_console_script(files: Path) -> None:
     completed = subprocess.run(
-        [_console_script(), "compute", "cross-entropy", str(files / "batch.npz")],
+        [console_script(), "compute", "cross-entropy", str(files / "batch.npz")],
         env=_env(LOSS_SERVICE_DEVICE="cpu"),
         capture_output=True,
         timeout=120,

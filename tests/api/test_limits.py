@@ -2,7 +2,7 @@
 
 Per-request elements, JSON nesting, the compute slots (`max_concurrent`, `queue_timeout_s`) and
 the 503s with `Retry-After`, API keys from a file and in the OpenAPI document, CORS, wrong
-content types, and regression tests for what the fuzzer (tests/test_fuzz.py) found.
+content types, and regression tests for what the fuzzer (tests/openapi/test_fuzz.py) found.
 """
 
 from __future__ import annotations
@@ -676,8 +676,8 @@ async def test_a_null_required_tensor_is_422(
 
 
 async def test_a_non_ascii_digit_header_length_is_400(client: httpx.AsyncClient) -> None:
-    """Regression (found by tests/test_codecs_properties.py): the header byte 0xB2 reads as "²",
-    a digit to str.isdigit but not to int(): a ValueError and a 500."""
+    """Regression (found by tests/codecs/test_codecs_properties.py): the header byte 0xB2 reads
+    as "²", a digit to str.isdigit but not to int(): a ValueError and a 500."""
     headers = [(b"inference-header-content-length", b"\xb2"), (b"content-type", b"text/plain")]
     response = await client.post(INFER, content=b'{"inputs": []}', headers=headers)
     assert response.status_code == 400, response.text

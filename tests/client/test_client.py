@@ -374,7 +374,7 @@ def test_sync_infer_large_arrays_on_a_live_server(server: str) -> None:
 
 
 def test_the_readme_example_runs(server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Clients") :]
     code = section[section.index("```python\n") + len("```python\n") :]
     code = code[: code.index("```")].replace("http://127.0.0.1:8000", server)

@@ -35,7 +35,7 @@ from service.engine.calibration import (
 )
 from service.errors import InvalidInput
 
-FIXTURES = Path(__file__).parent / "fixtures" / "calibration_reference.json"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "calibration_reference.json"
 CASES: list[dict[str, Any]] = json.loads(FIXTURES.read_text(encoding="utf-8"))["cases"]
 EXACT = 1e-9  # float64 references computed the same way up to summation order
 

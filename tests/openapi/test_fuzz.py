@@ -4,9 +4,9 @@ Each operation gets the schema's examples, schemathesis' coverage cases (boundar
 missing and null fields, wrong types) and `MAX_EXAMPLES` generated bodies in each of the
 positive and negative modes. Every answer must be documented for its operation (status, content
 type, body schema) and none may be a 5xx. Generation is derandomized, so a run is reproducible;
-`FUZZ_EXAMPLES=200 pytest tests/test_fuzz.py` searches deeper.
+`FUZZ_EXAMPLES=200 pytest tests/openapi/test_fuzz.py` searches deeper.
 
-What this found, and the fixes, are pinned as plain tests in tests/test_limits.py.
+What this found, and the fixes, are pinned as plain tests in tests/api/test_limits.py.
 """
 
 from __future__ import annotations

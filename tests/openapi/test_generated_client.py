@@ -19,7 +19,7 @@ import pytest
 
 from tests.live_server import _env, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "openapi" / "openapi.json"
 PACKAGE = "loss_service_client"  # from the document's title, "Loss service"
 

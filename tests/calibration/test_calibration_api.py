@@ -25,7 +25,7 @@ pytestmark = pytest.mark.anyio
 REPORT = "/v1/calibration"
 MERGE = "/v1/calibration/merge"
 DIAGRAM = "/v1/calibration/reliability-diagram"
-FIXTURES = Path(__file__).parent / "fixtures" / "calibration_reference.json"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "calibration_reference.json"
 CASES: list[dict[str, Any]] = json.loads(FIXTURES.read_text(encoding="utf-8"))["cases"]
 METRICS = ("ece", "mce", "rmsce", "ece_debiased", "classwise_ece", "brier", "nll", "accuracy")
 
