@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on: one for a server to start on, or one whose connects
+    are refused."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -62,7 +64,7 @@ def running_server(log_path: Path, **settings: str) -> Iterator[str]:
 @contextlib.contextmanager
 def serving(log_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`running_server`, with the server's process (to signal it)."""
-    port = _free_port()
+    port = free_port()
     with log_path.open("w+b") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],

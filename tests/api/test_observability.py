@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import metrics as metrics_module
 from service.logs import JsonFormatter, request_id_var
+from tests.helpers import encoded
 from tests.live_server import running_server
 
 pytestmark = pytest.mark.anyio
@@ -86,11 +86,7 @@ async def test_made_up_methods_share_one_label(client: httpx.AsyncClient) -> Non
 async def test_payload_bytes_and_elements(client: httpx.AsyncClient) -> None:
     logits = np.zeros((4, 3), dtype=np.float32)
     body = {
-        "logits": {
-            "dtype": "float32",
-            "shape": [4, 3],
-            "data": base64.b64encode(logits.tobytes()).decode(),
-        },
+        "logits": encoded(logits),
         "labels": [0, 1, 2, 0],
         "weight": [1.0, 2.0, 3.0],
     }

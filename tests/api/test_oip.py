@@ -16,17 +16,10 @@ from tritonclient.utils import InferenceServerException
 
 from service.core.registry import BY_NAME, LOSSES
 from service.engine import reduce_loss
-from tests.live_server import running_server
 
 RNG = np.random.default_rng(9)
 LOGITS = (RNG.normal(size=(8, 5)) * 2).astype(np.float32)
 LABELS = np.array([0, 4, 1, 1, -100, 3, 2, 0], dtype=np.int64)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("oip") / "server.log") as base_url:
-        yield base_url
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import subprocess
@@ -22,6 +21,7 @@ from service.core.registry import BY_NAME
 from service.core.responses import render_json
 from service.engine import CPU
 from service.npy_files import load_arrays
+from tests.helpers import encoded
 from tests.live_server import _env, console_script
 
 ClientFactory = Callable[..., Any]
@@ -48,14 +48,6 @@ def offline(
     ctx = Context(CPU, SETTINGS)
     response = offline_loss(BY_NAME[name], arrays, options, ctx=ctx, chunk_rows=chunk_rows)
     return json.loads(b"".join(body_pieces(render_json(response))))
-
-
-def encoded(array: np.ndarray) -> dict[str, Any]:
-    return {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "data": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode(),
-    }
 
 
 @pytest.fixture

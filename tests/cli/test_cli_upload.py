@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,6 @@ def arrays(rows: int, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
     labels = RNG.integers(0, classes, rows)
     labels[RNG.random(rows) < 0.1] = -100
     return RNG.standard_normal((rows, classes)).astype(np.float32) * 3, labels
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("upload-server") / "server.log"
-    with running_server(log) as base_url:
-        yield base_url
 
 
 @pytest.fixture

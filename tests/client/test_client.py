@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from service.client import (
     UnauthorizedError,
 )
 from service.core.registry import LOSSES
-from tests.live_server import running_server
 
 ClientFactory = Callable[..., Any]
 
@@ -334,13 +333,6 @@ def test_encoding_is_checked() -> None:
 
 
 # --- sync, on a live server --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log: Path = tmp_path_factory.mktemp("client-server") / "server.log"
-    with running_server(log) as base_url:
-        yield base_url
 
 
 def test_sync_client_on_a_live_server(server: str) -> None:

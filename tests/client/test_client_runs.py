@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +28,6 @@ from service.client import (
 )
 from tests.conftest import AsyncClientContext
 from tests.flaky_transport import AsyncFlakyTransport, FlakyTransport
-from tests.live_server import running_server
 
 RNG = np.random.default_rng(23)
 LOSSES: list[Any] = [
@@ -252,13 +250,6 @@ def test_the_wait_grows_and_is_capped() -> None:
 
 
 # --- sync, on a live server behind injected faults ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log: Path = tmp_path_factory.mktemp("client-runs-server") / "server.log"
-    with running_server(log) as base_url:
-        yield base_url
 
 
 def test_a_run_through_faults_on_a_live_server_counts_every_batch_once(server: str) -> None:

@@ -14,9 +14,10 @@ from sqlalchemy import create_engine, make_url, text
 
 from service.db import BatchOutcome, RunStore, upgrade
 from service.errors import DatabaseUnavailable
+from tests.live_server import free_port
 from tests.runs.conftest import PostgresServer, StoreFactory
 from tests.runs.helpers import add, counting, digest, new_run, stored_batch_ids
-from tests.runs.network import TcpProxy, free_port, silent_server
+from tests.runs.network import TcpProxy, silent_server
 
 SECRET = "s3cret-Passw0rd"
 
