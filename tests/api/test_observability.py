@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import numpy as np
@@ -219,7 +219,7 @@ async def test_request_id_is_taken_from_the_client(
     ["", "a" * 65, "has space", "new\\nline", "<script>", "-leading-dash", "é"],
 )
 async def test_unsafe_request_ids_are_replaced(client: httpx.AsyncClient, presented: str) -> None:
-    response = await client.get("/healthz", headers={"X-Request-ID": presented.encode("utf-8")})
+    response = await client.get("/healthz", headers={b"X-Request-ID": presented.encode("utf-8")})
     generated = response.headers["x-request-id"]
     assert generated != presented
     assert len(generated) == 32
@@ -275,7 +275,7 @@ async def test_an_unexpected_error_carries_the_request_id(
 ) -> None:
     from service.core.registry import BY_NAME
 
-    def broken(*args: object, **kwargs: object) -> None:
+    def broken(*args: object, **kwargs: object) -> NoReturn:
         raise RuntimeError("a bug")
 
     spec = BY_NAME["cross-entropy"]

@@ -24,7 +24,6 @@ from service.client import (
     Run,
     RunReport,
     ServiceUnavailableError,
-    _retry,
 )
 from tests.conftest import AsyncClientContext
 from tests.flaky_transport import AsyncFlakyTransport, FlakyTransport
@@ -186,7 +185,7 @@ async def test_async_faults_are_retried_and_each_batch_counts_once(
 
 def test_retries_are_bounded_and_honour_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
-    monkeypatch.setattr(_retry.time, "sleep", waits.append)
+    monkeypatch.setattr("service.client._retry.time.sleep", waits.append)
     sent: list[httpx.Request] = []
 
     def unavailable(request: httpx.Request) -> httpx.Response:
@@ -203,7 +202,7 @@ def test_retries_are_bounded_and_honour_retry_after(monkeypatch: pytest.MonkeyPa
 
 
 def test_connection_errors_are_retried_then_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_retry.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr("service.client._retry.time.sleep", lambda seconds: None)
     tries = 0
 
     def refused(request: httpx.Request) -> httpx.Response:
@@ -218,7 +217,7 @@ def test_connection_errors_are_retried_then_raised(monkeypatch: pytest.MonkeyPat
 
 
 def test_creating_and_deleting_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_retry.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr("service.client._retry.time.sleep", lambda seconds: None)
     methods: list[str] = []
 
     def unavailable(request: httpx.Request) -> httpx.Response:

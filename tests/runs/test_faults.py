@@ -163,7 +163,7 @@ def test_a_connection_lost_inside_a_batch_counts_nothing(
 
         def fold_then_lose_the_connection(totals: dict[str, object]) -> dict[str, object]:
             postgres.terminate_connections(postgres_url)  # this transaction's own
-            return counting("b1")(totals)  # type: ignore[arg-type]
+            return counting("b1")(totals)
 
         with pytest.raises(DatabaseUnavailable):
             store.add_batch(
