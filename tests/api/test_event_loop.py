@@ -45,6 +45,7 @@ async def _healthz_while_held(
     assert [answer.status_code for answer in answers] == [200] * count, answers[0].text
 
 
+@pytest.mark.slow
 async def test_a_large_json_body_is_parsed_off_the_event_loop(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

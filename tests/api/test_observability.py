@@ -334,6 +334,7 @@ logging.getLogger("uvicorn.error").info("started", extra={{"color_message": "ans
 """
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_logging_config(fmt: str) -> None:
     """The configuration `serve` hands uvicorn, in a process of its own (it is global)."""
@@ -357,6 +358,7 @@ def test_logging_config(fmt: str) -> None:
     assert "color_message" not in second
 
 
+@pytest.mark.system
 def test_live_server_logs_json_lines_with_the_request_id(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with running_server(log) as base_url:

@@ -531,6 +531,7 @@ def test_all_is_complete() -> None:
     assert set(package.__all__) == public - modules
 
 
+@pytest.mark.system
 def test_imports_no_web_framework_plotting_or_cupy() -> None:
     code = (
         "import sys, service.engine.calibration; print(sorted(m for m in "

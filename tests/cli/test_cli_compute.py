@@ -314,6 +314,7 @@ def test_unknown_loss_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(["compute", "no-such-loss"], monkeypatch) == 2
 
 
+@pytest.mark.system
 def test_console_script(files: Path) -> None:
     completed = subprocess.run(
         [console_script(), "compute", "cross-entropy", str(files / "batch.npz")],

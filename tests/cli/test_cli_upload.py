@@ -134,6 +134,7 @@ def test_an_interrupted_upload_sends_only_what_is_missing(
     assert_the_run_is_the_whole(server, run_id, sources)
 
 
+@pytest.mark.slow
 def test_retried_faults_do_not_stop_the_upload(
     server: str, files: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -191,6 +192,7 @@ def test_refusals_and_bad_inputs_stop_it_with_a_message(
         assert message in error, (args, error)
 
 
+@pytest.mark.slow
 def test_with_api_keys_the_upload_sends_its_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -335,6 +335,7 @@ def test_encoding_is_checked() -> None:
 # --- sync, on a live server --------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_sync_client_on_a_live_server(server: str) -> None:
     with LossClient(server) as client:
         assert client.healthz().status == "ok"
@@ -354,6 +355,7 @@ def test_sync_client_on_a_live_server(server: str) -> None:
         assert raised.value.status == 422
 
 
+@pytest.mark.system
 def test_sync_infer_large_arrays_on_a_live_server(server: str) -> None:
     logits = RNG.standard_normal((4096, 1000)).astype(np.float32)
     labels = RNG.integers(0, 1000, 4096)
@@ -365,6 +367,7 @@ def test_sync_infer_large_arrays_on_a_live_server(server: str) -> None:
     np.testing.assert_array_equal(binary.grad, native.grad)
 
 
+@pytest.mark.system
 def test_the_readme_example_runs(server: str, capsys: pytest.CaptureFixture[str]) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Clients") :]

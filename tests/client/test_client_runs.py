@@ -251,6 +251,7 @@ def test_the_wait_grows_and_is_capped() -> None:
 # --- sync, on a live server behind injected faults ----------------------------------------------
 
 
+@pytest.mark.system
 def test_a_run_through_faults_on_a_live_server_counts_every_batch_once(server: str) -> None:
     per_batch: list[list[str | None]] = [
         ["drop", None],  # counted, its answer lost: the retry is a duplicate

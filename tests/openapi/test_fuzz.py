@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any, cast
 
+import pytest
 import schemathesis
 import schemathesis.python.asgi
 from hypothesis import HealthCheck, settings
@@ -30,6 +31,8 @@ from schemathesis.specs.openapi.checks import (
 
 from service.api import create_app
 from service.config import Settings
+
+pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 # Per example; a generous bound that a hang or a quadratic blow-up still exceeds.

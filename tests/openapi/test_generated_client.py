@@ -18,6 +18,8 @@ import pytest
 
 from tests.live_server import _env
 
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "openapi" / "openapi.json"
 PACKAGE = "loss_service_client"  # from the document's title, "Loss service"

@@ -109,6 +109,7 @@ def _close(actual: Any, expected: Any, path: str = "") -> None:
         assert actual == expected, path
 
 
+@pytest.mark.slow
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -17,7 +17,7 @@ from tests.helpers import encoded
 from tests.runs.test_run_pages import resolve
 from tests.runs.test_runs_api import CALIBRATION, LOSSES, batch
 
-pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900), pytest.mark.slow]
 
 # The docs' fixtures: Debian's chromium (installed when missing), and a page whose requests may
 # only go to `server`, this module's, with a failed test for any other.

@@ -41,6 +41,7 @@ def concatenated(batches: list[dict[str, Any]]) -> dict[str, Any]:
     return {"logits": encoded(logits), "labels": encoded(labels)}
 
 
+@pytest.mark.slow
 @pytest.mark.system
 @pytest.mark.postgres
 def test_two_service_processes_on_one_postgresql(tmp_path: Path, postgres: PostgresServer) -> None:
@@ -81,6 +82,7 @@ def test_two_service_processes_on_one_postgresql(tmp_path: Path, postgres: Postg
     assert report["calibration"]["ece"] == pytest.approx(whole["calibration"]["ece"], rel=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.system
 @pytest.mark.postgres
 def test_a_process_killed_during_a_batch_leaves_nothing_and_the_retry_counts(
@@ -201,6 +203,8 @@ async def test_concurrent_batches_on_sqlite_never_meet_a_locked_database(tmp_pat
     assert report["n_batches"] == 24
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_db_upgrade_from_the_command_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sub/runs.db"
     command = [sys.executable, "-m", "service", "db", "upgrade", "--url", url]

@@ -29,6 +29,8 @@ from scipy.special import logsumexp
 from tests.helpers import encoded
 from tests.live_server import running_server
 
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
 BURST = 16
 MAX_CONCURRENT = 2
 CE = "/v1/losses/cross-entropy"

@@ -17,6 +17,8 @@ from service.client import LossClient
 from service.engine import cross_entropy, reduce_loss
 from tests.live_server import _env, console_script, running_server
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,6 +28,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         yield base_url
 
 
+@pytest.mark.slow
 def test_server_end_to_end(server: str) -> None:
     with httpx.Client(base_url=server, timeout=10.0) as client:
         health = client.get("/healthz")
@@ -54,6 +57,7 @@ def test_server_end_to_end(server: str) -> None:
         assert problem.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.slow
 def test_large_tensors_over_http_with_the_client(server: str) -> None:
     """Bodies and answers over 1 MB, through uvicorn: read into one buffer, sent in pieces with
     their Content-Length, by the server and by `LossClient`, in every transport."""

@@ -31,6 +31,8 @@ from service.codecs._json_body import (
 )
 from tests.live_server import free_port
 
+pytestmark = pytest.mark.system
+
 LARGE = LARGE_BODY_BYTES * 3 + 12345  # several reads' worth, and not a round number
 
 
