@@ -33,7 +33,7 @@ lint: $(TESTING)
 	$(BIN)/ruff format --check service tests bench scripts
 
 typecheck: $(TESTING)
-	$(BIN)/mypy service
+	$(BIN)/mypy service tests
 
 pytest: $(TESTING)
 	$(BIN)/pytest

@@ -7,7 +7,7 @@ import importlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -158,3 +158,13 @@ def make_client() -> ClientFactory:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with AsyncClientContext() as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of a real `loss-service serve` (tests/live_server.py), one per test module
+    that asks for it; its log and runs database in a temporary directory."""
+    from tests.live_server import running_server
+
+    with running_server(tmp_path_factory.mktemp("server") / "server.log") as base_url:
+        yield base_url

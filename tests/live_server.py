@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on: one for a server to start on, or one whose connects
+    are refused."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -41,6 +44,14 @@ def _log(handle: IO[bytes]) -> str:
     return handle.read().decode(errors="replace")[-4000:]
 
 
+def console_script() -> str:
+    """`loss-service` from the environment that runs the tests."""
+    script = shutil.which("loss-service", path=str(Path(sys.executable).parent))
+    script = script or shutil.which("loss-service")
+    assert script is not None, "the loss-service console script is not installed"
+    return script
+
+
 @contextlib.contextmanager
 def running_server(log_path: Path, **settings: str) -> Iterator[str]:
     """`python -m service serve` on a free port, once `/readyz` answers 200; yields its base
@@ -53,7 +64,7 @@ def running_server(log_path: Path, **settings: str) -> Iterator[str]:
 @contextlib.contextmanager
 def serving(log_path: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`running_server`, with the server's process (to signal it)."""
-    port = _free_port()
+    port = free_port()
     with log_path.open("w+b") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from service.api import routing
+from service.codecs import loads_json
 from service.core import calibration as calibration_core
+from service.plots import reliability_diagram
 from tests.api.held import Held
 
 pytestmark = pytest.mark.anyio
@@ -43,12 +45,13 @@ async def _healthz_while_held(
     assert [answer.status_code for answer in answers] == [200] * count, answers[0].text
 
 
+@pytest.mark.slow
 async def test_a_large_json_body_is_parsed_off_the_event_loop(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: 16 concurrent 35 MB nested-JSON bodies stalled /healthz for 4-11 s, each
     parsed by orjson on the event loop. Four bodies here, their first parse held."""
-    held = Held(routing.loads_json)
+    held = Held(loads_json)
     monkeypatch.setattr(routing, "loads_json", held)
     rows = 50_000  # 600 kB of JSON
     body = {"logits": np.zeros((rows, 2)).tolist(), "labels": [0] * rows}
@@ -64,7 +67,7 @@ async def test_a_diagram_waiting_to_be_drawn_holds_no_compute_slot(
     """Regression: reliability diagrams waited for the drawing lock in compute slots; ten of
     them held every slot, and a one-element loss waited 19-26 s. While a figure is drawn (held
     here), the one compute slot answers a loss."""
-    held = Held(calibration_core.reliability_diagram)
+    held = Held(reliability_diagram)
     monkeypatch.setattr(calibration_core, "reliability_diagram", held)
     body = {"probs": [0.2, 0.9, 0.6], "labels": [0, 1, 1]}
     async with make_client(max_concurrent=1, queue_timeout_s=60) as client:

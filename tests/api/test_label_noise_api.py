@@ -130,6 +130,8 @@ async def test_the_client_finds_the_same_issues(make_client: Any) -> None:
     assert found.n == 300
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_the_command_line_and_the_round_trip_into_forward_correction(tmp_path: Any) -> None:
     """`loss-service label-noise` on files, its matrix passed to `loss-service compute`."""
     import json

@@ -27,12 +27,6 @@ def _oip_body(binary_data_size: str) -> str:
     )
 
 
-@pytest.fixture
-async def client(make_client: ClientFactory) -> Any:
-    async with make_client() as http:
-        yield http
-
-
 def _deep(levels: int) -> object:
     value: object = 0
     for _ in range(levels):

@@ -18,6 +18,7 @@ from tests.live_server import running_server
 WEB = ("fastapi", "starlette", "uvicorn")
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "modules",
     [
@@ -34,6 +35,7 @@ def test_the_core_and_the_offline_cli_import_no_web_framework(modules: str) -> N
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.system
 def test_the_offline_cli_computes_without_loading_the_web_framework() -> None:
     """`loss-service compute` end to end in a fresh interpreter, then a look at its modules."""
     code = (
@@ -54,6 +56,7 @@ def test_the_offline_cli_computes_without_loading_the_web_framework() -> None:
     assert out.stderr.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.system
 def test_the_upload_cli_uploads_without_loading_the_web_framework(tmp_path: Path) -> None:
     """`loss-service upload` end to end against a live server, in a fresh interpreter."""

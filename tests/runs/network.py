@@ -7,13 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-
-def free_port() -> int:
-    """A port nothing listens on (connects to it are refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.live_server import free_port
 
 
 @contextlib.contextmanager

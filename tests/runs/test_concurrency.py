@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +48,7 @@ def _outcomes(results: list[Any]) -> Counter[str]:
 def test_32_threads_into_one_run(store: RunStore, db_url: str) -> None:
     run = new_run(store)
     ids = [f"b{i:02}" for i in range(32)]
-    results = at_once([lambda batch_id=batch_id: add(store, run.id, batch_id) for batch_id in ids])
+    results = at_once([partial(add, store, run.id, batch_id) for batch_id in ids])
     assert _outcomes(results) == {"CREATED": 32}
     final = store.get_run(run.id)
     assert (final.n_batches, final.n_samples) == (32, 320)
@@ -63,7 +64,7 @@ def test_one_batch_id_from_8_threads_with_the_same_bytes(store: RunStore) -> Non
     run = new_run(store)
     for round_ in range(ROUNDS):
         batch_id = f"same-{round_}"
-        results = at_once([lambda batch_id=batch_id: add(store, run.id, batch_id)] * 8)
+        results = at_once([partial(add, store, run.id, batch_id)] * 8)
         assert _outcomes(results) == {"CREATED": 1, "DUPLICATE": 7}
     final = store.get_run(run.id)
     assert final.n_batches == ROUNDS
@@ -76,9 +77,7 @@ def test_one_batch_id_from_8_threads_with_different_bytes(store: RunStore) -> No
         batch_id = f"diff-{round_}"
         results = at_once(
             [
-                lambda content=content, batch_id=batch_id: add(
-                    store, run.id, batch_id, content=content
-                )
+                partial(add, store, run.id, batch_id, content=content)
                 for content in map(str, range(8))
             ]
         )
@@ -94,9 +93,7 @@ def test_one_batch_id_from_8_threads_with_different_bytes(store: RunStore) -> No
 def test_a_delete_racing_batches(store: RunStore, db_url: str) -> None:
     """Each batch either counted before the delete or finds no run; the delete takes all."""
     run = new_run(store)
-    calls: list[Callable[[], Any]] = [
-        lambda batch_id=f"b{i}": add(store, run.id, batch_id) for i in range(12)
-    ]
+    calls: list[Callable[[], Any]] = [partial(add, store, run.id, f"b{i}") for i in range(12)]
     calls.insert(6, lambda: store.delete_run(run.id))
     results = at_once(calls)
     outcomes = _outcomes(results)
@@ -111,9 +108,7 @@ def test_a_delete_racing_batches(store: RunStore, db_url: str) -> None:
 def test_a_close_racing_batches(store: RunStore) -> None:
     """Batches counted before the close are all in the closed run; later ones are refused."""
     run = new_run(store)
-    calls: list[Callable[[], Any]] = [
-        lambda batch_id=f"b{i}": add(store, run.id, batch_id) for i in range(12)
-    ]
+    calls: list[Callable[[], Any]] = [partial(add, store, run.id, f"b{i}") for i in range(12)]
     calls.insert(6, lambda: store.close_run(run.id))
     results = at_once(calls)
     outcomes = _outcomes(results)
@@ -147,7 +142,7 @@ def test_sqlite_16_writer_threads_on_two_stores(tmp_path: Path) -> None:
                 store.get_run(runs[(index + 1) % 2].id)  # readers interleave with the writers
             return index
 
-        results = at_once([lambda i=i: writer(first if i % 2 else second, i) for i in range(16)])
+        results = at_once([partial(writer, first if i % 2 else second, i) for i in range(16)])
         assert results == list(range(16))
         for run in runs:
             assert first.get_run(run.id).n_batches == 8 * 8

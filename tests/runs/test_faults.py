@@ -14,9 +14,10 @@ from sqlalchemy import create_engine, make_url, text
 
 from service.db import BatchOutcome, RunStore, upgrade
 from service.errors import DatabaseUnavailable
+from tests.live_server import free_port
 from tests.runs.conftest import PostgresServer, StoreFactory
 from tests.runs.helpers import add, counting, digest, new_run, stored_batch_ids
-from tests.runs.network import TcpProxy, free_port, silent_server
+from tests.runs.network import TcpProxy, silent_server
 
 SECRET = "s3cret-Passw0rd"
 
@@ -162,7 +163,7 @@ def test_a_connection_lost_inside_a_batch_counts_nothing(
 
         def fold_then_lose_the_connection(totals: dict[str, object]) -> dict[str, object]:
             postgres.terminate_connections(postgres_url)  # this transaction's own
-            return counting("b1")(totals)  # type: ignore[arg-type]
+            return counting("b1")(totals)
 
         with pytest.raises(DatabaseUnavailable):
             store.add_batch(

@@ -29,7 +29,7 @@ from tests.helpers import encoded
 
 CTX = Context(CPU, Settings(device="cpu"))
 
-LOSS_ENTRIES = [
+LOSS_ENTRIES: list[dict[str, Any]] = [
     {"name": "cross-entropy"},
     {"name": "cross-entropy", "reduction": "sum", "label_smoothing": 0.1},
     {"name": "cross-entropy", "weight": "per-class", "empty": "nan"},
@@ -109,6 +109,7 @@ def _close(actual: Any, expected: Any, path: str = "") -> None:
         assert actual == expected, path
 
 
+@pytest.mark.slow
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -162,4 +163,5 @@ def test_a_run_reports_what_evaluate_and_calibration_report_on_the_whole(
         ),
         ctx=CTX,
     )
+    assert report.calibration is not None
     _close(report.calibration.model_dump(), expected_report.model_dump())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 from service.api.run_pages import CONTENT_SECURITY_POLICY
 from tests.conftest import AsyncClientContext
-from tests.runs.network import free_port
+from tests.live_server import free_port
 from tests.runs.test_runs_api import CALIBRATION, LOSSES, batch, create, put
 
 pytestmark = pytest.mark.anyio
@@ -22,12 +21,6 @@ pytestmark = pytest.mark.anyio
 HOSTILE = '<script>alert("name")</script>'
 NUMBER = re.compile(r'data-field="([^"]+)" data-value="([^"]+)" title="[^"]+">([^<]*)<')
 LINK = re.compile(r'href="([^"]*)"')
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with AsyncClientContext() as http:
-        yield http
 
 
 def resolve(answer: Any, field: str) -> Any:

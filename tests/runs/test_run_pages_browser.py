@@ -4,7 +4,6 @@ the API's, for a run with a few batches."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,17 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
 from tests import test_docs_browser
-from tests.live_server import running_server
+from tests.helpers import encoded
 from tests.runs.test_run_pages import resolve
-from tests.runs.test_runs_api import CALIBRATION, LOSSES, batch, encoded
+from tests.runs.test_runs_api import CALIBRATION, LOSSES, batch
 
-pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900), pytest.mark.slow]
 
 # The docs' fixtures: Debian's chromium (installed when missing), and a page whose requests may
 # only go to `server`, this module's, with a failed test for any other.
 chromium = test_docs_browser.chromium
 browser = test_docs_browser.browser
 page = test_docs_browser.page
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("run-pages-server") / "server.log"
-    with running_server(log) as base_url:
-        yield base_url
 
 
 @pytest.fixture(scope="module")

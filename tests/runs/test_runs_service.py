@@ -3,7 +3,6 @@ batch, the database down and back, concurrent writers on SQLite, and `loss-servi
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import signal
@@ -22,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.conftest import AsyncClientContext
-from tests.helpers import encoded
+from tests.helpers import decoded, encoded
 from tests.live_server import ROOT, _env, serving
 from tests.runs.conftest import PostgresServer
 from tests.runs.network import TcpProxy
@@ -37,15 +36,12 @@ def a_batch(n: int = 16, classes: int = 5) -> dict[str, Any]:
 
 
 def concatenated(batches: list[dict[str, Any]]) -> dict[str, Any]:
-    def decode(tensor: dict[str, Any]) -> np.ndarray:
-        raw = base64.b64decode(tensor["data"])
-        return np.frombuffer(raw, dtype=np.dtype(tensor["dtype"]).newbyteorder("<"))
-
-    logits = np.concatenate([decode(b["logits"]).reshape(b["logits"]["shape"]) for b in batches])
-    labels = np.concatenate([decode(b["labels"]) for b in batches])
+    logits = np.concatenate([decoded(b["logits"]) for b in batches])
+    labels = np.concatenate([decoded(b["labels"]) for b in batches])
     return {"logits": encoded(logits), "labels": encoded(labels)}
 
 
+@pytest.mark.slow
 @pytest.mark.system
 @pytest.mark.postgres
 def test_two_service_processes_on_one_postgresql(tmp_path: Path, postgres: PostgresServer) -> None:
@@ -86,6 +82,7 @@ def test_two_service_processes_on_one_postgresql(tmp_path: Path, postgres: Postg
     assert report["calibration"]["ece"] == pytest.approx(whole["calibration"]["ece"], rel=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.system
 @pytest.mark.postgres
 def test_a_process_killed_during_a_batch_leaves_nothing_and_the_retry_counts(
@@ -206,6 +203,8 @@ async def test_concurrent_batches_on_sqlite_never_meet_a_locked_database(tmp_pat
     assert report["n_batches"] == 24
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_db_upgrade_from_the_command_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/sub/runs.db"
     command = [sys.executable, "-m", "service", "db", "upgrade", "--url", url]

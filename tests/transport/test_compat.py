@@ -108,6 +108,7 @@ def _answers(base_url: str) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.slow
 def test_the_server_and_the_client_answer_the_same_either_way(
     tmp_path: Path, fresh_checks: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,6 +18,8 @@ import pytest
 
 from tests.live_server import running_server
 
+pytestmark = pytest.mark.system
+
 KEY = "hostile-test-key"
 TIMEOUT_S = "0.5"  # header_timeout_s and body_timeout_s of the servers under test
 GUARD_S = 20.0  # how long a test waits for the server before it calls it a hang

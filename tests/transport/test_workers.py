@@ -13,7 +13,7 @@ import pytest
 
 from tests.live_server import serving
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 def test_two_workers_listen_on_the_port(tmp_path: Path) -> None:
@@ -39,6 +39,7 @@ def test_two_workers_listen_on_the_port(tmp_path: Path) -> None:
 
 def _tcp(process: psutil.Process) -> list[Any]:
     try:
-        return process.net_connections(kind="tcp")
+        connections: list[Any] = process.net_connections(kind="tcp")
+        return connections
     except psutil.NoSuchProcess:
         return []

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import httpx
 import numpy as np
@@ -28,6 +29,9 @@ from service.codecs._json_body import (
     LARGE_BODY_BYTES,
     GrowingBody,
 )
+from tests.live_server import free_port
+
+pytestmark = pytest.mark.system
 
 LARGE = LARGE_BODY_BYTES * 3 + 12345  # several reads' worth, and not a round number
 
@@ -67,12 +71,10 @@ APP = Starlette(
 
 @pytest.fixture(scope="module", params=["uvloop", "asyncio"])
 def address(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        APP, host="127.0.0.1", port=port, http=BodyIntoProtocol, loop=request.param
-    )
+    port = free_port()
+    # uvicorn takes any protocol class for `http`; its annotation names asyncio.Protocol only.
+    protocol = cast("type[asyncio.Protocol]", BodyIntoProtocol)
+    config = uvicorn.Config(APP, host="127.0.0.1", port=port, http=protocol, loop=request.param)
     config.log_level = "warning"
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -14,7 +14,7 @@ from service.api import create_app
 from service.config import Settings
 from service.core.registry import LOSSES
 
-COMMITTED = Path(__file__).resolve().parents[1] / "openapi" / "openapi.json"
+COMMITTED = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 PROBLEM = "application/problem+json"
 TENSOR_REF = "#/components/schemas/Tensor"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import httpx
@@ -11,22 +10,14 @@ import numpy as np
 import orjson
 import pytest
 
+from tests.helpers import decoded, encoded
+
 pytestmark = pytest.mark.anyio
 
 CE = "/v1/losses/cross-entropy"
 RNG = np.random.default_rng(2)
 LOGITS = RNG.normal(size=(4, 6)) * 3
 LABELS = [0, 5, 2, 3]
-
-
-def encoded(array: np.ndarray, name: str) -> dict[str, Any]:
-    data = base64.b64encode(np.ascontiguousarray(array).tobytes()).decode()
-    return {"dtype": name, "shape": list(array.shape), "data": data}
-
-
-def decoded(value: dict[str, Any]) -> np.ndarray:
-    dtype = ml_dtypes.bfloat16 if value["dtype"] == "bfloat16" else np.dtype(value["dtype"])
-    return np.frombuffer(base64.b64decode(value["data"]), dtype=dtype).reshape(value["shape"])
 
 
 @pytest.mark.parametrize(
@@ -43,7 +34,7 @@ async def test_grad_dtype(
     client: httpx.AsyncClient, wire: str, dtype: Any, grad_dtype: str | None, expected: str
 ) -> None:
     logits = LOGITS.astype(dtype)
-    body = {"logits": encoded(logits, wire), "labels": LABELS, "return_grad": True}
+    body = {"logits": {**encoded(logits), "dtype": wire}, "labels": LABELS, "return_grad": True}
     reference = await client.post(CE, json=body)
     response = await client.post(CE, json={**body, "grad_dtype": grad_dtype})
     assert response.status_code == 200, response.text
@@ -73,7 +64,7 @@ async def test_unknown_grad_dtype_is_422(client: httpx.AsyncClient) -> None:
 
 async def test_base64_output_round_trips_exactly(client: httpx.AsyncClient) -> None:
     logits = LOGITS.astype(np.float32)
-    body = {"logits": encoded(logits, "float32"), "labels": LABELS, "return_grad": True}
+    body = {"logits": encoded(logits), "labels": LABELS, "return_grad": True}
     as_json = await client.post(CE, json={**body, "output_encoding": "json"})
     as_base64 = await client.post(CE, json=body)
     np.testing.assert_array_equal(
@@ -95,7 +86,7 @@ BIG_LABELS = RNG.integers(0, 1000, size=300)
 
 
 async def test_large_base64_body_equals_the_json_form(client: httpx.AsyncClient) -> None:
-    body = {"logits": encoded(BIG, "float32"), "labels": BIG_LABELS.tolist(), "return_grad": True}
+    body = {"logits": encoded(BIG), "labels": BIG_LABELS.tolist(), "return_grad": True}
     large = await client.post(CE, json=body)
     assert large.status_code == 200, large.text
     assert int(large.headers["content-length"]) == len(large.content)
@@ -111,7 +102,7 @@ async def test_large_base64_body_equals_the_json_form(client: httpx.AsyncClient)
 async def test_large_base64_body_with_bad_data_names_the_field(
     client: httpx.AsyncClient,
 ) -> None:
-    logits = encoded(BIG, "float32")
+    logits = encoded(BIG)
     logits["data"] = logits["data"][:-8] + "!" * 8
     response = await client.post(CE, json={"logits": logits, "labels": BIG_LABELS.tolist()})
     assert response.status_code == 422
@@ -123,7 +114,7 @@ async def test_a_body_that_does_not_match_its_content_length_is_refused(
     client: httpx.AsyncClient, declared_offset: int
 ) -> None:
     """An HTTP server frames bodies by Content-Length; an ASGI caller need not."""
-    body = orjson.dumps({"logits": encoded(BIG, "float32"), "labels": BIG_LABELS.tolist()})
+    body = orjson.dumps({"logits": encoded(BIG), "labels": BIG_LABELS.tolist()})
     response = await client.post(
         CE,
         content=body,
@@ -141,7 +132,7 @@ async def test_deep_nesting_beside_a_large_tensor_is_422_not_a_crash(
     client: httpx.AsyncClient, depth: int
 ) -> None:
     """Within orjson's nesting limit, past Python's recursion limit, with a string lifted."""
-    logits = encoded(BIG, "float32")
+    logits = encoded(BIG)
     deep = "[" * depth + "]" * depth
     raw = orjson.dumps({"logits": logits, "labels": BIG_LABELS.tolist()})[:-1]
     raw += f', "weight": {deep}}}'.encode()

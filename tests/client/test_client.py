@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ from service.client import (
     UnauthorizedError,
 )
 from service.core.registry import LOSSES
-from tests.live_server import running_server
 
 ClientFactory = Callable[..., Any]
 
@@ -336,13 +335,7 @@ def test_encoding_is_checked() -> None:
 # --- sync, on a live server --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log: Path = tmp_path_factory.mktemp("client-server") / "server.log"
-    with running_server(log) as base_url:
-        yield base_url
-
-
+@pytest.mark.system
 def test_sync_client_on_a_live_server(server: str) -> None:
     with LossClient(server) as client:
         assert client.healthz().status == "ok"
@@ -362,6 +355,7 @@ def test_sync_client_on_a_live_server(server: str) -> None:
         assert raised.value.status == 422
 
 
+@pytest.mark.system
 def test_sync_infer_large_arrays_on_a_live_server(server: str) -> None:
     logits = RNG.standard_normal((4096, 1000)).astype(np.float32)
     labels = RNG.integers(0, 1000, 4096)
@@ -373,8 +367,9 @@ def test_sync_infer_large_arrays_on_a_live_server(server: str) -> None:
     np.testing.assert_array_equal(binary.grad, native.grad)
 
 
+@pytest.mark.system
 def test_the_readme_example_runs(server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Clients") :]
     code = section[section.index("```python\n") + len("```python\n") :]
     code = code[: code.index("```")].replace("http://127.0.0.1:8000", server)

@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import numpy as np
@@ -61,7 +61,7 @@ def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def recorded(stream: object, max_bytes: int, timeout: float | None = None) -> bytes:
         inner = stream._stream  # type: ignore[attr-defined]
-        original = inner.read
+        original: Callable[[int, float | None], bytes] = inner.read
 
         def read(size: int, timeout: float | None = None) -> bytes:
             sizes.append(size)
@@ -75,7 +75,7 @@ def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     async def recorded_async(stream: object, max_bytes: int, timeout: float | None = None) -> bytes:
         inner = stream._stream  # type: ignore[attr-defined]
-        original = inner.read
+        original: Callable[[int, float | None], Awaitable[bytes]] = inner.read
 
         async def read(size: int, timeout: float | None = None) -> bytes:
             sizes.append(size)

@@ -8,7 +8,6 @@ lets the requests in flight finish.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import signal
 import socket
@@ -19,7 +18,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -28,7 +26,10 @@ import psutil
 import pytest
 from scipy.special import logsumexp
 
+from tests.helpers import encoded
 from tests.live_server import running_server
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 BURST = 16
 MAX_CONCURRENT = 2
@@ -87,15 +88,10 @@ class Heavy:
         rng = np.random.default_rng(seed)
         logits = (rng.standard_normal((rows, classes)) * 3).astype(np.float32)
         labels = rng.integers(0, classes, rows)
-        body = {"logits": _encoded(logits), "labels": _encoded(labels)}
+        body = {"logits": encoded(logits), "labels": encoded(labels)}
         x = logits.astype(np.float64)
         expected = float(np.mean(logsumexp(x, axis=1) - x[np.arange(rows), labels]))
         return cls(orjson.dumps(body), expected)
-
-
-def _encoded(array: np.ndarray) -> dict[str, Any]:
-    data = base64.b64encode(array.astype(array.dtype.newbyteorder("<")).tobytes()).decode()
-    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": data}
 
 
 @pytest.fixture(scope="module")
@@ -339,8 +335,8 @@ def _evaluate_entries_repeated(server: Server) -> httpx.Response:
     rng = np.random.default_rng(2)
     logits = rng.standard_normal((1000, 100)).astype(np.float32)
     body = {
-        "logits": _encoded(logits),
-        "labels": _encoded(np.arange(1000) % 100),
+        "logits": encoded(logits),
+        "labels": encoded(np.arange(1000) % 100),
         "losses": [{"name": "cross-entropy", "return_grad": True}] * 1000,
     }
     return httpx.post(
@@ -402,7 +398,7 @@ def _slow_calibration() -> tuple[bytes, int]:
     rng = np.random.default_rng(3)
     probs = rng.random(60_000)
     labels = (rng.random(60_000) < probs).astype(np.int64)
-    body = {"probs": _encoded(probs), "labels": _encoded(labels), "n_bootstrap": 1000, "seed": 1}
+    body = {"probs": encoded(probs), "labels": encoded(labels), "n_bootstrap": 1000, "seed": 1}
     return orjson.dumps(body), len(probs)
 
 

@@ -6,7 +6,6 @@ tests' definitions; here the concern is the wire: fields, encodings, nulls, stat
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import xml.etree.ElementTree as ET
@@ -19,25 +18,16 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ClientFactory
+from tests.helpers import encoded
 
 pytestmark = pytest.mark.anyio
 
 REPORT = "/v1/calibration"
 MERGE = "/v1/calibration/merge"
 DIAGRAM = "/v1/calibration/reliability-diagram"
-FIXTURES = Path(__file__).parent / "fixtures" / "calibration_reference.json"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "calibration_reference.json"
 CASES: list[dict[str, Any]] = json.loads(FIXTURES.read_text(encoding="utf-8"))["cases"]
 METRICS = ("ece", "mce", "rmsce", "ece_debiased", "classwise_ece", "brier", "nll", "accuracy")
-
-
-def encode(array: np.ndarray) -> dict[str, Any]:
-    """An encoded tensor object, built here without the service's codec."""
-    raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
-    return {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "data": base64.b64encode(raw).decode(),
-    }
 
 
 def strict_json(response: httpx.Response) -> Any:
@@ -71,8 +61,8 @@ async def test_report_matches_the_references(client: httpx.AsyncClient, form: st
     scores = np.array(case["scores"])
     labels = np.array(case["labels"])
     body = {
-        case["input"]: scores.tolist() if form == "json" else encode(scores),
-        "labels": labels.tolist() if form == "json" else encode(labels),
+        case["input"]: scores.tolist() if form == "json" else encoded(scores),
+        "labels": labels.tolist() if form == "json" else encoded(labels),
         "n_bins": case["n_bins"],
         "top_k": case["top_k"],
     }

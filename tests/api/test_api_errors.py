@@ -7,7 +7,6 @@ none of them makes the service answer 500.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import random
 import threading
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 
 from service import engine
-from service.core.registry import BY_NAME
+from tests.helpers import encoded, replace_engine_function
 
 pytestmark = pytest.mark.anyio
 
@@ -59,11 +58,6 @@ def assert_problem(
         expected_pointer = pointer if pointer is not None else "#/" + field.replace(".", "/")
         assert (field, expected_pointer) in located, located
     return problem
-
-
-def encoded(array: np.ndarray) -> dict[str, Any]:
-    raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
-    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": b64(raw)}
 
 
 def b64(raw: bytes) -> str:
@@ -440,12 +434,6 @@ async def test_api_keys_are_not_required_by_default(client: httpx.AsyncClient) -
 
 
 # --- timeout and unexpected errors -------------------------------------------------------------
-
-
-def replace_engine_function(
-    monkeypatch: pytest.MonkeyPatch, name: str, function: Callable[..., Any]
-) -> None:
-    monkeypatch.setitem(BY_NAME, name, dataclasses.replace(BY_NAME[name], function=function))
 
 
 @pytest.fixture

@@ -196,7 +196,8 @@ def test_lifting_from_the_start_of_a_larger_body_buffer() -> None:
 def test_dumps_json_splices_the_base64_back() -> None:
     outputs = [Base64Output(RNG.bytes(n)) for n in (0, 5, 3000)]
     content = {"a": [1.5, None, "\x00x"], "b": {"data": outputs[0]}, "c": outputs[1]}
-    content |= {"d": outputs[2], "grid": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    grid = np.arange(6, dtype=np.float32).reshape(2, 3)
+    content |= {"d": outputs[2], "grid": grid}
     pieces = dumps_json(content)
     assert outputs[2] in pieces  # encoded as it is sent, not before
     sent = list(body_pieces(pieces))
@@ -204,7 +205,7 @@ def test_dumps_json_splices_the_base64_back() -> None:
     assert len(sent) > 1000  # 3 bytes per piece: the 3000 bytes went out in many
     joined = b"".join(bytes(piece) for piece in sent)
     assert len(joined) == sum(len(piece) for piece in pieces)  # the Content-Length
-    expected = {**content, "grid": content["grid"].tolist()}
+    expected = {**content, "grid": grid.tolist()}
     assert json.loads(joined) == _plain(expected)
 
 

@@ -22,7 +22,7 @@ from service.config import Settings
 from service.engine import _kernel_cache, _warm_up
 from tests.live_server import _env, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class SlowKernels(types.ModuleType):
@@ -127,6 +127,8 @@ async def test_an_unknown_engine_fails_the_start(monkeypatch: pytest.MonkeyPatch
             pass
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_the_server_logs_its_warm_up(tmp_path: Path) -> None:
     """What a first start shows instead of uvicorn's bare "Waiting for application startup":
     what the kernels are doing, then how long it took (here they load from numba's cache,
@@ -142,6 +144,7 @@ def test_the_server_logs_its_warm_up(tmp_path: Path) -> None:
     assert re.match(finished, warm_up[1])
 
 
+@pytest.mark.system
 def test_serve_refuses_an_unknown_engine_before_it_starts() -> None:
     """`loss-service serve` starts the warm-up first, so a bad setting stops it at once."""
     completed = subprocess.run(
@@ -222,6 +225,8 @@ def _start(tmp_path: Path, **env: str) -> str:
     return completed.stdout
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_the_first_start_compiles_and_says_so_later_ones_load(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "toy_kernels.py").write_text(TOY_KERNELS)

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,11 +24,9 @@ from service.client import (
     Run,
     RunReport,
     ServiceUnavailableError,
-    _retry,
 )
 from tests.conftest import AsyncClientContext
 from tests.flaky_transport import AsyncFlakyTransport, FlakyTransport
-from tests.live_server import running_server
 
 RNG = np.random.default_rng(23)
 LOSSES: list[Any] = [
@@ -188,7 +185,7 @@ async def test_async_faults_are_retried_and_each_batch_counts_once(
 
 def test_retries_are_bounded_and_honour_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
-    monkeypatch.setattr(_retry.time, "sleep", waits.append)
+    monkeypatch.setattr("service.client._retry.time.sleep", waits.append)
     sent: list[httpx.Request] = []
 
     def unavailable(request: httpx.Request) -> httpx.Response:
@@ -205,7 +202,7 @@ def test_retries_are_bounded_and_honour_retry_after(monkeypatch: pytest.MonkeyPa
 
 
 def test_connection_errors_are_retried_then_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_retry.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr("service.client._retry.time.sleep", lambda seconds: None)
     tries = 0
 
     def refused(request: httpx.Request) -> httpx.Response:
@@ -220,7 +217,7 @@ def test_connection_errors_are_retried_then_raised(monkeypatch: pytest.MonkeyPat
 
 
 def test_creating_and_deleting_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_retry.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr("service.client._retry.time.sleep", lambda seconds: None)
     methods: list[str] = []
 
     def unavailable(request: httpx.Request) -> httpx.Response:
@@ -254,13 +251,7 @@ def test_the_wait_grows_and_is_capped() -> None:
 # --- sync, on a live server behind injected faults ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log: Path = tmp_path_factory.mktemp("client-runs-server") / "server.log"
-    with running_server(log) as base_url:
-        yield base_url
-
-
+@pytest.mark.system
 def test_a_run_through_faults_on_a_live_server_counts_every_batch_once(server: str) -> None:
     per_batch: list[list[str | None]] = [
         ["drop", None],  # counted, its answer lost: the retry is a duplicate

@@ -16,17 +16,10 @@ from tritonclient.utils import InferenceServerException
 
 from service.core.registry import BY_NAME, LOSSES
 from service.engine import reduce_loss
-from tests.live_server import running_server
 
 RNG = np.random.default_rng(9)
 LOGITS = (RNG.normal(size=(8, 5)) * 2).astype(np.float32)
 LABELS = np.array([0, 4, 1, 1, -100, 3, 2, 0], dtype=np.int64)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("oip") / "server.log") as base_url:
-        yield base_url
 
 
 @pytest.fixture
@@ -49,6 +42,7 @@ def _expected(reduction: str = "mean", **options: Any) -> Any:
     return reduce_loss(result, reduction)  # type: ignore[arg-type]
 
 
+@pytest.mark.system
 def test_server_and_models_are_live_and_described(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
@@ -64,6 +58,7 @@ def test_server_and_models_are_live_and_described(client: triton.InferenceServer
     assert {o["name"] for o in info["outputs"]} >= {"grad_query", "grad_keys"}
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_infer_matches_the_engine(client: triton.InferenceServerClient, binary: bool) -> None:
     outputs = [
@@ -84,6 +79,7 @@ def test_infer_matches_the_engine(client: triton.InferenceServerClient, binary: 
     assert result.get_response()["model_name"] == "cross-entropy"
 
 
+@pytest.mark.system
 def test_default_outputs_follow_return_grad(client: triton.InferenceServerClient) -> None:
     plain = client.infer("cross-entropy", _inputs(True))
     assert plain.as_numpy("loss")[0] == pytest.approx(_expected().loss, rel=1e-12)
@@ -92,6 +88,7 @@ def test_default_outputs_follow_return_grad(client: triton.InferenceServerClient
     np.testing.assert_array_equal(with_grad.as_numpy("grad"), _expected().grads["logits"])
 
 
+@pytest.mark.system
 def test_other_inputs_and_their_gradients(client: triton.InferenceServerClient) -> None:
     chosen = np.array([1.0, 0.5, -0.3])
     rejected = np.array([0.2, 0.9, -1.0])
@@ -112,6 +109,7 @@ def test_other_inputs_and_their_gradients(client: triton.InferenceServerClient) 
     np.testing.assert_array_equal(result.as_numpy("grad_rejected"), expected.grads["rejected"])
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("model", "parameters", "fragment"),
     [
@@ -291,6 +289,7 @@ def test_openapi_documents_the_protocol(tmp_path: Path) -> None:
     assert "InferRequest" in spec["components"]["schemas"]
 
 
+@pytest.mark.system
 def test_half_precision_in_half_precision_gradient_out(
     client: triton.InferenceServerClient,
 ) -> None:

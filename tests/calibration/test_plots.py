@@ -10,7 +10,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.colors import to_rgba
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 
 from service.engine.calibration import CalibrationMetrics, calibration_report
 from service.plots import draw, reliability_diagram
@@ -32,7 +32,7 @@ MIXED = metrics([0.9, 0.9, 0.6, 0.65], [True, False, True, True], n_bins=10)
 
 def colours(axes: Axes) -> set[tuple[float, ...]]:
     """Every colour the data artists of `axes` draw with: fills, edges, hatches, lines."""
-    found = set()
+    found: set[tuple[float, ...]] = set()
     for patch in axes.patches:
         if patch.get_fill():
             found.add(to_rgba(patch.get_facecolor()))
@@ -47,7 +47,7 @@ def colours(axes: Axes) -> set[tuple[float, ...]]:
 def legend_colours(axes: Axes) -> set[tuple[float, ...]]:
     legend = axes.get_legend()
     assert legend is not None
-    found = set()
+    found: set[tuple[float, ...]] = set()
     for handle in legend.legend_handles:
         if isinstance(handle, Line2D):
             found.add(to_rgba(handle.get_color()))
@@ -75,7 +75,9 @@ def test_the_gap_of_an_under_confident_bin_is_drawn_over_its_bar() -> None:
     bin_6 = MIXED.bins[6]
     assert bin_6.accuracy == 1.0 and bin_6.mean_confidence is not None
     top = draw(MIXED).axes[0]
-    gaps = [p for p in top.patches if p.get_hatch() and abs(p.get_x() - 0.6) < 1e-9]
+    hatched = [p for p in top.patches if p.get_hatch()]
+    assert all(isinstance(p, Rectangle) for p in hatched), hatched
+    gaps = [p for p in hatched if isinstance(p, Rectangle) and abs(p.get_x() - 0.6) < 1e-9]
     [gap] = gaps
     assert gap.get_y() == pytest.approx(1.0)
     assert gap.get_height() == pytest.approx(bin_6.mean_confidence - 1.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import subprocess
@@ -22,8 +21,8 @@ from service.core.registry import BY_NAME
 from service.core.responses import render_json
 from service.engine import CPU
 from service.npy_files import load_arrays
-from tests.live_server import _env
-from tests.test_server import _console_script
+from tests.helpers import encoded
+from tests.live_server import _env, console_script
 
 ClientFactory = Callable[..., Any]
 RNG = np.random.default_rng(3)
@@ -49,14 +48,6 @@ def offline(
     ctx = Context(CPU, SETTINGS)
     response = offline_loss(BY_NAME[name], arrays, options, ctx=ctx, chunk_rows=chunk_rows)
     return json.loads(b"".join(body_pieces(render_json(response))))
-
-
-def encoded(array: np.ndarray) -> dict[str, Any]:
-    return {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "data": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode(),
-    }
 
 
 @pytest.fixture
@@ -323,9 +314,10 @@ def test_unknown_loss_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(["compute", "no-such-loss"], monkeypatch) == 2
 
 
+@pytest.mark.system
 def test_console_script(files: Path) -> None:
     completed = subprocess.run(
-        [_console_script(), "compute", "cross-entropy", str(files / "batch.npz")],
+        [console_script(), "compute", "cross-entropy", str(files / "batch.npz")],
         env=_env(LOSS_SERVICE_DEVICE="cpu"),
         capture_output=True,
         timeout=120,

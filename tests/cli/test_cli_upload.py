@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,6 @@ def arrays(rows: int, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
     labels = RNG.integers(0, classes, rows)
     labels[RNG.random(rows) < 0.1] = -100
     return RNG.standard_normal((rows, classes)).astype(np.float32) * 3, labels
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("upload-server") / "server.log"
-    with running_server(log) as base_url:
-        yield base_url
 
 
 @pytest.fixture
@@ -142,6 +134,7 @@ def test_an_interrupted_upload_sends_only_what_is_missing(
     assert_the_run_is_the_whole(server, run_id, sources)
 
 
+@pytest.mark.slow
 def test_retried_faults_do_not_stop_the_upload(
     server: str, files: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -199,6 +192,7 @@ def test_refusals_and_bad_inputs_stop_it_with_a_message(
         assert message in error, (args, error)
 
 
+@pytest.mark.slow
 def test_with_api_keys_the_upload_sends_its_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,7 +6,6 @@ with anything imported from `service`.
 
 from __future__ import annotations
 
-import base64
 import math
 from typing import Any
 
@@ -15,6 +14,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+
+from tests.helpers import decoded, encoded
 
 pytestmark = pytest.mark.anyio
 
@@ -65,21 +66,6 @@ def sigmoid(x: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 # --- wire helpers ------------------------------------------------------------------------------
-
-
-def encode(array: NDArray[Any]) -> dict[str, Any]:
-    """An encoded tensor object, built here without the service's codec."""
-    if array.dtype == np.dtype(ml_dtypes.bfloat16):
-        name, raw = "bfloat16", array.view(np.uint16).astype("<u2").tobytes()
-    else:
-        name, raw = array.dtype.name, array.astype(array.dtype.newbyteorder("<")).tobytes()
-    return {"dtype": name, "shape": list(array.shape), "data": base64.b64encode(raw).decode()}
-
-
-def decode(value: dict[str, Any]) -> NDArray[Any]:
-    dtype = np.dtype(value["dtype"]).newbyteorder("<")
-    raw = base64.b64decode(value["data"])
-    return np.frombuffer(raw, dtype=dtype).reshape(value["shape"])
 
 
 async def post_ok(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +158,7 @@ async def test_encoded_logits_give_encoded_outputs(
     dtype = np.dtype(ml_dtypes.bfloat16) if wire_dtype == "bfloat16" else np.dtype(wire_dtype)
     logits = LOGITS.astype(dtype)
     body = {
-        "logits": encode(logits),
+        "logits": encoded(logits),
         "labels": LABELS.tolist(),
         "reduction": "none",
         "return_grad": True,
@@ -189,13 +175,13 @@ async def test_encoded_logits_give_encoded_outputs(
         assert set(value) == {"dtype", "shape", "data"}, name
         assert value["dtype"] == out_dtype
         assert value["shape"] == list(expected.shape)
-        np.testing.assert_allclose(decode(value), expected, rtol=rtol, atol=rtol, err_msg=name)
+        np.testing.assert_allclose(decoded(value), expected, rtol=rtol, atol=rtol, err_msg=name)
     assert result["loss"] == pytest.approx(nll.sum(), rel=rtol)
 
 
 async def test_output_encoding_json_overrides_encoded_logits(client: httpx.AsyncClient) -> None:
     body = {
-        "logits": encode(LOGITS.astype(np.float32)),
+        "logits": encoded(LOGITS.astype(np.float32)),
         "labels": LABELS.tolist(),
         "reduction": "none",
         "return_grad": True,
@@ -223,7 +209,7 @@ async def test_output_encoding_base64_overrides_json_logits(client: httpx.AsyncC
     assert result["grad"]["dtype"] == "float64"
     assert result["grad"]["shape"] == [3, 4]
     np.testing.assert_allclose(
-        decode(result["per_sample"]), -log_softmax(LOGITS)[np.arange(3), LABELS], rtol=1e-12
+        decoded(result["per_sample"]), -log_softmax(LOGITS)[np.arange(3), LABELS], rtol=1e-12
     )
 
 
@@ -232,8 +218,8 @@ async def test_encoded_labels_and_weight(client: httpx.AsyncClient) -> None:
     json_body = {"logits": LOGITS.tolist(), "labels": LABELS.tolist(), "weight": weight.tolist()}
     encoded_body = {
         "logits": LOGITS.tolist(),
-        "labels": encode(LABELS.astype(np.int32)),
-        "weight": encode(weight),
+        "labels": encoded(LABELS.astype(np.int32)),
+        "weight": encoded(weight),
     }
     from_json = await post_ok(client, CE, json_body)
     from_encoded = await post_ok(client, CE, encoded_body)
@@ -244,7 +230,7 @@ async def test_encoded_labels_and_weight(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("logits", "compute_dtype", "rtol"),
     [
-        pytest.param(encode(LOGITS.astype(np.float32)), "float64", 1e-12, id="float32-as-float64"),
+        pytest.param(encoded(LOGITS.astype(np.float32)), "float64", 1e-12, id="float32-as-float64"),
         pytest.param(LOGITS.tolist(), "float32", 1e-6, id="json-as-float32"),
     ],
 )
@@ -263,7 +249,7 @@ async def test_compute_dtype(
     assert result["grad"]["dtype"] == compute_dtype
     exact = LOGITS.astype(np.float32).astype(np.float64) if compute_dtype == "float64" else LOGITS
     expected = (np.exp(log_softmax(exact)) - one_hot(LABELS, 4)) / 3
-    np.testing.assert_allclose(decode(result["grad"]), expected, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(decoded(result["grad"]), expected, rtol=rtol, atol=rtol)
 
 
 # --- cross-entropy: labels ---------------------------------------------------------------------
@@ -407,8 +393,8 @@ async def test_empty_nan_gives_null_loss(client: httpx.AsyncClient) -> None:
 
 async def test_empty_batch_in_encoded_form(client: httpx.AsyncClient) -> None:
     body = {
-        "logits": encode(np.zeros((0, 3), dtype=np.float32)),
-        "labels": encode(np.zeros((0,), dtype=np.int64)),
+        "logits": encoded(np.zeros((0, 3), dtype=np.float32)),
+        "labels": encoded(np.zeros((0,), dtype=np.int64)),
         "return_grad": True,
     }
     result = await post_ok(client, CE, body)
@@ -420,7 +406,7 @@ async def test_empty_batch_in_encoded_form(client: httpx.AsyncClient) -> None:
 async def test_neg_inf_logit_on_non_target_class_is_finite(client: httpx.AsyncClient) -> None:
     logits = np.array([[1.0, -np.inf, 0.0], [-np.inf, 2.0, 0.5]], dtype=np.float32)
     body = {
-        "logits": encode(logits),
+        "logits": encoded(logits),
         "labels": [0, 2],
         "reduction": "none",
         "return_grad": True,
@@ -490,8 +476,8 @@ async def test_binary_cross_entropy_weight_and_pos_weight(client: httpx.AsyncCli
 
 async def test_binary_cross_entropy_encoded(client: httpx.AsyncClient) -> None:
     body = {
-        "logits": encode(BCE_LOGITS.astype(np.float32)),
-        "labels": encode(BCE_TARGETS.astype(np.float32)),
+        "logits": encoded(BCE_LOGITS.astype(np.float32)),
+        "labels": encoded(BCE_TARGETS.astype(np.float32)),
         "reduction": "none",
         "return_grad": True,
     }
@@ -503,6 +489,6 @@ async def test_binary_cross_entropy_encoded(client: httpx.AsyncClient) -> None:
     x = BCE_LOGITS.astype(np.float32).astype(np.float64)
     y = BCE_TARGETS.astype(np.float32).astype(np.float64)
     np.testing.assert_allclose(
-        decode(result["per_sample"]), y * softplus(-x) + (1 - y) * softplus(x), rtol=1e-5
+        decoded(result["per_sample"]), y * softplus(-x) + (1 - y) * softplus(x), rtol=1e-5
     )
-    np.testing.assert_allclose(decode(result["grad"]), sigmoid(x) - y, atol=1e-6)
+    np.testing.assert_allclose(decoded(result["grad"]), sigmoid(x) - y, atol=1e-6)

@@ -10,16 +10,17 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.live_server import _env, running_server
+from tests.live_server import _env
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "openapi" / "openapi.json"
 PACKAGE = "loss_service_client"  # from the document's title, "Loss service"
 
@@ -99,12 +100,6 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The generator still writes a client when it has to leave parts out; we want none left out.
     assert "Warning" not in output, output[-4000:]
     return work
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("generated-server") / "server.log") as url:
-        yield url
 
 
 def test_every_operation_is_generated(generated: Path) -> None:

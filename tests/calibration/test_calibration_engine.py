@@ -35,7 +35,7 @@ from service.engine.calibration import (
 )
 from service.errors import InvalidInput
 
-FIXTURES = Path(__file__).parent / "fixtures" / "calibration_reference.json"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "calibration_reference.json"
 CASES: list[dict[str, Any]] = json.loads(FIXTURES.read_text(encoding="utf-8"))["cases"]
 EXACT = 1e-9  # float64 references computed the same way up to summation order
 
@@ -531,6 +531,7 @@ def test_all_is_complete() -> None:
     assert set(package.__all__) == public - modules
 
 
+@pytest.mark.system
 def test_imports_no_web_framework_plotting_or_cupy() -> None:
     code = (
         "import sys, service.engine.calibration; print(sorted(m for m in "

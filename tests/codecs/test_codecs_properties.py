@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 import ml_dtypes
 import numpy as np
@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from numpy.typing import NDArray
 
 from service.codecs import (
     WIRE_DTYPES,
@@ -73,9 +74,7 @@ def nested_numbers(draw: st.DrawFn) -> object:
     shape = draw(st.lists(st.integers(0, 4), min_size=0, max_size=4))
     count = math.prod(shape)
     leaves = draw(st.lists(numbers, min_size=count, max_size=count))
-    value: object = leaves[0] if not shape else np.array(leaves, dtype=object).reshape(shape)
-    if shape:
-        value = value.tolist()  # type: ignore[union-attr]
+    value: object = np.array(leaves, dtype=object).reshape(shape).tolist() if shape else leaves[0]
     if shape and count and draw(st.booleans()):
         node: Any = value
         for _ in range(draw(st.integers(0, len(shape) - 1))):
@@ -115,7 +114,7 @@ def encoded_tensors(draw: st.DrawFn) -> dict[str, object]:
     return value
 
 
-def _small_shape(shape: object) -> bool:
+def _small_shape(shape: object) -> TypeGuard[list[int]]:
     return (
         isinstance(shape, list)
         and all(type(size) is int and 0 <= size <= 8 for size in shape)
@@ -175,9 +174,10 @@ def test_encoded_tensors_decode_or_are_refused(value: object, allow_neg_inf: boo
 
 
 @st.composite
-def valid_arrays(draw: st.DrawFn) -> np.ndarray:
+def valid_arrays(draw: st.DrawFn) -> NDArray[Any]:
     name = draw(st.sampled_from(WIRE_DTYPES))
     shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+    array: NDArray[Any]
     if name == "bfloat16":  # any 16 bits, as Hypothesis has no bfloat16 strategy
         array = draw(hnp.arrays(np.uint16, shape)).view(ml_dtypes.bfloat16)
     else:

@@ -2,15 +2,13 @@
 
 Per-request elements, JSON nesting, the compute slots (`max_concurrent`, `queue_timeout_s`) and
 the 503s with `Retry-After`, API keys from a file and in the OpenAPI document, CORS, wrong
-content types, and regression tests for what the fuzzer (tests/test_fuzz.py) found.
+content types, and regression tests for what the fuzzer (tests/openapi/test_fuzz.py) found.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-from base64 import b64encode
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,8 @@ import pytest
 from service import engine
 from service.api.concurrency import ComputeGate, _Ticket
 from service.config import Settings
-from service.core.registry import BY_NAME
 from service.errors import ComputeTimeout, Overloaded
+from tests.helpers import encoded, replace_engine_function
 
 pytestmark = pytest.mark.anyio
 
@@ -43,11 +41,6 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     return body
-
-
-def b64(array: np.ndarray) -> dict[str, Any]:
-    raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
-    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": b64encode(raw).decode()}
 
 
 # --- elements per request ------------------------------------------------------------------
@@ -68,7 +61,7 @@ async def test_request_elements_count_every_tensor(make_client: ClientFactory) -
 async def test_request_elements_are_counted_from_the_shape(make_client: ClientFactory) -> None:
     """An encoded tensor is refused from its declared shape, before its data is decoded."""
     async with make_client(max_elements=100, max_request_elements=120) as client:
-        logits = b64(np.zeros((10, 10), dtype=np.float32))
+        logits = encoded(np.zeros((10, 10), dtype=np.float32))
         labels = {"dtype": "int64", "shape": [30], "data": "not base64 at all"}
         body = {"logits": logits, "labels": labels}
         found = problem(await client.post(CE, json=body), 413)
@@ -243,12 +236,6 @@ async def test_wrong_content_type_is_422(client: httpx.AsyncClient, content_type
 # --- compute slots and 503s ----------------------------------------------------------------
 
 
-def _replace_engine_function(
-    monkeypatch: pytest.MonkeyPatch, name: str, function: Callable[..., Any]
-) -> None:
-    monkeypatch.setitem(BY_NAME, name, dataclasses.replace(BY_NAME[name], function=function))
-
-
 @pytest.fixture
 def gated_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Cross-entropy blocks until the returned event is set (at teardown at the latest)."""
@@ -259,7 +246,7 @@ def gated_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
         release.wait(timeout=10)
         return original(*args, **kwargs)
 
-    _replace_engine_function(monkeypatch, "cross-entropy", slow)
+    replace_engine_function(monkeypatch, "cross-entropy", slow)
     yield release
     release.set()
 
@@ -444,7 +431,7 @@ def test_an_unusable_api_keys_file_stops_the_service(tmp_path: Path, content: st
 
 def test_settings_errors_do_not_echo_api_keys() -> None:
     with pytest.raises(pydantic.ValidationError) as error:
-        Settings(api_keys="s3cret-key,bad key")  # type: ignore[arg-type]
+        Settings(api_keys="s3cret-key,bad key")
     assert "s3cret" not in str(error.value)
     assert "bad key" not in str(error.value)
 
@@ -515,7 +502,7 @@ async def test_openapi_declares_the_key_schemes_on_protected_operations_only(
     assert schemes["apiKeyAuth"]["type"] == "apiKey"
     assert schemes["apiKeyAuth"]["in"] == "header"
     assert schemes["apiKeyAuth"]["name"] == "X-API-Key"
-    either = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+    either: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
     protected = 0
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
@@ -676,8 +663,8 @@ async def test_a_null_required_tensor_is_422(
 
 
 async def test_a_non_ascii_digit_header_length_is_400(client: httpx.AsyncClient) -> None:
-    """Regression (found by tests/test_codecs_properties.py): the header byte 0xB2 reads as "²",
-    a digit to str.isdigit but not to int(): a ValueError and a 500."""
+    """Regression (found by tests/codecs/test_codecs_properties.py): the header byte 0xB2 reads
+    as "²", a digit to str.isdigit but not to int(): a ValueError and a 500."""
     headers = [(b"inference-header-content-length", b"\xb2"), (b"content-type", b"text/plain")]
     response = await client.post(INFER, content=b'{"inputs": []}', headers=headers)
     assert response.status_code == 400, response.text
@@ -703,11 +690,11 @@ async def test_a_scalar_gradient_is_answered(
 
 async def test_evaluate_with_no_classes_is_422(client: httpx.AsyncClient) -> None:
     """Regression: logits [N, 0] broke the shared softmax's reshape before any check (500)."""
-    logits = b64(np.zeros((2, 0), dtype=np.float32))
+    logits = encoded(np.zeros((2, 0), dtype=np.float32))
     body = {"logits": logits, "labels": [0, 0], "losses": [{"name": "cross-entropy"}]}
     found = problem(await client.post("/v1/evaluate", json=body), 422)
     assert "class axis" in found["detail"]
-    empty = {"logits": b64(np.zeros((0,), dtype=np.float32)), "labels": 0, "losses": []}
+    empty = {"logits": encoded(np.zeros((0,), dtype=np.float32)), "labels": 0, "losses": []}
     response = await client.post("/v1/evaluate", json=empty)
     assert response.status_code == 200, response.text
     assert response.json()["losses"] == []

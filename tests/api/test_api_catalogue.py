@@ -7,7 +7,6 @@ is the plumbing: every option reaches the engine, every endpoint is served and d
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 
 from service.core.registry import BY_NAME, LOSSES
 from service.engine import reduce_loss
+from tests.helpers import encoded
 
 pytestmark = pytest.mark.anyio
 
@@ -131,16 +131,11 @@ async def test_catalogue_lists_every_loss_with_its_options(client: httpx.AsyncCl
 # --- /v1/evaluate ------------------------------------------------------------------------------
 
 
-def _encoded(array: np.ndarray) -> dict[str, Any]:
-    data = base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode()
-    return {"dtype": "float32", "shape": list(array.shape), "data": data}
-
-
 @pytest.mark.parametrize("form", ["json", "base64"])
 async def test_evaluate_equals_the_individual_endpoints(
     client: httpx.AsyncClient, form: str
 ) -> None:
-    logits: Any = LOGITS.tolist() if form == "json" else _encoded(LOGITS)
+    logits: Any = LOGITS.tolist() if form == "json" else encoded(LOGITS.astype(np.float32))
     items = [
         {"name": name, **options, "return_grad": True, "reduction": reduction}
         for (name, options), reduction in zip(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,9 +15,11 @@ import pytest
 
 from service.client import LossClient
 from service.engine import cross_entropy, reduce_loss
-from tests.live_server import _env, running_server
+from tests.live_server import _env, console_script, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -27,6 +28,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         yield base_url
 
 
+@pytest.mark.slow
 def test_server_end_to_end(server: str) -> None:
     with httpx.Client(base_url=server, timeout=10.0) as client:
         health = client.get("/healthz")
@@ -55,6 +57,7 @@ def test_server_end_to_end(server: str) -> None:
         assert problem.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.slow
 def test_large_tensors_over_http_with_the_client(server: str) -> None:
     """Bodies and answers over 1 MB, through uvicorn: read into one buffer, sent in pieces with
     their Content-Length, by the server and by `LossClient`, in every transport."""
@@ -71,17 +74,9 @@ def test_large_tensors_over_http_with_the_client(server: str) -> None:
         np.testing.assert_array_equal(result.grad, expected.grads["logits"])
 
 
-def _console_script() -> str:
-    """`loss-service` from the environment that runs the tests."""
-    script = shutil.which("loss-service", path=str(Path(sys.executable).parent))
-    script = script or shutil.which("loss-service")
-    assert script is not None, "the loss-service console script is not installed"
-    return script
-
-
 def test_console_script_prints_openapi() -> None:
     completed = subprocess.run(
-        [_console_script(), "openapi"],
+        [console_script(), "openapi"],
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -96,7 +91,7 @@ def test_console_script_prints_openapi() -> None:
 
 def test_console_script_help() -> None:
     completed = subprocess.run(
-        [_console_script(), "--help"], env=_env(), capture_output=True, timeout=60, check=False
+        [console_script(), "--help"], env=_env(), capture_output=True, timeout=60, check=False
     )
     assert completed.returncode == 0
     assert b"serve" in completed.stdout

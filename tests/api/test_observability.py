@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -10,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import numpy as np
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import metrics as metrics_module
 from service.logs import JsonFormatter, request_id_var
+from tests.helpers import encoded
 from tests.live_server import running_server
 
 pytestmark = pytest.mark.anyio
@@ -86,11 +86,7 @@ async def test_made_up_methods_share_one_label(client: httpx.AsyncClient) -> Non
 async def test_payload_bytes_and_elements(client: httpx.AsyncClient) -> None:
     logits = np.zeros((4, 3), dtype=np.float32)
     body = {
-        "logits": {
-            "dtype": "float32",
-            "shape": [4, 3],
-            "data": base64.b64encode(logits.tobytes()).decode(),
-        },
+        "logits": encoded(logits),
         "labels": [0, 1, 2, 0],
         "weight": [1.0, 2.0, 3.0],
     }
@@ -223,7 +219,7 @@ async def test_request_id_is_taken_from_the_client(
     ["", "a" * 65, "has space", "new\\nline", "<script>", "-leading-dash", "é"],
 )
 async def test_unsafe_request_ids_are_replaced(client: httpx.AsyncClient, presented: str) -> None:
-    response = await client.get("/healthz", headers={"X-Request-ID": presented.encode("utf-8")})
+    response = await client.get("/healthz", headers={b"X-Request-ID": presented.encode("utf-8")})
     generated = response.headers["x-request-id"]
     assert generated != presented
     assert len(generated) == 32
@@ -279,7 +275,7 @@ async def test_an_unexpected_error_carries_the_request_id(
 ) -> None:
     from service.core.registry import BY_NAME
 
-    def broken(*args: object, **kwargs: object) -> None:
+    def broken(*args: object, **kwargs: object) -> NoReturn:
         raise RuntimeError("a bug")
 
     spec = BY_NAME["cross-entropy"]
@@ -338,6 +334,7 @@ logging.getLogger("uvicorn.error").info("started", extra={{"color_message": "ans
 """
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_logging_config(fmt: str) -> None:
     """The configuration `serve` hands uvicorn, in a process of its own (it is global)."""
@@ -361,6 +358,7 @@ def test_logging_config(fmt: str) -> None:
     assert "color_message" not in second
 
 
+@pytest.mark.system
 def test_live_server_logs_json_lines_with_the_request_id(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with running_server(log) as base_url:
