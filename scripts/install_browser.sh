@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the browser test of the offline docs (tests/test_docs_browser.py) needs from
+# Installs what the browser test of the offline docs (tests/api/test_docs_browser.py) needs from
 # Debian: `chromium`, and `libatomic1`, which the Node.js inside Playwright's Python package (its
 # driver) links against and which a minimal Debian does not have.
 #

@@ -3,7 +3,7 @@
 #
 # They come from the npm registry's packages (`npm pack`, no CDN) and are committed, so that the
 # service, its wheel and its image serve the docs with no network. Bump a version below, run this
-# script from anywhere, check /docs and /redoc (tests/test_docs_browser.py) and commit the result.
+# script from anywhere, check /docs and /redoc (tests/api/test_docs_browser.py) and commit the result.
 set -euo pipefail
 
 SWAGGER_UI_VERSION="${SWAGGER_UI_VERSION:-5.35.0}"  # npm: swagger-ui-dist

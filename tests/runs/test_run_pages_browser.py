@@ -1,4 +1,4 @@
-"""The run pages in a real headless Chromium, as /docs is tested (tests/test_docs_browser.py):
+"""The run pages in a real headless Chromium, as /docs is tested (tests/api/test_docs_browser.py):
 they render with no console error and no request off the service, and the numbers they show are
 the API's, for a run with a few batches."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
-from tests import test_docs_browser
+from tests.api import test_docs_browser
 from tests.helpers import encoded
 from tests.runs.test_run_pages import resolve
 from tests.runs.test_runs_api import CALIBRATION, LOSSES, batch

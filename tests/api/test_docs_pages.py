@@ -16,7 +16,7 @@ from service.api.docs import EMPTY_IMAGE, REDOC_BUNDLE_PATH, REDOC_LOGO_URL, STA
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASSETS = {
     "swagger-ui/swagger-ui-bundle.js": "javascript",
     "swagger-ui/swagger-ui.css": "text/css",
@@ -83,6 +83,8 @@ def test_package_data_includes_the_assets() -> None:
         assert any(path.match(pattern) for pattern in patterns), path
 
 
+@pytest.mark.system
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_wheel_ships_the_assets(tmp_path: Path) -> None:
     """The wheel `pip` builds from this tree (as the image does) carries the docs' files."""

@@ -23,7 +23,7 @@ from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from service.api.examples import LOSS_BODIES
 from tests.live_server import running_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "scripts" / "install_browser.sh"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,7 +39,7 @@ TIMEOUT_MS = 30_000
 expect.set_options(timeout=TIMEOUT_MS)  # the pages render slowly on a busy 2-core machine
 
 # apt-get may take minutes the first time.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.system, pytest.mark.slow]
 
 
 def _runs(executable: str) -> bool:
