@@ -2,8 +2,8 @@
 
 Swagger UI fills "Try it out" with them and ReDoc shows them as samples; without them both make
 bodies up from the schemas (`"logits": []`), which the service rejects. Each example is a request
-the service answers with the operation's documented success status (tests/openapi/test_examples.py sends
-every one), so the numbers are small and realistic:
+the service answers with the operation's documented success status
+(tests/openapi/test_examples.py sends every one), so the numbers are small and realistic:
 
 - `REQUEST_BODIES`: named JSON bodies (OpenAPI Example objects) of the operations with a body;
 - `PARAMETERS`: a value for each required path parameter;
