@@ -68,3 +68,12 @@ def test_the_pages_cite_only_the_repository() -> None:
         text = page.read_text(encoding="utf-8")
         for word in ("DESIGN.md", "PERF-NOTES", "STYLE.md", "/home/", "/work/"):
             assert word not in text, f"{page.name}: {word}"
+
+
+def test_named_repository_files_exist() -> None:
+    """A file the pages name in backticks (a test module, a script, a fixture) is where they say:
+    moving one without its mention fails here."""
+    for page in [*PAGES, ROOT / "SECURITY.md"]:
+        text = page.read_text(encoding="utf-8")
+        for path in re.findall(r"`((?:tests|scripts|bench|service|deploy)/[\w./-]+\.\w+)`", text):
+            assert (ROOT / path).exists(), f"{page.name}: {path}"
