@@ -46,13 +46,19 @@ class Compute:
     """Runs a core use case for a route: on a worker thread (heavy NumPy never blocks the event
     loop), once one of the compute slots is free (`service.api.concurrency`), within
     `request_timeout_s`, the tensors it decodes holding at most `max_request_elements` and
-    those it answers at most `max_output_elements`."""
+    those it answers at most `max_output_elements`. With `inline` (a small body: `_inline`),
+    on the event loop, with the same slots and limits."""
 
     ctx: Context
     gate: ComputeGate
+    inline: bool = False
 
-    async def run(self, use_case: Callable[..., T], *args: object) -> T:
-        """`use_case(*args, ctx=...)`, its result or its exception."""
+    async def run(
+        self, use_case: Callable[..., T], *args: object, inline_if_small: bool = False
+    ) -> T:
+        """`use_case(*args, ctx=...)`, its result or its exception. `inline_if_small`: the use
+        case only computes, in time linear in its body (no database, no drawing), so that on a
+        small body (`inline`) it may run on the event loop."""
         settings = self.ctx.settings
 
         def work() -> T:
@@ -62,7 +68,9 @@ class Compute:
             request_elements(settings.max_request_elements),
             output_elements(settings.max_output_elements),
         ):
-            return await self.gate.run(work, timeout_s=settings.request_timeout_s)
+            return await self.gate.run(
+                work, timeout_s=settings.request_timeout_s, inline=inline_if_small and self.inline
+            )
 
     async def run_io(self, use_case: Callable[..., T], *args: object) -> T:
         """`use_case(*args, ctx=...)` on a worker thread without a compute slot: a use case that
@@ -74,8 +82,29 @@ class Compute:
         return await anyio.to_thread.run_sync(work)
 
 
+def _inline(request: Request, settings: Settings) -> bool:
+    """Whether the request's computation may run on the event loop: its body declares at most
+    `inline_compute_bytes` (a chunked one declares nothing), on the CPU (a GPU's first call of a
+    kernel compiles it), once the kernels' warm-up is over (a computation before its end waits
+    for the kernels it needs: never on the event loop)."""
+    declared = request.headers.get("content-length", "")
+    if not (settings.inline_compute_bytes and declared.isascii() and declared.isdigit()):
+        return False
+    warm_up = getattr(request.app.state, "warm_up", None)
+    return (
+        int(declared) <= settings.inline_compute_bytes
+        and request.app.state.backend.name == "numpy"
+        and warm_up is not None
+        and warm_up.engine is not None
+    )
+
+
 async def _compute(request: Request, settings: SettingsDep) -> Compute:
-    return Compute(Context(request.app.state.backend, settings), _gate(request, settings))
+    return Compute(
+        Context(request.app.state.backend, settings),
+        _gate(request, settings),
+        inline=_inline(request, settings),
+    )
 
 
 ComputeDep = Annotated[Compute, Depends(_compute)]
