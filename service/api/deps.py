@@ -1,7 +1,9 @@
-"""Dependencies shared by the routes: settings, API keys, the compute runner, the run store.
+"""Dependencies shared by the routes: API keys, the compute runner, the run store.
 
 All are coroutines: FastAPI runs a plain function dependency on the thread pool, a thread hop
-per request for nothing.
+per request for nothing. Each reads what it needs from the request (the settings are
+`app.state.settings`) rather than from sub-dependencies: FastAPI's solving of each dependency
+costs more than its work on a small request.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 import anyio
-from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
 
-from service.api.api_keys import MISSING_KEY, key_matches
+from service.api.api_keys import MISSING_KEY, key_matches, presented_keys
 from service.api.concurrency import ComputeGate
 from service.codecs import output_elements, request_elements
 from service.config import Settings
@@ -23,14 +24,6 @@ from service.db import RunStore
 from service.errors import Unauthorized
 
 T = TypeVar("T")
-
-
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 def _gate(request: Request, settings: Settings) -> ComputeGate:
@@ -99,7 +92,8 @@ def _inline(request: Request, settings: Settings) -> bool:
     )
 
 
-async def _compute(request: Request, settings: SettingsDep) -> Compute:
+async def _compute(request: Request) -> Compute:
+    settings: Settings = request.app.state.settings
     return Compute(
         Context(request.app.state.backend, settings),
         _gate(request, settings),
@@ -138,44 +132,44 @@ def _drawing_gate(request: Request, settings: Settings) -> ComputeGate:
     return gate
 
 
-async def _draw(request: Request, settings: SettingsDep) -> Compute:
+async def _draw(request: Request) -> Compute:
+    settings: Settings = request.app.state.settings
     return Compute(Context(request.app.state.backend, settings), _drawing_gate(request, settings))
 
 
 DrawDep = Annotated[Compute, Depends(_draw)]
 """Runs a drawing use case as `ComputeDep` runs a computation, in the drawing slot's queue."""
 
-# Both schemes appear in the OpenAPI document on every operation that requires a key; either
-# one is enough. auto_error=False: the check below answers 401 in the service's own form.
+# Both schemes appear in the OpenAPI document on every operation that requires a key
+# (`service.api.openapi`); either one is enough.
 _KEYS_ONLY_WHEN_CONFIGURED = (
     "Required only when the service is configured with API keys (LOSS_SERVICE_API_KEYS or "
     "LOSS_SERVICE_API_KEYS_FILE)."
 )
-_bearer = HTTPBearer(
-    scheme_name="bearerAuth",
-    description=f"`Authorization: Bearer <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
-    auto_error=False,
-)
-_api_key_header = APIKeyHeader(
-    name="X-API-Key",
-    scheme_name="apiKeyAuth",
-    description=f"`X-API-Key: <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
-    auto_error=False,
-)
+KEY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": f"`Authorization: Bearer <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
+    },
+    "apiKeyAuth": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": f"`X-API-Key: <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
+    },
+}
 
 
-async def require_api_key(
-    settings: SettingsDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    api_key: Annotated[str | None, Security(_api_key_header)],
-) -> None:
+async def require_api_key(request: Request) -> None:
     """With `api_keys` configured, require one of them as a Bearer token or as `X-API-Key`.
 
     `service.api.api_keys.ApiKeyMiddleware` refuses such requests before their body is read;
-    this dependency declares the schemes in the OpenAPI document, and checks again."""
-    if not settings.api_keys:
-        return
-    if not key_matches((bearer.credentials if bearer else None, api_key), settings.api_keys):
+    this dependency marks the routes that require a key (the OpenAPI document declares
+    `KEY_SCHEMES` on them), and checks again. It reads the headers itself, as the middleware
+    does: FastAPI's security classes were three more dependencies to solve on every request."""
+    keys: list[str] = request.app.state.settings.api_keys
+    if keys and not key_matches(presented_keys(request.headers.raw), keys):
         raise Unauthorized(MISSING_KEY)
 
 
