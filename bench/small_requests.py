@@ -219,7 +219,7 @@ def main() -> None:
         for workers in args.workers:
             settings = {"LOSS_SERVICE_WORKERS": str(workers), "LOSS_SERVICE_LOG_LEVEL": "warning"}
             with serving(settings) as service, minimal_server(workers) as minimal:
-                time.sleep(2 * workers)  # every worker has finished its startup
+                ready(service, workers)
                 for case in chosen:
                     ours, theirs = [], []
                     for _ in range(args.rounds):
@@ -246,6 +246,20 @@ def main() -> None:
                     )
                     if a.errors or b.errors:
                         print(f"#   errors: service {a.errors}, minimal {b.errors}")
+
+
+def ready(url: str, workers: int, timeout_s: float = 300) -> None:
+    """Until `/readyz` says 200 on many fresh connections in a row: each worker process loads
+    the kernels on its own (a request before that waits for them, and loads measured then
+    measured the start, not the service)."""
+    deadline, in_a_row = time.monotonic() + timeout_s, 0
+    while in_a_row < 8 * workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout_s} s")
+        ok = httpx.get(f"{url}/readyz", timeout=5, trust_env=False).status_code == 200
+        in_a_row = in_a_row + 1 if ok else 0
+        if not ok:
+            time.sleep(0.2)
 
 
 def _median(loads: list[Load]) -> Load:
