@@ -2,6 +2,7 @@
 
     python -m bench.small_requests [--duration 10] [--connections 8] [--rounds 3]
                                    [--workers 1 [2 ...]] [--cases json-32x10 ...]
+                                   [--setting LOSS_SERVICE_NAME=VALUE ...]
 
 Starts `loss-service serve` and `bench.minimal_app` (the same uvicorn, httptools and uvloop, one
 process each unless `--workers`) on loopback and loads each with `wrk` (Debian's `wrk` package:
@@ -203,6 +204,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per case")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--cases", nargs="+", help="names, e.g. json-32x10 (default: all)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="LOSS_SERVICE_NAME=VALUE",
+        help="a server setting (repeatable), e.g. LOSS_SERVICE_INLINE_COMPUTE_BYTES=0",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench.small_requests needs wrk (Debian: apt-get install wrk)")
@@ -218,6 +226,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for workers in args.workers:
             settings = {"LOSS_SERVICE_WORKERS": str(workers), "LOSS_SERVICE_LOG_LEVEL": "warning"}
+            settings.update(item.split("=", 1) for item in args.setting)
             with serving(settings) as service, minimal_server(workers) as minimal:
                 ready(service, workers)
                 for case in chosen:
