@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # until its thread ends.
     max_concurrent: int = Field(4, ge=1, description="computations running at once")
     # A worker thread's hand-off costs more than a computation on a body this small
-    # (service.api.concurrency): such one runs on the event loop, in a compute slot all the same.
+    # (service.api.concurrency): such a computation runs on the event loop, in a compute slot.
     inline_compute_bytes: int = Field(
         16 * 1024,
         ge=0,

@@ -10,9 +10,9 @@ slot until it ends. A client that retries at once therefore waits for it (or is 
 back later) instead of piling another computation onto the CPU and into memory.
 
 A computation on a small body (`inline=True`: `service.api.deps` decides) runs on the event loop
-instead, in a slot all the same: handing it to a thread and back cost several times the
-computation (and the GIL passed back and forth between the loop and the thread made the slowest
-answers slower still). It is bounded by its body's size, so it cannot outlive a timeout worth
+instead, in a slot all the same: handing it to a thread and back cost more than the computation
+(and the GIL passed back and forth between the loop and the thread made the slowest answers
+slower still). It is bounded by its body's size, so it cannot outlive a timeout worth
 the name, and `request_timeout_s` does not apply to it.
 """
 
