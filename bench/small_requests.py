@@ -2,6 +2,7 @@
 
     python -m bench.small_requests [--duration 10] [--connections 8] [--rounds 3]
                                    [--workers 1 [2 ...]] [--cases json-32x10 ...]
+                                   [--setting LOSS_SERVICE_NAME=VALUE ...]
 
 Starts `loss-service serve` and `bench.minimal_app` (the same uvicorn, httptools and uvloop, one
 process each unless `--workers`) on loopback and loads each with `wrk` (Debian's `wrk` package:
@@ -203,6 +204,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per case")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--cases", nargs="+", help="names, e.g. json-32x10 (default: all)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="LOSS_SERVICE_NAME=VALUE",
+        help="a server setting (repeatable), e.g. LOSS_SERVICE_INLINE_COMPUTE_BYTES=0",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench.small_requests needs wrk (Debian: apt-get install wrk)")
@@ -218,8 +226,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for workers in args.workers:
             settings = {"LOSS_SERVICE_WORKERS": str(workers), "LOSS_SERVICE_LOG_LEVEL": "warning"}
+            settings.update(item.split("=", 1) for item in args.setting)
             with serving(settings) as service, minimal_server(workers) as minimal:
-                time.sleep(2 * workers)  # every worker has finished its startup
+                ready(service, workers)
                 for case in chosen:
                     ours, theirs = [], []
                     for _ in range(args.rounds):
@@ -246,6 +255,20 @@ def main() -> None:
                     )
                     if a.errors or b.errors:
                         print(f"#   errors: service {a.errors}, minimal {b.errors}")
+
+
+def ready(url: str, workers: int, timeout_s: float = 300) -> None:
+    """Until `/readyz` says 200 on many fresh connections in a row: each worker process loads
+    the kernels on its own (a request before that waits for them, and loads measured then
+    measured the start, not the service)."""
+    deadline, in_a_row = time.monotonic() + timeout_s, 0
+    while in_a_row < 8 * workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout_s} s")
+        ok = httpx.get(f"{url}/readyz", timeout=5, trust_env=False).status_code == 200
+        in_a_row = in_a_row + 1 if ok else 0
+        if not ok:
+            time.sleep(0.2)
 
 
 def _median(loads: list[Load]) -> Load:

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     # the memory a burst can take (SECURITY.md). A computation past its timeout keeps its slot
     # until its thread ends.
     max_concurrent: int = Field(4, ge=1, description="computations running at once")
+    # A worker thread's hand-off costs more than a computation on a body this small
+    # (service.api.concurrency): such a computation runs on the event loop, in a compute slot.
+    inline_compute_bytes: int = Field(
+        16 * 1024,
+        ge=0,
+        description="computations whose request declares a body of at most this many bytes run "
+        "on the event loop instead of a worker thread; 0: always a worker thread",
+    )
     queue_timeout_s: float = Field(
         30.0, ge=0, description="how long a request waits for a compute slot before a 503"
     )

@@ -2,7 +2,8 @@
 
 The fast transport leans on behaviour that the libraries underneath do not promise:
 
-- `uvicorn_body_into`: uvicorn's `HttpToolsProtocol` and `RequestResponseCycle` attributes
+- `uvicorn_body_into` (the protocol itself in `_httptools_into`): uvicorn's `HttpToolsProtocol`
+  and `RequestResponseCycle` attributes
   (`cycle.body`, `cycle.more_body`, `cycle.disconnected`, `cycle.message_event`,
   `cycle.response_started`, `parser`, `flow`, `scope`, `headers`, `loop`, and the parser
   callbacks and `send_400_response` it extends) and httptools' `set_dangerous_leniencies`, so

@@ -1,8 +1,8 @@
 """API keys, checked before anything of a request's body is read.
 
-`require_api_key` (a route dependency) declares the key schemes in the OpenAPI document and
-checks the key, but FastAPI solves dependencies only after it has read and parsed the body: a
-client without a key could have 500 MB read and parsed before its 401, and was told
+`require_api_key` (a route dependency) marks the routes whose OpenAPI operations declare the key
+schemes, and checks the key, but FastAPI solves dependencies only after it has read and parsed
+the body: a client without a key could have 500 MB read and parsed before its 401, and was told
 `100 Continue` first. `ApiKeyMiddleware` refuses such a request before the app sees it: it
 never calls `receive()`, so uvicorn neither reads the body for it nor answers `100 Continue`.
 
@@ -45,7 +45,7 @@ def key_matches(presented: Iterable[str | None], keys: Sequence[str]) -> bool:
     return any(matches)
 
 
-def _presented(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
     """The credentials of `Authorization: Bearer <key>` and `X-API-Key: <key>`, read as
     Starlette and FastAPI's security classes read them (latin-1, the scheme in any case)."""
     found = []
@@ -68,7 +68,7 @@ def _declares_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-def _effective_routes(routes: Sequence[BaseRoute]) -> list[Any]:
+def effective_routes(routes: Sequence[BaseRoute]) -> list[Any]:
     """Every route with the dependencies it runs. FastAPI from 0.165 keeps an included router as
     one entry and resolves its routes lazily (`iter_route_contexts` lists them, each with its
     router's dependencies); before, `include_router` copied them into the list."""
@@ -95,7 +95,7 @@ class ApiKeyMiddleware:
 
     def _is_protected(self, scope: Scope) -> bool:
         if self._protected is None:  # every route is in place by the first request
-            routes = _effective_routes(self._routes())
+            routes = effective_routes(self._routes())
             self._protected = [route for route in routes if self._requires_key(route)]
         # PARTIAL: the path of a protected route with another method (a 405 to come)
         return any(route.matches(scope)[0] != Match.NONE for route in self._protected)
@@ -104,7 +104,7 @@ class ApiKeyMiddleware:
         if (
             scope["type"] != "http"
             or (scope["method"] in _BODILESS and not _declares_body(scope["headers"]))
-            or key_matches(_presented(scope["headers"]), self.api_keys)
+            or key_matches(presented_keys(scope["headers"]), self.api_keys)
             or not self._is_protected(scope)
         ):
             await self.app(scope, receive, send)

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 
 from service import __version__
 from service._compat.glibc_malloc import retain_freed_memory
-from service._compat.uvicorn_body_into import HttpLimits
+from service._compat.http_limits import HttpLimits
 from service.api import docs, metrics, openapi, problems, run_pages
 from service.api.api_keys import ApiKeyMiddleware
 from service.api.body_limit import BodyLimitMiddleware

@@ -16,7 +16,7 @@ from __future__ import annotations
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service._compat.uvicorn_body_into import DEFAULT_LIMITS, HTTP_LIMITS, HttpLimits
+from service._compat.http_limits import DEFAULT_LIMITS, HTTP_LIMITS, HttpLimits
 from service.api.problems import problem_response
 from service.errors import LimitExceeded
 

@@ -8,6 +8,12 @@ finds every slot busy waits for one, first come first served, and past `queue_ti
 A thread cannot be interrupted: a computation past its timeout runs on, abandoned, and keeps its
 slot until it ends. A client that retries at once therefore waits for it (or is told to come
 back later) instead of piling another computation onto the CPU and into memory.
+
+A computation on a small body (`inline=True`: `service.api.deps` decides) runs on the event loop
+instead, in a slot all the same: handing it to a thread and back cost more than the computation
+(and the GIL passed back and forth between the loop and the thread made the slowest answers
+slower still). It is bounded by its body's size, so it cannot outlive a timeout worth
+the name, and `request_timeout_s` does not apply to it.
 """
 
 from __future__ import annotations
@@ -87,9 +93,17 @@ class ComputeGate:
         """Slots held now, by running or abandoned computations."""
         return self.max_concurrent - self._slots.value
 
-    async def run(self, work: Callable[..., T], *args: object, timeout_s: float) -> T:
-        """`work(*args)` on a worker thread once a slot is free, its result within `timeout_s`."""
+    async def run(
+        self, work: Callable[..., T], *args: object, timeout_s: float, inline: bool = False
+    ) -> T:
+        """`work(*args)` on a worker thread once a slot is free, its result within `timeout_s`;
+        with `inline`, on the event loop (no timeout: the caller knows it to be small)."""
         await self._acquire()
+        if inline:
+            try:
+                return work(*args)
+            finally:
+                self._slots.release()
         loop = asyncio.get_running_loop()
         ticket = _Ticket()
 

@@ -1,7 +1,9 @@
-"""Dependencies shared by the routes: settings, API keys, the compute runner, the run store.
+"""Dependencies shared by the routes: API keys, the compute runner, the run store.
 
 All are coroutines: FastAPI runs a plain function dependency on the thread pool, a thread hop
-per request for nothing.
+per request for nothing. Each reads what it needs from the request (the settings are
+`app.state.settings`) rather than from sub-dependencies: FastAPI's solving of each dependency
+costs more than its work on a small request.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 import anyio
-from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
 
-from service.api.api_keys import MISSING_KEY, key_matches
+from service.api.api_keys import MISSING_KEY, key_matches, presented_keys
 from service.api.concurrency import ComputeGate
 from service.codecs import output_elements, request_elements
 from service.config import Settings
@@ -23,14 +24,6 @@ from service.db import RunStore
 from service.errors import Unauthorized
 
 T = TypeVar("T")
-
-
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 def _gate(request: Request, settings: Settings) -> ComputeGate:
@@ -46,13 +39,19 @@ class Compute:
     """Runs a core use case for a route: on a worker thread (heavy NumPy never blocks the event
     loop), once one of the compute slots is free (`service.api.concurrency`), within
     `request_timeout_s`, the tensors it decodes holding at most `max_request_elements` and
-    those it answers at most `max_output_elements`."""
+    those it answers at most `max_output_elements`. With `inline` (a small body: `_inline`),
+    on the event loop, with the same slots and limits."""
 
     ctx: Context
     gate: ComputeGate
+    inline: bool = False
 
-    async def run(self, use_case: Callable[..., T], *args: object) -> T:
-        """`use_case(*args, ctx=...)`, its result or its exception."""
+    async def run(
+        self, use_case: Callable[..., T], *args: object, inline_if_small: bool = False
+    ) -> T:
+        """`use_case(*args, ctx=...)`, its result or its exception. `inline_if_small`: the use
+        case only computes, in time linear in its body (no database, no drawing), so that on a
+        small body (`inline`) it may run on the event loop."""
         settings = self.ctx.settings
 
         def work() -> T:
@@ -62,7 +61,9 @@ class Compute:
             request_elements(settings.max_request_elements),
             output_elements(settings.max_output_elements),
         ):
-            return await self.gate.run(work, timeout_s=settings.request_timeout_s)
+            return await self.gate.run(
+                work, timeout_s=settings.request_timeout_s, inline=inline_if_small and self.inline
+            )
 
     async def run_io(self, use_case: Callable[..., T], *args: object) -> T:
         """`use_case(*args, ctx=...)` on a worker thread without a compute slot: a use case that
@@ -74,8 +75,30 @@ class Compute:
         return await anyio.to_thread.run_sync(work)
 
 
-async def _compute(request: Request, settings: SettingsDep) -> Compute:
-    return Compute(Context(request.app.state.backend, settings), _gate(request, settings))
+def _inline(request: Request, settings: Settings) -> bool:
+    """Whether the request's computation may run on the event loop: its body declares at most
+    `inline_compute_bytes` (a chunked one declares nothing), on the CPU (a GPU's first call of a
+    kernel compiles it), once the kernels' warm-up is over (a computation before its end waits
+    for the kernels it needs: never on the event loop)."""
+    declared = request.headers.get("content-length", "")
+    if not (settings.inline_compute_bytes and declared.isascii() and declared.isdigit()):
+        return False
+    warm_up = getattr(request.app.state, "warm_up", None)
+    return (
+        int(declared) <= settings.inline_compute_bytes
+        and request.app.state.backend.name == "numpy"
+        and warm_up is not None
+        and warm_up.engine is not None
+    )
+
+
+async def _compute(request: Request) -> Compute:
+    settings: Settings = request.app.state.settings
+    return Compute(
+        Context(request.app.state.backend, settings),
+        _gate(request, settings),
+        inline=_inline(request, settings),
+    )
 
 
 ComputeDep = Annotated[Compute, Depends(_compute)]
@@ -109,44 +132,44 @@ def _drawing_gate(request: Request, settings: Settings) -> ComputeGate:
     return gate
 
 
-async def _draw(request: Request, settings: SettingsDep) -> Compute:
+async def _draw(request: Request) -> Compute:
+    settings: Settings = request.app.state.settings
     return Compute(Context(request.app.state.backend, settings), _drawing_gate(request, settings))
 
 
 DrawDep = Annotated[Compute, Depends(_draw)]
 """Runs a drawing use case as `ComputeDep` runs a computation, in the drawing slot's queue."""
 
-# Both schemes appear in the OpenAPI document on every operation that requires a key; either
-# one is enough. auto_error=False: the check below answers 401 in the service's own form.
+# Both schemes appear in the OpenAPI document on every operation that requires a key
+# (`service.api.openapi`); either one is enough.
 _KEYS_ONLY_WHEN_CONFIGURED = (
     "Required only when the service is configured with API keys (LOSS_SERVICE_API_KEYS or "
     "LOSS_SERVICE_API_KEYS_FILE)."
 )
-_bearer = HTTPBearer(
-    scheme_name="bearerAuth",
-    description=f"`Authorization: Bearer <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
-    auto_error=False,
-)
-_api_key_header = APIKeyHeader(
-    name="X-API-Key",
-    scheme_name="apiKeyAuth",
-    description=f"`X-API-Key: <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
-    auto_error=False,
-)
+KEY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": f"`Authorization: Bearer <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
+    },
+    "apiKeyAuth": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": f"`X-API-Key: <key>`. {_KEYS_ONLY_WHEN_CONFIGURED}",
+    },
+}
 
 
-async def require_api_key(
-    settings: SettingsDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    api_key: Annotated[str | None, Security(_api_key_header)],
-) -> None:
+async def require_api_key(request: Request) -> None:
     """With `api_keys` configured, require one of them as a Bearer token or as `X-API-Key`.
 
     `service.api.api_keys.ApiKeyMiddleware` refuses such requests before their body is read;
-    this dependency declares the schemes in the OpenAPI document, and checks again."""
-    if not settings.api_keys:
-        return
-    if not key_matches((bearer.credentials if bearer else None, api_key), settings.api_keys):
+    this dependency marks the routes that require a key (the OpenAPI document declares
+    `KEY_SCHEMES` on them), and checks again. It reads the headers itself, as the middleware
+    does: FastAPI's security classes were three more dependencies to solve on every request."""
+    keys: list[str] = request.app.state.settings.api_keys
+    if keys and not key_matches(presented_keys(request.headers.raw), keys):
         raise Unauthorized(MISSING_KEY)
 
 

@@ -11,6 +11,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from service.api import examples
+from service.api.api_keys import effective_routes
+from service.api.deps import KEY_SCHEMES, requires_key
 from service.api.problems import Problem, problem_responses
 from service.codecs import WIRE_DTYPES
 from service.core.runs.models import BatchBody
@@ -78,6 +80,7 @@ def install(app: FastAPI) -> None:
             components[BatchBody.__name__] = _tensors_only_schema(BatchBody)
             _drop_unreachable_validation_errors(schema)
             _declare_connection_refusals(schema)
+            _declare_key_schemes(schema, app)
             examples.apply(schema)
             app.openapi_schema = schema
         return app.openapi_schema
@@ -112,6 +115,24 @@ def _declare_connection_refusals(schema: dict[str, Any]) -> None:
             responses = operation.setdefault("responses", {})
             for status, response in refusals.items():
                 responses.setdefault(str(status), response)
+
+
+def _declare_key_schemes(schema: dict[str, Any], app: FastAPI) -> None:
+    """The API key schemes, either one enough, on every operation whose route requires a key."""
+    protected = {
+        (route.path_format, method.lower())
+        for route in effective_routes(app.routes)
+        if requires_key(route)
+        for method in getattr(route, "methods", None) or ()
+    }
+    declared = False
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if (path, method) in protected:
+                operation["security"] = [{name: []} for name in KEY_SCHEMES]
+                declared = True
+    if declared:
+        schema.setdefault("components", {})["securitySchemes"] = KEY_SCHEMES
 
 
 def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:

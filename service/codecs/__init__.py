@@ -6,19 +6,21 @@ with `encode_tensor`; the element limit, the accepted dtypes and the finiteness 
 
 from service.codecs import _oip as oip
 from service.codecs._base64 import Base64Output, Base64Text
+from service.codecs._checks import (
+    TensorLimits,
+    count_output,
+    output_elements,
+    request_elements,
+)
 from service.codecs._digest import tensors_digest
 from service.codecs._dtypes import WIRE_DTYPES
 from service.codecs._json_body import BodyPiece, body_pieces, dumps_json, loads_json
 from service.codecs._tensors import (
     DecodedTensor,
     TensorForm,
-    TensorLimits,
-    count_output,
     decode_tensor,
     encode_tensor,
     json_array,
-    output_elements,
-    request_elements,
 )
 
 __all__ = [

@@ -15,18 +15,16 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from service.codecs._dtypes import numpy_dtype, wire_name
-from service.codecs._json_body import JsonBody
-from service.codecs._tensors import (
+from service.codecs._checks import (
     TensorLimits,
-    array_from_bytes,
     check_elements,
     check_finite,
     counted_already,
-    decode_tensor,
     invalid,
-    parse_shape,
 )
+from service.codecs._dtypes import numpy_dtype, wire_name
+from service.codecs._json_body import JsonBody
+from service.codecs._tensors import array_from_bytes, decode_tensor, parse_shape
 from service.errors import FieldPath, InvalidInput, shown
 
 # OIP datatype -> wire dtype (as docs/conventions.md names them); BYTES (strings) has no place in a

@@ -48,6 +48,9 @@ class LossSpec:
     # `function` takes `grad_reduction`, the reduction the route will apply (a fused kernel then
     # writes the gradient already scaled; see service.engine._reduction)
     takes_grad_reduction: bool = False
+    # Its cost grows with the square of the batch (every query against every key): a small body
+    # can still take tens of ms, so it never computes on the event loop (service.api.deps).
+    pairwise: bool = False
 
     @property
     def operation_id(self) -> str:
@@ -169,6 +172,7 @@ OTHERS: tuple[LossSpec, ...] = (
         summary="Cross-entropy over query @ keys.T / T, gradients for query and keys",
         reference="van den Oord et al. 2018 (CPC); Chen et al. 2020 (SimCLR)",
         differentiable=("query", "keys"),
+        pairwise=True,
     ),
     LossSpec(
         name="triplet-margin",

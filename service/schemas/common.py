@@ -7,6 +7,7 @@ shared `Tensor` component (`service.api.openapi`).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -67,9 +68,11 @@ OptionalBroadcastTensor = Annotated[Any, TensorField(role="broadcast"), _OPTIONA
 OutputEncoding = Literal["json", "base64"]
 
 
+@functools.cache  # read for every request; a model's fields do not change
 def tensor_fields(model: type[BaseModel]) -> dict[str, TensorField]:
     """The tensor fields of `model` with their markers: the required ones (the inputs) first,
-    each group in declaration order (a mixin's fields would otherwise come first)."""
+    each group in declaration order (a mixin's fields would otherwise come first). The same
+    dict at every call: read it, do not change it."""
     found = {}
     for name, info in model.model_fields.items():
         for mark in info.metadata:

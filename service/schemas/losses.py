@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
@@ -60,8 +61,13 @@ IGNORE_INDEX_DESCRIPTION = "class-index label that contributes nothing"
 
 def loss_options(body: BaseModel) -> dict[str, Any]:
     """A loss's own options in `body`: every field that is neither common nor a tensor."""
-    skip = {"name", *LossRequest.model_fields, *tensor_fields(type(body))}
-    return {name: getattr(body, name) for name in type(body).model_fields if name not in skip}
+    return {name: getattr(body, name) for name in _option_names(type(body))}
+
+
+@functools.cache  # read for every request; a model's fields do not change
+def _option_names(model: type[BaseModel]) -> tuple[str, ...]:
+    skip = {"name", *LossRequest.model_fields, *tensor_fields(model)}
+    return tuple(name for name in model.model_fields if name not in skip)
 
 
 class ClassIndexRequest(LossRequest):

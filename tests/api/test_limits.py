@@ -236,6 +236,11 @@ async def test_wrong_content_type_is_422(client: httpx.AsyncClient, content_type
 # --- compute slots and 503s ----------------------------------------------------------------
 
 
+# A held engine call must run on a worker thread, as every computation on a larger body does:
+# one on the event loop (a small body's, service.api.deps) would hold the test's loop too.
+ON_THREADS = {"inline_compute_bytes": 0}
+
+
 @pytest.fixture
 def gated_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Cross-entropy blocks until the returned event is set (at teardown at the latest)."""
@@ -254,7 +259,7 @@ def gated_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 async def test_compute_timeout_is_503_with_retry_after(
     make_client: ClientFactory, gated_engine: threading.Event
 ) -> None:
-    async with make_client(request_timeout_s=0.05, retry_after_s=7) as client:
+    async with make_client(request_timeout_s=0.05, retry_after_s=7, **ON_THREADS) as client:
         response = await client.post(CE, json=VALID_CE)
         found = problem(response, 503)
         assert found["type"].endswith("timeout")
@@ -265,7 +270,7 @@ async def test_a_busy_service_queues_then_answers_503_overloaded(
     make_client: ClientFactory, gated_engine: threading.Event
 ) -> None:
     async with (
-        make_client(max_concurrent=1, queue_timeout_s=0.2, retry_after_s=3) as client,
+        make_client(max_concurrent=1, queue_timeout_s=0.2, retry_after_s=3, **ON_THREADS) as client,
         anyio.create_task_group() as tasks,
     ):
         first: list[httpx.Response] = []
@@ -291,7 +296,7 @@ async def test_a_busy_service_queues_then_answers_503_overloaded(
 async def test_a_queued_request_gets_the_slot_when_it_frees(
     make_client: ClientFactory, gated_engine: threading.Event
 ) -> None:
-    async with make_client(max_concurrent=1, queue_timeout_s=10) as client:
+    async with make_client(max_concurrent=1, queue_timeout_s=10, **ON_THREADS) as client:
         responses: list[httpx.Response] = []
 
         async def post() -> None:
@@ -311,7 +316,7 @@ async def test_an_abandoned_computation_keeps_its_slot_until_it_ends(
 ) -> None:
     """Past its timeout a computation runs on in its thread: a retry must not start another
     one beside it (that is how a burst of slow requests would exhaust memory)."""
-    settings = {"max_concurrent": 1, "request_timeout_s": 0.1, "queue_timeout_s": 0.1}
+    settings = {"max_concurrent": 1, "request_timeout_s": 0.1, "queue_timeout_s": 0.1, **ON_THREADS}
     async with make_client(**settings) as client:
         problem(await client.post(CE, json=VALID_CE), 503)  # timed out, still computing
         retry = problem(await client.post(CE, json=VALID_CE), 503)

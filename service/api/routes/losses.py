@@ -41,7 +41,9 @@ async def list_losses() -> LossCatalogue:
 def _endpoint(spec: LossSpec) -> Callable[..., Awaitable[Response]]:
     async def endpoint(body: LossRequest, compute: ComputeDep) -> Response:
         # Looked up per request, so that tests can stand a spec in for another.
-        return OrjsonResponse(await compute.run(compute_loss, BY_NAME[spec.name], body))
+        found = BY_NAME[spec.name]
+        answer = await compute.run(compute_loss, found, body, inline_if_small=not found.pairwise)
+        return OrjsonResponse(answer)
 
     # FastAPI reads the body's model from the annotation: each loss has its own.
     endpoint.__annotations__["body"] = spec.request

@@ -112,7 +112,9 @@ async def _infer(model_name: str, request: Request, compute: ComputeDep) -> Resp
     spec = _spec(model_name)
     body = await read_body(request)
     header_length = request.headers.get(oip.HEADER_LENGTH)
-    json_part, binary = await compute.run(infer, spec, body, header_length)
+    json_part, binary = await compute.run(
+        infer, spec, body, header_length, inline_if_small=not spec.pairwise
+    )
     if not binary:
         return PiecesResponse([json_part], media_type="application/json")
     return PiecesResponse(
