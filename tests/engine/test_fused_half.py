@@ -24,7 +24,7 @@ from service.engine import (
     reduce_loss,
     sigmoid_focal,
 )
-from service.engine._kernels import binary, cpu, softmax
+from service.engine._kernels import binary, cpu, few_classes
 from tests.engine.fused_cases import C, assert_same
 from tests.engine.test_fused import FOLDING, FOLDING_IDS, on_path
 
@@ -198,5 +198,5 @@ def test_one_compiled_kernel_per_native_dtype() -> None:
         on_path("fused", poly1, logits, labels)
         targets = np.zeros(logits.shape, dtype)
         on_path("fused", binary_cross_entropy, logits, targets, weight=np.ones(C))
-    for kernel in (softmax.softmax_rows_serial, binary.binary_rows_serial):
+    for kernel in (few_classes.few_class_kernel(C), binary.binary_rows_serial):
         assert len(kernel.signatures) == len(cpu.NATIVE_INPUT_DTYPES)

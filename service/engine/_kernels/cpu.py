@@ -31,6 +31,7 @@ from service.engine._kernels.binary import (
     sigmoid_focal_rows_parallel,
     sigmoid_focal_rows_serial,
 )
+from service.engine._kernels.few_classes import FEW_CLASSES, few_class_kernel
 from service.engine._kernels.interface import (
     COMPUTE_DTYPES,
     CROSS_ENTROPY,
@@ -117,7 +118,8 @@ def softmax_rows(
 
     Where `valid` is False: `per_sample` is 0, `lse` 0 unless `z_loss` > 0, `grad` unspecified.
     `parallel`: over numba's threads or not (None: by size, `PARALLEL_MIN_ELEMENTS`); the
-    numbers are the same either way.
+    numbers are the same either way. Rows of up to `FEW_CLASSES` classes always take the
+    few-class kernel (serial, vectorised across rows; compiled on first use per class count).
     """
     x, dtype = _kernel_rows(x)
     empty = _frozen(np.empty(0, dtype=dtype))  # an absent option: read-only like the others
@@ -147,7 +149,9 @@ def softmax_rows(
         lse,
         grad,
     )
-    if _in_parallel(x.size, parallel):
+    if 1 <= x.shape[1] <= FEW_CLASSES and n_rows:  # whatever the size: one kernel, one result
+        few_class_kernel(x.shape[1])(x.reshape(-1), *arguments[1:-1], grad.reshape(-1))
+    elif _in_parallel(x.size, parallel):
         with _LAUNCH:
             softmax_rows_parallel(*arguments)
     else:
@@ -232,17 +236,22 @@ GRADIENTS = ArrayPool(min_bytes=1 << 20, max_bytes=1 << 30)
 
 def warm_up() -> None:
     """Compile (or load from the cache) the kernels for rows of every native dtype, serial and
-    parallel."""
+    parallel, and the few-class kernel of every class count for float32 rows (those of other
+    dtypes compile on first use)."""
+    labels = np.zeros(2, dtype=np.int64)
+    valid = np.ones(2, dtype=np.bool_)
     for name in sorted(NATIVE_INPUT_DTYPES):
         dtype = np.dtype(COMPUTE_DTYPES[name])
-        x = np.zeros((2, 3), dtype=dtype).astype(_native_dtype(name))
-        labels = np.zeros(2, dtype=np.int64)
-        valid = np.ones(2, dtype=np.bool_)
         ones = np.ones(2, dtype=dtype)
+        counts = range(1, FEW_CLASSES + 2) if name == "float32" else (FEW_CLASSES + 1,)
+        for n_classes in counts:  # FEW_CLASSES + 1: the row kernels
+            x = np.zeros((2, n_classes), dtype=dtype).astype(_native_dtype(name))
+            for parallel in (False, True):
+                softmax_rows(
+                    x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones,
+                    parallel=parallel,
+                )  # fmt: skip
         for parallel in (False, True):
-            softmax_rows(
-                x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones, parallel=parallel
-            )
             binary_rows(x, x, None, None, parallel=parallel)
             binary_rows(x, x, None, None, kind=SIGMOID_FOCAL, gamma=2.0, parallel=parallel)
 
