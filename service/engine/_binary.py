@@ -35,6 +35,7 @@ from service.engine._checks import (
 )
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for, read_as_is
 from service.engine._engine_path import fused_kernels, native_dtypes
+from service.engine._kernels.interface import SIGMOID_FOCAL
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.errors import InvalidInput
@@ -126,7 +127,7 @@ def sigmoid_focal(
                 logits, labels, alpha, gamma, weight, compute_dtype, xp=xp
             ),
             xp=xp,
-            kind=getattr(kernels, "SIGMOID_FOCAL"),  # noqa: B009  (not in the interface)
+            kind=SIGMOID_FOCAL,
             gamma=gamma,
             alpha=alpha,
         )

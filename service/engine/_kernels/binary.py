@@ -31,8 +31,6 @@ from service.engine._kernels.numerics import (
 # Elements per work item of the binary kernels: a row, or a piece of a long one (a 1-D batch is one
 # row), so that both cores get work whatever the shape.
 BINARY_CHUNK: Final = 4096
-BINARY_CROSS_ENTROPY: Final = 0  # the `kind`s of `binary_rows`
-SIGMOID_FOCAL: Final = 1
 LABEL_OUTSIDE: Final = 1  # status bits of a work item: a label not in [0, 1] (or NaN)
 NOT_FINITE: Final = 2  # a loss or gradient element not finite (or a NaN logit)
 

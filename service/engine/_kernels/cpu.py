@@ -22,10 +22,8 @@ import numpy as np
 from service.buffers import ArrayPool
 from service.engine._kernels.binary import (
     BINARY_CHUNK,
-    BINARY_CROSS_ENTROPY,
     LABEL_OUTSIDE,
     NOT_FINITE,
-    SIGMOID_FOCAL,
     binary_rows_parallel,
     binary_rows_serial,
     sigmoid_focal_rows_parallel,
@@ -33,11 +31,13 @@ from service.engine._kernels.binary import (
 )
 from service.engine._kernels.few_classes import FEW_CLASSES, few_class_kernel
 from service.engine._kernels.interface import (
+    BINARY_CROSS_ENTROPY,
     COMPUTE_DTYPES,
     CROSS_ENTROPY,
     FOCAL,
     NATIVE_INPUT_DTYPES,
     POLY1,
+    SIGMOID_FOCAL,
 )
 from service.engine._kernels.numerics import HALF_BITS
 from service.engine._kernels.softmax import softmax_rows_parallel, softmax_rows_serial

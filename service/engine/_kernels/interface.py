@@ -14,6 +14,10 @@ CROSS_ENTROPY: Final = 0
 FOCAL: Final = 1
 POLY1: Final = 2
 
+# What the CPU module's `binary_rows` computes (`kind`); the CUDA module has no binary kernels.
+BINARY_CROSS_ENTROPY: Final = 0
+SIGMOID_FOCAL: Final = 1
+
 # The logits' dtypes the kernels read as they are, and the dtype each computes in (that of the
 # gradient and the option vectors): callers widen nothing else first (`_dtypes`, `_rows`).
 COMPUTE_DTYPES: Final = {
