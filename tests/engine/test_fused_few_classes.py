@@ -97,7 +97,7 @@ def test_few_class_kernel_against_the_row_kernel(n_classes: int, dtype: Any) -> 
         np.testing.assert_allclose(few[1], lse, rtol=1e-15, atol=1e-15)  # -inf too
 
 
-@pytest.mark.parametrize("n_classes", [9, 33, 1000, 5000])
+@pytest.mark.parametrize("n_classes", [few_classes.FEW_CLASSES + 1, 33, 1000, 5000])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_serial_and_parallel_kernels_give_the_same_bits(n_classes: int, dtype: Any) -> None:
     x, y = rows(n_classes, dtype, n_rows=64)
