@@ -1,7 +1,11 @@
 """Loss value + gradient: the engine's two paths against the memory floor and PyTorch.
 
-    THP_MEM_ALLOC_ENABLE=1 python -m bench.engine [--repeats 7] [--shapes 8192x1000,2048x32000]
+    THP_MEM_ALLOC_ENABLE=1 python -m bench.engine [--repeats 7] [--shapes 8192x1000,8x4x32000]
         [--bce-shapes 2048x32000] [--half-shapes 2048x32000]   (an empty list skips a table)
+
+A shape is its sizes joined by `x`, the class axis last: `8x4x32000` is 8 sequences of 4 tokens
+over 32000 classes, labels `[8, 4]` (the engine takes any number of leading axes and computes on
+the `[32, 32000]` rows they flatten to, a view of the logits).
 
 Three tables: cross-entropy on float32 logits, binary cross-entropy, cross-entropy on bfloat16
 and float16 logits. The first:
@@ -13,12 +17,14 @@ are shared). Columns:
 
 - floor: one read of the logits plus one write of a gradient (`np.copyto` into a preallocated
   array), the least any CE + gradient can cost;
-- fused: the fused kernels (`LOSS_SERVICE_ENGINE=fused`), in the steady state of a service,
+- exp: one NumPy `np.exp(x, out=y)` pass over the logits (into a preallocated array), the
+  compute floor of a softmax on one core; fused/exp is the fused path's time relative to it;
+- fused: the fused kernels (engine path `fused`), in the steady state of a service,
   where the gradient buffer of the previous call is free again and is reused;
 - fused sum: the same with `reduction="sum"` (no scale to fold into the gradient): about
   `fused`, as `mean`'s 1 / divisor is folded into the kernel rather than a second pass;
 - fused fresh: `mean` with a new gradient buffer every call (its page faults included);
-- reference: the array code (`LOSS_SERVICE_ENGINE=reference`), which is also the CuPy path;
+- reference: the array code (engine path `reference`), which is also the CuPy path;
 - torch: `F.cross_entropy` forward + backward on the CPU, when torch is importable
   (THP_MEM_ALLOC_ENABLE=1 gives it huge pages, where it is at its best);
 - peak/io: the engine call's peak allocation (tracemalloc, a fresh gradient buffer counted)
@@ -39,50 +45,41 @@ is relative to the 16-bit logits plus the float32 gradient.
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import statistics
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import ml_dtypes  # noqa: F401  (registers the bfloat16 dtype name)
 import numpy as np
 
-from service.engine import Reduction, binary_cross_entropy, cross_entropy, reduce_loss, warm_up
-from service.engine._engine_path import ENGINE_ENV
+from service.engine import (
+    Reduction,
+    binary_cross_entropy,
+    cross_entropy,
+    reduce_loss,
+    using_engine_path,
+    warm_up,
+)
+from service.engine._kernels.cpu import GRADIENTS
 
-DEFAULT_SHAPES = "65536x10,8192x1000,2048x32000,256x128256"
+DEFAULT_SHAPES = "65536x2,65536x10,16384x100,8192x1000,2048x32000,256x128256,8x4x32000"
 DEFAULT_BCE_SHAPES = "65536x10,2048x32000"
 DEFAULT_HALF_SHAPES = "2048x32000,256x128256"
-
-
-@contextmanager
-def _engine_path(path: str) -> Iterator[None]:
-    saved = os.environ.get(ENGINE_ENV)
-    os.environ[ENGINE_ENV] = path
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[ENGINE_ENV]
-        else:
-            os.environ[ENGINE_ENV] = saved
 
 
 def _engine(
     logits: np.ndarray, labels: np.ndarray, path: str, reduction: Reduction = "mean"
 ) -> Callable[[], object]:
     def step() -> object:
-        with _engine_path(path):
+        with using_engine_path(path):
             return reduce_loss(cross_entropy(logits, labels, grad_reduction=reduction), reduction)
 
     return step
 
 
 def _fused_fresh(logits: np.ndarray, labels: np.ndarray) -> Callable[[], object]:
-    from service.engine._fused import GRADIENTS
-
     step = _engine(logits, labels, "fused")
 
     def fresh() -> object:
@@ -110,6 +107,8 @@ def torch_step(loss: str, logits: np.ndarray, labels: np.ndarray) -> Callable[[]
     else:
         x = torch.from_numpy(logits)
     y = torch.from_numpy(labels)
+    if loss == "cross_entropy":  # torch's class axis is 1, ours the last: rows [M, C] for both
+        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1)
     function = getattr(F, loss)
 
     def step() -> object:
@@ -139,8 +138,6 @@ def _measure(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[
 
 def _peak_bytes(step: Callable[[], object]) -> int:
     """Peak allocation of `step` (tracemalloc), a fresh gradient buffer counted."""
-    from service.engine._fused import GRADIENTS
-
     GRADIENTS.clear()
     tracemalloc.start()
     step()
@@ -149,12 +146,18 @@ def _peak_bytes(step: Callable[[], object]) -> int:
     return peak
 
 
-def bench_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
+def _exp_pass(logits: np.ndarray) -> Callable[[], object]:
+    out = np.empty_like(logits)
+    return lambda: np.exp(logits, out=out)
+
+
+def bench_shape(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
-    logits = rng.standard_normal((rows, classes), dtype=np.float32)
-    labels = rng.integers(0, classes, size=rows)
+    logits = rng.standard_normal(shape, dtype=np.float32)
+    labels = rng.integers(0, shape[-1], size=shape[:-1])
     contenders = {
         "floor": _floor(logits),
+        "exp": _exp_pass(logits),
         "fused": _engine(logits, labels, "fused"),
         "fused sum": _engine(logits, labels, "fused", "sum"),
         "fused fresh": _fused_fresh(logits, labels),
@@ -175,17 +178,17 @@ def bench_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
 
 def _bce_engine(logits: np.ndarray, labels: np.ndarray, path: str) -> Callable[[], object]:
     def step() -> object:
-        with _engine_path(path):
+        with using_engine_path(path):
             result = binary_cross_entropy(logits, labels, grad_reduction="mean")
             return reduce_loss(result, "mean")
 
     return step
 
 
-def bench_bce_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
+def bench_bce_shape(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
-    logits = rng.standard_normal((rows, classes), dtype=np.float32)
-    labels = (rng.random((rows, classes), dtype=np.float32) < 0.1).astype(np.float32)
+    logits = rng.standard_normal(shape, dtype=np.float32)
+    labels = (rng.random(shape, dtype=np.float32) < 0.1).astype(np.float32)
     out = np.empty_like(logits)
     contenders = {
         "floor": lambda: np.subtract(logits, labels, out=out),
@@ -205,15 +208,15 @@ def bench_bce_shape(rows: int, classes: int, repeats: int) -> dict[str, float]:
 # --- 16-bit logits ----------------------------------------------------------------------------
 
 
-def bench_half_shape(rows: int, classes: int, dtype: str, repeats: int) -> dict[str, float]:
+def bench_half_shape(shape: tuple[int, ...], dtype: str, repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
-    logits = rng.standard_normal((rows, classes), dtype=np.float32).astype(np.dtype(dtype))
-    labels = rng.integers(0, classes, size=rows)
-    out = np.empty((rows, classes), dtype=np.float32)
+    logits = rng.standard_normal(shape, dtype=np.float32).astype(np.dtype(dtype))
+    labels = rng.integers(0, shape[-1], size=shape[:-1])
+    out = np.empty(shape, dtype=np.float32)
     bits = logits.view(np.uint16)
 
     def widened() -> object:  # what the engine did before reading 16-bit rows itself
-        with _engine_path("fused"):
+        with using_engine_path("fused"):
             return reduce_loss(
                 cross_entropy(logits.astype(np.float32), labels, grad_reduction="mean")
             )
@@ -254,20 +257,33 @@ def _print_table(title: str, columns: Columns, rows: Iterator[tuple[str, Row]]) 
         print(f"| {label} | " + " | ".join(cell(r) for _, cell in columns) + " |", flush=True)
 
 
-def _shapes(spec: str) -> Iterator[tuple[int, int]]:
+def _shapes(spec: str) -> list[tuple[int, ...]]:
+    """`65536x10,8x4x32000` -> [(65536, 10), (8, 4, 32000)]: any number of axes, classes last."""
+    shapes = []
     for item in filter(None, spec.split(",")):
-        rows, classes = (int(part) for part in item.split("x"))
-        yield rows, classes
+        try:
+            shape = tuple(int(part) for part in item.split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected sizes joined by x") from None
+        if not shape or min(shape) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected positive sizes")
+        shapes.append(shape)
+    return shapes
+
+
+def _label(shape: tuple[int, ...]) -> str:
+    rows = f" ({math.prod(shape[:-1])} rows)" if len(shape) > 2 else ""
+    return " x ".join(map(str, shape)) + rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--shapes", default=DEFAULT_SHAPES)
-    parser.add_argument("--bce-shapes", default=DEFAULT_BCE_SHAPES)
-    parser.add_argument("--half-shapes", default=DEFAULT_HALF_SHAPES)
+    parser.add_argument("--shapes", type=_shapes, default=DEFAULT_SHAPES)
+    parser.add_argument("--bce-shapes", type=_shapes, default=DEFAULT_BCE_SHAPES)
+    parser.add_argument("--half-shapes", type=_shapes, default=DEFAULT_HALF_SHAPES)
     args = parser.parse_args()
-    with _engine_path("fused"):
+    with using_engine_path("fused"):
         warm_up()
     peaks: Columns = [
         ("peak/io fused", lambda r: f"{r['peak_fused']:.2f}"),
@@ -277,8 +293,10 @@ def main() -> None:
         "Cross-entropy, float32 logits",
         [
             _ms("floor"),
+            _ms("exp"),
             _ms("fused"),
             ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
+            ("fused/exp", lambda r: _ratio(r, "fused", "exp")),
             ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
             _ms("fused sum"),
             _ms("fused fresh"),
@@ -286,7 +304,7 @@ def main() -> None:
             _ms("torch"),
             *peaks,
         ],
-        ((f"{m} x {c}", bench_shape(m, c, args.repeats)) for m, c in _shapes(args.shapes)),
+        ((_label(shape), bench_shape(shape, args.repeats)) for shape in args.shapes),
     )
     _print_table(
         "Binary cross-entropy with logits, float32, mean",
@@ -299,7 +317,7 @@ def main() -> None:
             _ms("torch"),
             *peaks,
         ],
-        ((f"{m} x {c}", bench_bce_shape(m, c, args.repeats)) for m, c in _shapes(args.bce_shapes)),
+        ((_label(shape), bench_bce_shape(shape, args.repeats)) for shape in args.bce_shapes),
     )
     _print_table(
         "Cross-entropy, 16-bit logits (float32 gradient; torch: its gradient in the input dtype)",
@@ -314,8 +332,8 @@ def main() -> None:
             *peaks,
         ],
         (
-            (f"{m} x {c} {dtype}", bench_half_shape(m, c, dtype, args.repeats))
-            for m, c in _shapes(args.half_shapes)
+            (f"{_label(shape)} {dtype}", bench_half_shape(shape, dtype, args.repeats))
+            for shape in args.half_shapes
             for dtype in ("bfloat16", "float16")
         ),
     )

@@ -7,15 +7,15 @@ For a CUDA machine with python3, NumPy, SciPy, pytest, ml_dtypes, CuPy and PyTor
 nothing and needs neither FastAPI nor numba (test modules that import a missing package are left
 out, and say so). Under 5 minutes on an H100 or H200. Steps:
 
-1. `pytest -k cupy` over tests/test_engine_*.py: every engine test on the cupy backend, and the
+1. `pytest -k cupy` over tests/engine/test_*.py: every engine test on the cupy backend, and the
    CUDA kernel against the CuPy and NumPy reference code and float64 numbers
-   (tests/test_engine_fused_cupy.py: launch shapes, misaligned rows, float16/bfloat16 rows);
+   (tests/engine/test_fused_cuda.py: launch shapes, misaligned rows, float16/bfloat16 rows);
 2. a markdown table, medians of CUDA-event-timed runs, for cross-entropy value + gradient with
    class-index labels, `mean`, float32 and bfloat16 logits:
-   - kernel: `_fused_cupy.softmax_rows` alone (the CUDA kernel; bfloat16 read as its bits,
+   - kernel: `_kernels.cuda.softmax_rows` alone (the CUDA kernel; bfloat16 read as its bits,
      the `mean` 1/M folded in as `grad_scale`), what the targets are judged on;
    - engine: our engine on CuPy as the API calls it (`reduce_loss(cross_entropy(x, y))`,
-     `LOSS_SERVICE_ENGINE=fused`; bfloat16 widened to float32 on the device first, as CuPy has
+     on the `fused` engine path; bfloat16 widened to float32 on the device first, as CuPy has
      no bfloat16 dtype), for information;
    - torch: `F.cross_entropy(x, y)` forward + backward on CUDA, in the logits' dtype;
    - floor: a device-to-device copy of the logits (one read of them, one write of their size);
@@ -53,9 +53,9 @@ def run_tests() -> int:
     """`pytest -k cupy` over the engine tests that import here (no FastAPI, maybe no numba)."""
     sys.path.insert(0, str(ROOT))
     files, left_out = [], []
-    for path in sorted((ROOT / "tests").glob("test_engine_*.py")):
+    for path in sorted((ROOT / "tests" / "engine").glob("test_*.py")):
         try:
-            importlib.import_module(f"tests.{path.stem}")
+            importlib.import_module(f"tests.engine.{path.stem}")
         except ImportError as error:  # e.g. the numba kernels' tests where numba is missing
             left_out.append(f"{path.name} ({error})")
             continue
@@ -126,7 +126,7 @@ def benchmark(repeats: int) -> list[str]:
     import numpy as np
     import torch
 
-    from service.engine._engine_path import ENGINE_ENV
+    from service.engine import using_engine_path
 
     props = cp.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
@@ -139,19 +139,18 @@ def benchmark(repeats: int) -> list[str]:
     print(HEADER)
     verdicts = []
     rng = np.random.default_rng(0)
-    os.environ[ENGINE_ENV] = "fused"
-    for rows, classes in SHAPES:
-        x32 = cp.asarray(rng.standard_normal((rows, classes), dtype=np.float32) * 2)
-        y = cp.asarray(rng.integers(0, classes, size=rows))
-        for dtype in DTYPES:
-            line, result = measure_case(x32, y, dtype, repeats)
-            print(line, flush=True)
-            if result != "-":
-                verdicts.append(f"{result}: {rows} x {classes} {dtype}")
-        del x32, y
-        cp.get_default_memory_pool().free_all_blocks()
-        torch.cuda.empty_cache()
-    os.environ.pop(ENGINE_ENV, None)
+    with using_engine_path("fused"):
+        for rows, classes in SHAPES:
+            x32 = cp.asarray(rng.standard_normal((rows, classes), dtype=np.float32) * 2)
+            y = cp.asarray(rng.integers(0, classes, size=rows))
+            for dtype in DTYPES:
+                line, result = measure_case(x32, y, dtype, repeats)
+                print(line, flush=True)
+                if result != "-":
+                    verdicts.append(f"{result}: {rows} x {classes} {dtype}")
+            del x32, y
+            cp.get_default_memory_pool().free_all_blocks()
+            torch.cuda.empty_cache()
     return verdicts
 
 
@@ -163,7 +162,8 @@ def measure_case(x32: Any, y: Any, dtype: str, repeats: int) -> tuple[str, str]:
     import torch
     import torch.nn.functional as F
 
-    from service.engine import _fused_cupy, cross_entropy, reduce_loss
+    from service.engine import cross_entropy, reduce_loss
+    from service.engine._kernels import cuda
 
     rows, classes = x32.shape
     valid = cp.ones(rows, dtype=np.bool_)
@@ -178,11 +178,11 @@ def measure_case(x32: Any, y: Any, dtype: str, repeats: int) -> tuple[str, str]:
         x, tx, widened = x32, torch.as_tensor(x32, device="cuda"), x32
 
     def kernel_step() -> Any:
-        return _fused_cupy.softmax_rows(
+        return cuda.softmax_rows(
             x,
             y,
             valid,
-            kind=_fused_cupy.CROSS_ENTROPY,
+            kind=cuda.CROSS_ENTROPY,
             at_label=ones,
             total=ones,
             grad_scale=1.0 / rows,  # `mean`
@@ -221,12 +221,13 @@ def dry_run() -> list[str]:
     logic on made-up times, one passing and one failing target case."""
     for blocked in ("fastapi", "numba"):
         sys.modules[blocked] = None  # type: ignore[assignment]  # an import of it now fails
-    from service.engine import _fused_cupy, cross_entropy, reduce_loss  # noqa: F401
+    from service.engine import cross_entropy, reduce_loss  # noqa: F401
+    from service.engine._kernels import cuda
 
     assert "cupy" not in sys.modules, "importing the engine imported CuPy"
-    print(f"kernels: {sorted(_fused_cupy.KERNEL_NAMES.values())}")
+    print(f"kernels: {sorted(cuda.KERNEL_NAMES.values())}")
     for shape in SHAPES:
-        print(f"{shape}: (blocks, threads, lanes) = {_fused_cupy.launch_shape(*shape)}")
+        print(f"{shape}: (blocks, threads, lanes) = {cuda.launch_shape(*shape)}")
     print(HEADER)
     verdicts = []
     for shape, times in [

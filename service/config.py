@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.engine import DeviceChoice
+from service.engine import DeviceChoice, EnginePath, checked_engine_path
 from service.logs import LogFormat, LogLevel
 
 MiB = 2**20
@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: DeviceChoice = "auto"
+    engine: EnginePath = Field(
+        "auto",
+        description="the softmax losses' code: `fused` kernels, the `reference` array code, or "
+        "`auto` (fused where numba imports); set for the process at start",
+    )
     workers: int = Field(
         1, ge=1, le=256, description="server processes sharing the port (`serve --workers`)"
     )
@@ -126,6 +131,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine(cls, value: object) -> object:
+        return checked_engine_path(value) if isinstance(value, str) else value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

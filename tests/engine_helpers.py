@@ -8,6 +8,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from service.engine import _engine_path
+
 # The two implementations of the softmax losses (service/engine/_engine_path.py).
 ENGINE_PATHS = ("reference", "fused")
 
@@ -31,4 +33,9 @@ def use_engine_path(path: str, xp: ModuleType, monkeypatch: pytest.MonkeyPatch) 
     """Run the rest of the test on `path`; the fused kernels only take NumPy arrays."""
     if path == "fused" and xp is not np:
         pytest.skip("the fused kernels run on NumPy arrays only")
-    monkeypatch.setenv("LOSS_SERVICE_ENGINE", path)
+    pin_engine_path(path, monkeypatch)
+
+
+def pin_engine_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`set_engine_path(path)` for the rest of the test; the previous path is back after it."""
+    monkeypatch.setattr(_engine_path, "_chosen", _engine_path.checked_engine_path(path))

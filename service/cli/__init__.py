@@ -11,9 +11,13 @@ import json
 import logging.config
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
 
 from service.cli import compute, database, label_noise, upload
 from service.config import get_settings
+from service.engine import set_engine_path
 from service.engine._warm_up import warm_up_in_background
 from service.logs import logging_config
 
@@ -37,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     database.add_parser(commands)
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:  # a bad LOSS_SERVICE_* value: say which, no traceback
+        sys.exit(f"loss-service {args.command}: " + "; ".join(map(_problem, error.errors())))
+    set_engine_path(settings.engine)  # every loss of this process takes this path
     if args.command == "compute":
         sys.exit(compute.run(args, settings))
     if args.command == "label-noise":
@@ -54,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
         try:
             warm_up_in_background()
-        except (ValueError, RuntimeError) as error:  # LOSS_SERVICE_ENGINE
+        except RuntimeError as error:  # LOSS_SERVICE_ENGINE=fused without numba
             sys.exit(f"loss-service serve: {error}")
     # The server's modules (FastAPI, uvicorn) are imported only by the commands that use them.
     from service.api import server
@@ -66,3 +74,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
     server.serve(settings, host=args.host, port=args.port, workers=args.workers)
+
+
+def _problem(error: Any) -> str:
+    """One settings error as a line: the validator's own message, else the setting and why."""
+    cause = error.get("ctx", {}).get("error")
+    if cause is not None:
+        return str(cause)
+    name = "LOSS_SERVICE_" + "_".join(map(str, error["loc"])).upper()
+    return f"{name}: {error['msg']}"

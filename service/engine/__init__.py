@@ -11,7 +11,14 @@ from service.engine._contrastive import info_nce
 from service.engine._cross_entropy import cross_entropy
 from service.engine._distillation import kl_divergence
 from service.engine._dtypes import ComputeDtype, to_compute_dtype
-from service.engine._engine_path import EnginePath, engine_path, warm_up
+from service.engine._engine_path import (
+    EnginePath,
+    checked_engine_path,
+    engine_path,
+    set_engine_path,
+    using_engine_path,
+    warm_up,
+)
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._pairwise import bradley_terry, triplet_margin
 from service.engine._reduction import (
@@ -62,6 +69,7 @@ __all__ = [
     "array_namespace",
     "binary_cross_entropy",
     "bradley_terry",
+    "checked_engine_path",
     "cross_entropy",
     "engine_path",
     "errstate",
@@ -82,10 +90,12 @@ __all__ = [
     "reduce_loss",
     "reduce_total",
     "select_backend",
+    "set_engine_path",
     "shared_softmax",
     "sigmoid_focal",
     "symmetric_cross_entropy",
     "to_compute_dtype",
     "triplet_margin",
+    "using_engine_path",
     "warm_up",
 ]

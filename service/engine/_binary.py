@@ -11,7 +11,7 @@ exactly 0. `mean` divides by the number of elements, as PyTorch.
 The sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", 2017) is that
 cross-entropy times `(1 - p_t)^gamma`, with torchvision's `sigmoid_focal_loss` conventions.
 
-On NumPy arrays, both run in one compiled pass (`_fused.binary_rows`, see `_engine_path`) that
+On NumPy arrays, both run in one compiled pass (`_kernels.cpu.binary_rows`, see `_engine_path`) that
 computes these formulas per element and checks the targets on the way; the array code here is the
 reference it is tested against, the CuPy path, and what raises the errors.
 """
@@ -35,6 +35,7 @@ from service.engine._checks import (
 )
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for, read_as_is
 from service.engine._engine_path import fused_kernels, native_dtypes
+from service.engine._kernels.interface import SIGMOID_FOCAL
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.errors import InvalidInput
@@ -126,7 +127,7 @@ def sigmoid_focal(
                 logits, labels, alpha, gamma, weight, compute_dtype, xp=xp
             ),
             xp=xp,
-            kind=kernels.SIGMOID_FOCAL,
+            kind=SIGMOID_FOCAL,
             gamma=gamma,
             alpha=alpha,
         )
@@ -165,7 +166,7 @@ def _reference_sigmoid_focal(
 
 
 def _fused_elementwise(
-    kernels: ModuleType,
+    kernels: Any,  # `_kernels.cpu`: the only kernel module with `binary_rows`
     logits: Array,
     labels: Array,
     weight: Array | None,
@@ -177,7 +178,7 @@ def _fused_elementwise(
     xp: ModuleType,
     **options: Any,
 ) -> LossResult:
-    """The same loss from the fused kernel (`_fused.binary_rows` with `options`: BCE or the
+    """The same loss from the fused kernel (`_kernels.cpu.binary_rows` with `options`: BCE or the
     sigmoid focal loss): one pass over the elements that also checks the targets, the gradient
     written already scaled for `grad_reduction`.
 

@@ -24,6 +24,7 @@ from service.engine._checks import check_option_range, check_unit_interval, firs
 from service.engine._class_balance import resolve_class_weight
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
 from service.engine._engine_path import fused_kernels, native_dtypes
+from service.engine._kernels.interface import SoftmaxKernels
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.engine._rows import class_indices, finish_rows, logit_rows
@@ -116,7 +117,7 @@ def cross_entropy(
 
 
 def _fused_cross_entropy(
-    fused: ModuleType,
+    fused: SoftmaxKernels,
     logits: Array,
     x: Array,
     target: TargetMass,
@@ -126,7 +127,7 @@ def _fused_cross_entropy(
     *,
     xp: ModuleType,
 ) -> LossResult:
-    """The same loss from the fused kernel (`_fused`): one pass over each row (`x` in any of
+    """The same loss from the fused kernel (`_kernels`): one pass over each row (`x` in any of
     its `NATIVE_INPUT_DTYPES`), the gradient written already scaled for `grad_reduction`."""
     assert target.at_label is not None  # class-index targets
     y, at_label = target.at_label

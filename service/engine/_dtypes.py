@@ -6,7 +6,7 @@ which are float64 by contract. `compute_dtype` overrides the choice. Sums over s
 accumulated in float64 by the reduction, whatever the compute dtype.
 
 The fused kernels read float16 and bfloat16 logits as they are and widen each element as they
-read it (`_fused`): the whole array is widened with `as_compute` only for the reference code
+read it (`_kernels`): the whole array is widened with `as_compute` only for the reference code
 (`_rows.logit_rows`).
 """
 

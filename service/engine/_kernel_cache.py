@@ -9,14 +9,16 @@ image compiles them at build time into a directory of its own and names that dir
 fits: the same kernel source, numba version and CPU model (numba's own checks); otherwise numba
 compiles, as without a seed.
 
-`cache_state` and `compile_counts` take the kernels' module (`_fused`), imported, so numba is
-too; `seed_cache` runs before numba is imported.
+`cache_state` and `compile_counts` take the kernels' module (`_kernels.cpu`), imported, so numba
+is too, and count the compiled functions of every module of its package; `seed_cache` runs before
+numba is imported.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -43,12 +45,19 @@ def seed_cache() -> int:
 
 
 def _dispatchers(module: ModuleType) -> list[Any]:
-    """The module's compiled functions that numba caches (`cache=True`): each has a cache path."""
-    return [
-        value
-        for value in vars(module).values()
+    """The compiled functions that numba caches (`cache=True`: each has a cache path) of the
+    module and of the other modules of its package (the kernels it calls)."""
+    package = module.__name__.rpartition(".")[0]
+    modules = [module]
+    if package:
+        modules += [m for name, m in sys.modules.items() if name.rpartition(".")[0] == package]
+    found = {
+        id(value): value
+        for m in modules
+        for value in vars(m).values()
         if getattr(getattr(value, "stats", None), "cache_path", None) is not None
-    ]
+    }
+    return list(found.values())
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ def cache_state(module: ModuleType) -> CacheState:
         return CacheState(directory=None, holds_kernels=False)
     directories = {Path(d.stats.cache_path) for d in dispatchers}
     indexed = {path.name.split("-")[0] for folder in directories for path in folder.glob("*.nbi")}
-    named = {f"{module.__name__.rpartition('.')[2]}.{d.py_func.__name__}" for d in dispatchers}
+    named = {f"{d.py_func.__module__.rpartition('.')[2]}.{d.py_func.__name__}" for d in dispatchers}
     return CacheState(directory=str(min(directories)), holds_kernels=named <= indexed)
 
 

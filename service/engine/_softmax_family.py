@@ -32,6 +32,7 @@ from service.engine._class_balance import resolve_class_weight
 from service.engine._cross_entropy import TargetMass, cross_entropy, softmax_gradient
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
 from service.engine._engine_path import fused_kernels, native_dtypes
+from service.engine._kernels.interface import SoftmaxKernels
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
 from service.engine._rows import class_indices, class_weight, finish_rows, logit_rows
@@ -314,7 +315,7 @@ def softmax_label_rows(x: Array, y: Array, valid: Array, *, xp: ModuleType) -> L
 
 
 def _fused_label_loss(
-    fused: ModuleType,
+    fused: SoftmaxKernels,
     kind: int,
     param: float,
     alpha: Array | None,
@@ -326,8 +327,8 @@ def _fused_label_loss(
     *,
     xp: ModuleType,
 ) -> LossResult:
-    """Focal or poly-1 from the fused kernel. Its `_fused._label_loss` repeats the formulas of
-    `focal` and `poly1` above: change them together (tests/test_engine_fused.py compares)."""
+    """Focal or poly-1 from the fused kernel. Its `_kernels/label_terms.py` repeats the formulas
+    of `focal` and `poly1` above: change them together (the fused-kernel tests compare)."""
     divisor = float(xp.count_nonzero(valid))
     scale = grad_scale(grad_reduction, divisor)
     per_sample, _, grad = fused.softmax_rows(

@@ -22,7 +22,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from service.engine._fused import _compiled
+from service.engine._kernels.numerics import compiled
 from service.engine.label_noise._inputs import OUTSIDE_UNIT_INTERVAL, SUM_OFF
 from service.engine.label_noise._prune_kernels import prune_by_class, prune_by_noise_rate
 
@@ -100,7 +100,7 @@ def _pairwise_sum(a: Any, lo: int, n: int) -> Any:
     return partial[0]
 
 
-@_compiled(nogil=True)
+@compiled(nogil=True)
 def group_by_class(probs: Any, labels: Any) -> tuple[Any, Any, Any, Any]:
     """Row indices ordered by label, ascending within a class (a counting sort), the start of
     each class in that order (`starts[k]:starts[k + 1]`), and the self-confidence `p[i, y_i]`
@@ -124,7 +124,7 @@ def group_by_class(probs: Any, labels: Any) -> tuple[Any, Any, Any, Any]:
     return order, starts, by_row, by_class
 
 
-@_compiled(nogil=True)
+@compiled(nogil=True)
 def class_sums(values: Any, starts: Any) -> Any:
     """Per class, `values[starts[k]:starts[k + 1]].sum()` as NumPy forms it (0 when empty)."""
     n_classes = starts.size - 1
@@ -162,7 +162,7 @@ def _first_equal(values: Any, target: Any) -> Any:
 
 # `reassoc` lets LLVM add the float64 row sums in vector lanes: they are only compared with a
 # tolerance. Nothing else in the kernel is floating-point arithmetic.
-@_compiled(nogil=True, fastmath={"reassoc"})
+@compiled(nogil=True, fastmath={"reassoc"})
 def scan_rows(
     probs: Any, keys: Any, labels: Any, cut: Any, nudged: Any, sum_tolerance: float
 ) -> tuple[Any, Any, Any, Any, Any]:
@@ -223,7 +223,7 @@ def _xlogx(x: Any) -> Any:
     return x - x if x == 0 else x * math.log(x)
 
 
-@_compiled(nogil=True)
+@compiled(nogil=True)
 def entropy_sums(probs: Any) -> Any:
     """`np.sum(xlogy(probs, probs), axis=1)` (`get_normalized_entropy`), bit for bit."""
     n, c = probs.shape

@@ -24,7 +24,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from service.engine._fused import _compiled
+from service.engine._kernels.numerics import compiled
 
 
 @numba.njit(inline="always")
@@ -62,7 +62,7 @@ def _cut(heap: Any, lo: int, m: int) -> Any:
     return mth if mth > heap[lo] else np.inf
 
 
-@_compiled(nogil=True)
+@compiled(nogil=True)
 def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any, kept: Any) -> tuple[Any, Any]:
     """Of the rows labelled k, flag the `prune_counts[j, k]` with the largest margin `p_j - p_k`,
     for each j != k. Returns the mask and the (k, j) cells tied at the cut, as `[n, 2]`. Rows
@@ -155,7 +155,7 @@ def prune_by_noise_rate(probs: Any, labels: Any, prune_counts: Any, kept: Any) -
     return mask, tied
 
 
-@_compiled(nogil=True)
+@compiled(nogil=True)
 def prune_by_class(values: Any, order: Any, starts: Any, counts: Any) -> tuple[Any, Any]:
     """Of the rows labelled k, flag the `counts[k]` with the smallest `values` (self-confidence,
     grouped by class as `order`). Returns the mask and the classes tied at the cut."""

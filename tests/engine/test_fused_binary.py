@@ -1,4 +1,4 @@
-"""The fused binary cross-entropy (`_fused.binary_rows`) against the reference array code.
+"""The fused binary cross-entropy (`_kernels.cpu.binary_rows`) against the reference array code.
 
 Both paths must give the same losses, gradients and errors: over weight and pos_weight shapes x
 reductions x shapes x float32/float64, with logits of 1e4, 100 and -inf, targets of exactly 0 and
@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine import LossResult, _fused, binary_cross_entropy, reduce_loss, sigmoid_focal
+from service.engine import LossResult, binary_cross_entropy, reduce_loss, sigmoid_focal
+from service.engine._kernels import cpu
 from service.errors import InvalidInput
-from tests.fused_cases import assert_same
-from tests.test_engine_fused import on_path
+from tests.engine.fused_cases import assert_same
+from tests.engine.test_fused import on_path
 
 RNG = np.random.default_rng(20261126)
 
@@ -106,7 +107,7 @@ def test_rows_longer_than_a_work_item_and_grouped_short_rows(
     """Long rows are cut into work items; short ones go to the kernel in groups of
     `BINARY_CHUNK // C` rows, and the rows that do not fill one in a second launch."""
     n_cols = shape[-1]
-    assert n_cols > _fused.BINARY_CHUNK or math.prod(shape[:-1]) % (_fused.BINARY_CHUNK // n_cols)
+    assert n_cols > cpu.BINARY_CHUNK or math.prod(shape[:-1]) % (cpu.BINARY_CHUNK // n_cols)
     logits, labels = logits_and_labels(shape, dtype)
     options = {
         "weight": factor(weight, shape, dtype),
@@ -210,13 +211,13 @@ def test_errors_are_identical(logits: Any, labels: Any, options: dict[str, Any])
 
 def test_the_kernel_runs_on_the_fused_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, ...]] = []
-    real = _fused.binary_rows
+    real = cpu.binary_rows
 
     def counting(x: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(x.shape)
         return real(x, *args, **kwargs)
 
-    monkeypatch.setattr(_fused, "binary_rows", counting)
+    monkeypatch.setattr(cpu, "binary_rows", counting)
     logits, labels = logits_and_labels((3, 2, 5), np.float32)
     on_path("reference", binary_cross_entropy, logits, labels)
     assert calls == []
@@ -231,7 +232,7 @@ def test_float32_loss_and_gradient_against_float64(target: float) -> None:
     x = np.concatenate([np.linspace(-100, 100, 400_001), [-1e4, 1e4, -87.5, 87.5]])
     x = x.astype(np.float32)
     y = np.full_like(x, target)
-    per_element, grad, status, total = _fused.binary_rows(x[None], y[None], None, None)
+    per_element, grad, status, total = cpu.binary_rows(x[None], y[None], None, None)
     assert status == 0
     assert total == pytest.approx(np.sum(per_element, dtype=np.float64), rel=1e-12)
     x64 = x.astype(np.float64)

@@ -1,7 +1,7 @@
-"""The CUDA kernel (service/engine/_fused_cupy.py) against the reference array code.
+"""The CUDA kernel (service/engine/_kernels/cuda.py) against the reference array code.
 
 On a GPU: CuPy fused vs CuPy reference vs NumPy reference over the grid of
-tests/test_engine_fused.py (weights x ignore_index x smoothing x z-loss x reductions x 2-D/3-D x
+tests/engine/test_fused.py (weights x ignore_index x smoothing x z-loss x reductions x 2-D/3-D x
 float32/float64), focal and poly-1, masked classes, logits of 1e4, empty batches.
 
 Everywhere (no GPU needed): the dispatch rules, that importing the module imports no CuPy, and
@@ -32,14 +32,15 @@ from service.engine import (
     LossResult,
     ReducedLoss,
     _engine_path,
-    _fused_cupy,
     cross_entropy,
     focal,
     poly1,
     reduce_loss,
+    using_engine_path,
 )
+from service.engine._kernels import cuda
 from service.errors import InvalidInput
-from tests.fused_cases import (
+from tests.engine.fused_cases import (
     FAMILY,
     FAMILY_IDS,
     GRID,
@@ -54,6 +55,7 @@ from tests.fused_cases import (
     grid_options,
     masked_logits,
 )
+from tests.engine_helpers import pin_engine_path
 
 
 def _cupy_with_gpu() -> types.ModuleType | None:
@@ -76,8 +78,7 @@ def on_path(path: str, function: Callable[..., LossResult], *args: Any, **kwargs
     """`function(*args, **kwargs)` on one engine path, reduced with `reduction` (default
     `none`); an InvalidInput is returned, not raised."""
     reduction = kwargs.pop("reduction", "none")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(_engine_path.ENGINE_ENV, path)
+    with using_engine_path(path):
         try:
             return reduce_loss(function(*args, **kwargs), reduction)
         except InvalidInput as error:
@@ -214,7 +215,7 @@ def emulation_library(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     assert compiler is not None, "the tests marked cxx are deselected without g++ (conftest)"
     folder = tmp_path_factory.mktemp("kernel")
     source = folder / "kernel.cpp"
-    source.write_text(EMULATION + _fused_cupy.SOURCE + LAUNCHER)
+    source.write_text(EMULATION + cuda.source() + LAUNCHER)
     library = folder / "kernel.so"
     # -fno-strict-aliasing: the source reads rows through 16-byte vector types (as CUDA does)
     command = [compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w"]
@@ -229,11 +230,10 @@ def emulated(
 ) -> Iterator[dict[str, EmulatedKernel]]:
     """The CUDA source, compiled for the CPU, as the fused path of NumPy arrays."""
     kernels = {
-        dtype: EmulatedKernel(emulation_library, name)
-        for dtype, name in _fused_cupy.KERNEL_NAMES.items()
+        dtype: EmulatedKernel(emulation_library, name) for dtype, name in cuda.KERNEL_NAMES.items()
     }
-    monkeypatch.setattr(_fused_cupy, "_kernel", kernels.__getitem__)
-    monkeypatch.setattr(_engine_path, "_load", lambda required: _fused_cupy)
+    monkeypatch.setattr(cuda, "_kernel", kernels.__getitem__)
+    monkeypatch.setattr(_engine_path, "_load", lambda required: cuda)
     emulation_library.misaligned_vectors.restype = ctypes.c_long
     emulation_library.misaligned_vectors()
     yield kernels
@@ -354,8 +354,8 @@ def class_index_rows(
     valid = labels >= 0
     mass = valid.astype(np.float64 if x.dtype == np.float64 else np.float32)
     y = xp.where(valid, labels, 0)
-    kind = _fused_cupy.CROSS_ENTROPY
-    per_sample, lse, grad = _fused_cupy.softmax_rows(
+    kind = cuda.CROSS_ENTROPY
+    per_sample, lse, grad = cuda.softmax_rows(
         x, y, valid, kind=kind, at_label=mass, total=mass, **options
     )
     return host(per_sample), host(lse), host(grad)
@@ -484,9 +484,9 @@ def test_emulated_kernel_grad_scale(emulated: dict[str, EmulatedKernel], dtype: 
 
 def test_kernel_rejects_other_input_dtypes() -> None:
     with pytest.raises(ValueError, match="int32"):
-        _fused_cupy.input_dtype_name(np.zeros((2, 3), np.int32))
+        cuda.input_dtype_name(np.zeros((2, 3), np.int32))
     with pytest.raises(ValueError, match="uint16 array of bits"):
-        _fused_cupy.input_dtype_name(np.zeros((2, 3), np.float16), bfloat16_bits=True)
+        cuda.input_dtype_name(np.zeros((2, 3), np.float16), bfloat16_bits=True)
 
 
 # --- dispatch (no GPU needed) ---------------------------------------------------------------
@@ -498,33 +498,26 @@ def fake_cupy() -> types.ModuleType:
 
 @pytest.mark.parametrize(
     ("path", "expected"),
-    [("auto", _fused_cupy), ("fused", _fused_cupy), ("reference", None)],
+    [("auto", cuda), ("fused", cuda), ("reference", None)],
 )
 def test_cupy_arrays_dispatch_to_the_cuda_kernel(
     monkeypatch: pytest.MonkeyPatch, path: str, expected: Any
 ) -> None:
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, path)
+    pin_engine_path(path, monkeypatch)
     assert _engine_path.fused_kernels(fake_cupy()) is expected
 
 
 def test_cupy_dispatch_needs_no_numba(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_engine_path, "_import_fused", lambda: (None, "ImportError: no numba"))
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "fused")
-    assert _engine_path.fused_kernels(fake_cupy()) is _fused_cupy
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "auto")
+    pin_engine_path("fused", monkeypatch)
+    assert _engine_path.fused_kernels(fake_cupy()) is cuda
+    pin_engine_path("auto", monkeypatch)
     assert _engine_path.fused_kernels(np) is None  # NumPy falls back to the reference quietly
 
 
 def test_other_namespaces_use_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "fused")
+    pin_engine_path("fused", monkeypatch)
     assert _engine_path.fused_kernels(types.ModuleType("array_api_strict")) is None
-
-
-def test_kernel_interface_matches_the_numba_kernels() -> None:
-    """The losses call either module the same way."""
-    source = Path(_engine_path.__file__).with_name("_fused.py").read_text()
-    for name in ("CROSS_ENTROPY", "FOCAL", "POLY1"):
-        assert f"{name}: Final = {getattr(_fused_cupy, name)}" in source
 
 
 @pytest.mark.parametrize(
@@ -541,17 +534,17 @@ def test_kernel_interface_matches_the_numba_kernels() -> None:
     ],
 )
 def test_launch_shape(n_rows: int, n_classes: int, shape: tuple[int, int, int]) -> None:
-    assert _fused_cupy.launch_shape(n_rows, n_classes) == shape
+    assert cuda.launch_shape(n_rows, n_classes) == shape
     blocks, threads, lanes = shape
     assert lanes & (lanes - 1) == 0 and threads % 32 == 0 and threads % lanes == 0
     assert blocks * (threads // lanes) >= n_rows > (blocks - 1) * (threads // lanes)
-    assert threads <= _fused_cupy.MAX_BLOCK
-    assert f"#define MAX_BLOCK {_fused_cupy.MAX_BLOCK} " in _fused_cupy.SOURCE
+    assert threads <= cuda.MAX_BLOCK
+    assert f"#define MAX_BLOCK {cuda.MAX_BLOCK} " in cuda.source()
 
 
 def test_importing_the_kernel_module_imports_no_cupy() -> None:
     code = (
-        "import sys, service, service.engine, service.engine._fused_cupy, "
+        "import sys, service, service.engine, service.engine._kernels.cuda, "
         "service.engine._engine_path; assert 'cupy' not in sys.modules, 'cupy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -684,19 +677,19 @@ def test_cupy_kernel_float16_input_and_dispatch(
     fused = three_ways(cp, cross_entropy, logits, labels, np.float32)
     assert fused.grads["logits"].dtype == np.float32
     calls: list[int] = []
-    real = _fused_cupy.softmax_rows
+    real = cuda.softmax_rows
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(kwargs["kind"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_fused_cupy, "softmax_rows", counting)
-    monkeypatch.delenv(_engine_path.ENGINE_ENV, raising=False)
+    monkeypatch.setattr(cuda, "softmax_rows", counting)
+    pin_engine_path("auto", monkeypatch)
     x, y = cp.asarray(logits), cp.asarray(labels)
     for function in (cross_entropy, focal, poly1):
         function(x, y)
     cross_entropy(x, cp.asarray(np.eye(C, dtype=np.float32)[labels]))  # probabilities: reference
-    assert calls == [_fused_cupy.CROSS_ENTROPY, _fused_cupy.FOCAL, _fused_cupy.POLY1]
+    assert calls == [cuda.CROSS_ENTROPY, cuda.FOCAL, cuda.POLY1]
 
 
 def test_the_source_compiles_with_nvcc_for_sm90(tmp_path: Path) -> None:
@@ -706,7 +699,7 @@ def test_the_source_compiles_with_nvcc_for_sm90(tmp_path: Path) -> None:
     if nvcc is None:
         pytest.skip("nvcc not on PATH")
     source = tmp_path / "softmax_rows.cu"
-    source.write_text(_fused_cupy.SOURCE)
+    source.write_text(cuda.source())
     command = [nvcc, "-arch=sm_90", "-std=c++14", "--resource-usage", "-c", str(source)]
     done = subprocess.run(
         [*command, "-o", str(tmp_path / "softmax_rows.o")], capture_output=True, text=True
@@ -715,8 +708,8 @@ def test_the_source_compiles_with_nvcc_for_sm90(tmp_path: Path) -> None:
     registers = dict(
         re.findall(r"entry function '(\w+)'.*?Used (\d+) registers", done.stderr, re.DOTALL)
     )
-    assert set(registers) == set(_fused_cupy.KERNEL_NAMES.values()), done.stderr
-    limit = 65536 // (2 * _fused_cupy.MAX_BLOCK)
+    assert set(registers) == set(cuda.KERNEL_NAMES.values()), done.stderr
+    limit = 65536 // (2 * cuda.MAX_BLOCK)
     assert all(int(count) <= limit for count in registers.values()), registers
 
 
@@ -725,7 +718,7 @@ def test_the_source_compiles_with_nvrtc() -> None:
     try:
         from cupy_backends.cuda.libs import nvrtc  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
-        program = nvrtc.createProgram(_fused_cupy.SOURCE, "softmax_rows.cu", [], [])
+        program = nvrtc.createProgram(cuda.source(), "softmax_rows.cu", [], [])
     except Exception as error:  # no CuPy, or no NVRTC library
         pytest.skip(f"NVRTC not usable here: {type(error).__name__}: {error}")
     try:
@@ -733,5 +726,5 @@ def test_the_source_compiles_with_nvrtc() -> None:
     except Exception as error:
         pytest.fail(f"{error}\n{nvrtc.getProgramLog(program)}")
     ptx = nvrtc.getPTX(program).decode()
-    for name in _fused_cupy.KERNEL_NAMES.values():
+    for name in cuda.KERNEL_NAMES.values():
         assert f".entry {name}(" in ptx

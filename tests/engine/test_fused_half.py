@@ -17,7 +17,6 @@ import pytest
 
 from service.engine import (
     LossResult,
-    _fused,
     binary_cross_entropy,
     cross_entropy,
     focal,
@@ -25,8 +24,9 @@ from service.engine import (
     reduce_loss,
     sigmoid_focal,
 )
-from tests.fused_cases import C, assert_same
-from tests.test_engine_fused import FOLDING, FOLDING_IDS, on_path
+from service.engine._kernels import binary, cpu, few_classes
+from tests.engine.fused_cases import C, assert_same
+from tests.engine.test_fused import FOLDING, FOLDING_IDS, on_path
 
 RNG = np.random.default_rng(16)
 HALF = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
@@ -56,13 +56,13 @@ def kernel_inputs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The dtype names of the rows each kernel call receives."""
     seen: list[str] = []
     for name in ("softmax_rows", "binary_rows"):
-        real = getattr(_fused, name)
+        real = getattr(cpu, name)
 
         def recording(x: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
             seen.append(x.dtype.name)
             return _real(x, *args, **kwargs)
 
-        monkeypatch.setattr(_fused, name, recording)
+        monkeypatch.setattr(cpu, name, recording)
     yield seen
 
 
@@ -163,8 +163,8 @@ def test_every_16_bit_value_widens_exactly(dtype: np.dtype) -> None:
     rows = values[keep].reshape(-1, 1)
     n = rows.shape[0]
     ones = np.ones(n, np.float32)
-    _, lse, _ = _fused.softmax_rows(
-        rows, np.zeros(n, np.int64), np.zeros(n, bool), kind=_fused.CROSS_ENTROPY,
+    _, lse, _ = cpu.softmax_rows(
+        rows, np.zeros(n, np.int64), np.zeros(n, bool), kind=cpu.CROSS_ENTROPY,
         at_label=ones, total=ones, z_loss=1.0,
     )  # fmt: skip
     widened = exact[keep].astype(np.float64)
@@ -185,7 +185,7 @@ def test_16_bit_inputs_are_not_modified() -> None:
 def test_one_compiled_kernel_per_native_dtype() -> None:
     """Every argument has one type whatever the options (an absent one is an empty read-only
     array) and the input's flags: a process compiles each kernel once per native dtype."""
-    for name in sorted(_fused.NATIVE_INPUT_DTYPES):
+    for name in sorted(cpu.NATIVE_INPUT_DTYPES):
         dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
         logits = half_rows(dtype, (4,)) if dtype.itemsize == 2 else RNG.normal(size=(4, C))
         logits = logits.astype(dtype)
@@ -198,5 +198,5 @@ def test_one_compiled_kernel_per_native_dtype() -> None:
         on_path("fused", poly1, logits, labels)
         targets = np.zeros(logits.shape, dtype)
         on_path("fused", binary_cross_entropy, logits, targets, weight=np.ones(C))
-    assert len(_fused._softmax_rows.signatures) == len(_fused.NATIVE_INPUT_DTYPES)
-    assert len(_fused._binary_rows.signatures) == len(_fused.NATIVE_INPUT_DTYPES)
+    for kernel in (few_classes.few_class_kernel(C), binary.binary_rows_serial):
+        assert len(kernel.signatures) == len(cpu.NATIVE_INPUT_DTYPES)

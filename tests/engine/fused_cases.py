@@ -1,6 +1,6 @@
 """The cases both fused kernels are checked on against the reference array code.
 
-tests/test_engine_fused.py (numba, NumPy arrays) and tests/test_engine_fused_cupy.py (CUDA, CuPy
+tests/engine/test_fused.py (numba, NumPy arrays) and tests/engine/test_fused_cuda.py (CUDA, CuPy
 arrays) run the same grid: weights x ignore_index x smoothing x z-loss x reductions x 2-D/3-D x
 float32/float64, focal and poly-1, and masked classes.
 """

@@ -11,6 +11,7 @@ import pytest
 from service import engine
 from service.engine import _softmax
 from tests.conftest import to_numpy
+from tests.engine_helpers import pin_engine_path
 
 RNG = np.random.default_rng(11)
 LOGITS = RNG.normal(size=(6, 5)) * 3
@@ -22,7 +23,7 @@ T = np.full((5, 5), 0.05) + np.eye(5) * 0.75
 def reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sharing is the reference code's: the fused kernels (cross-entropy, focal, poly-1) have
     no softmax to share. Pinning the reference makes these losses use the shared one."""
-    monkeypatch.setenv("LOSS_SERVICE_ENGINE", "reference")
+    pin_engine_path("reference", monkeypatch)
 
 
 LOSSES: list[tuple[Any, dict[str, Any]]] = [

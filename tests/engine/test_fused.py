@@ -1,4 +1,4 @@
-"""The fused kernels (service/engine/_fused.py) against the reference array code.
+"""The fused CPU kernels (service/engine/_kernels/) against the reference array code.
 
 Both paths must give the same losses, gradients, counts and errors: over weights x ignore_index x
 label smoothing x z-loss x reductions x 2-D/3-D x float32/float64, focal and poly-1 options,
@@ -24,16 +24,17 @@ from service.engine import (
     LossResult,
     ReducedLoss,
     _engine_path,
-    _fused,
     cross_entropy,
     focal,
     poly1,
     reduce_loss,
     shared_softmax,
+    using_engine_path,
 )
-from service.engine._fused import EXP_F32_FLUSH
+from service.engine._kernels import cpu, softmax
+from service.engine._kernels.numerics import EXP_F32_FLUSH
 from service.errors import InvalidInput
-from tests.fused_cases import (
+from tests.engine.fused_cases import (
     FAMILY,
     FAMILY_IDS,
     GRID,
@@ -45,12 +46,12 @@ from tests.fused_cases import (
     grid_options,
     masked_logits,
 )
+from tests.engine_helpers import pin_engine_path
 
 
 def on_path(path: str, function: Callable[..., LossResult], *args: Any, **kwargs: Any) -> Any:
     """`function(*args, **kwargs)` on one engine path; an InvalidInput is returned, not raised."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(_engine_path.ENGINE_ENV, path)
+    with using_engine_path(path):
         try:
             return function(*args, **kwargs)
         except InvalidInput as error:
@@ -324,7 +325,7 @@ def kernel_exp(t: np.ndarray) -> np.ndarray:
     rows = t.reshape(1, -1)
     rows.flags.writeable = False  # the kernel's argument types: no new compile
     out = np.empty_like(rows)
-    _fused._store_exp(rows, 0, t.dtype.type(0), out)
+    softmax._store_exp(rows, 0, t.dtype.type(0), out)
     return out[0]
 
 
@@ -357,27 +358,27 @@ def test_float64_rows_use_the_library_exp() -> None:
 @pytest.fixture
 def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     calls: list[int] = []
-    real = _fused.softmax_rows
+    real = cpu.softmax_rows
 
     @functools.wraps(real)  # the same signature: `grad_scale` is still passed
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(kwargs["kind"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_fused, "softmax_rows", counting)
+    monkeypatch.setattr(cpu, "softmax_rows", counting)
     yield calls
 
 
 def test_auto_uses_the_kernel_for_class_indices_on_numpy(
     kernel_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(_engine_path.ENGINE_ENV, raising=False)
+    pin_engine_path("auto", monkeypatch)
     assert engine.engine_path() == "auto"
     logits, labels = batch((4,), np.float32, ignored=False)
     cross_entropy(logits, labels)
     focal(logits, labels)
     poly1(logits, labels)
-    assert kernel_calls == [_fused.CROSS_ENTROPY, _fused.FOCAL, _fused.POLY1]
+    assert kernel_calls == [cpu.CROSS_ENTROPY, cpu.FOCAL, cpu.POLY1]
 
 
 def test_reference_path_and_probability_targets_skip_the_kernel(
@@ -385,9 +386,9 @@ def test_reference_path_and_probability_targets_skip_the_kernel(
 ) -> None:
     logits, labels = batch((4,), np.float32, ignored=False)
     probabilities = np.eye(C, dtype=np.float32)[labels]
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "fused")
+    pin_engine_path("fused", monkeypatch)
     cross_entropy(logits, probabilities)
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "reference")
+    pin_engine_path("reference", monkeypatch)
     cross_entropy(logits, labels)
     focal(logits, labels)
     assert kernel_calls == []
@@ -397,7 +398,7 @@ def test_inside_shared_softmax_the_kernel_gives_the_same_numbers(
     kernel_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/v1/evaluate (a shared softmax) must equal /v1/losses/{name} bit for bit."""
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "auto")
+    pin_engine_path("auto", monkeypatch)
     logits, labels = batch((6,), np.float64, ignored=True)
     losses: list[tuple[Callable[..., LossResult], dict[str, Any]]] = [
         (cross_entropy, {"label_smoothing": 0.1}),
@@ -418,26 +419,46 @@ def test_fused_without_numba_is_an_error_and_auto_falls_back(
 ) -> None:
     monkeypatch.setattr(_engine_path, "_import_fused", lambda: (None, "ImportError: no numba"))
     logits, labels = batch((4,), np.float32, ignored=False)
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "fused")
+    pin_engine_path("fused", monkeypatch)
     with pytest.raises(RuntimeError, match="do not load: ImportError: no numba"):
         cross_entropy(logits, labels)
     with pytest.raises(RuntimeError, match="no numba"):
         engine.warm_up()
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "auto")
+    pin_engine_path("auto", monkeypatch)
     assert engine.warm_up() is False
     assert reduce_loss(cross_entropy(logits, labels)).n_valid == 4
     assert kernel_calls == []
 
 
 def test_unknown_engine_path_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    pin_engine_path("reference", monkeypatch)
+    with pytest.raises(ValueError, match="LOSS_SERVICE_ENGINE='fast': expected one of"):
+        engine.set_engine_path("fast")
+    assert engine.engine_path() == "reference"
+
+
+def test_the_engine_setting_is_checked_when_the_settings_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.config import Settings
+
+    monkeypatch.setenv(_engine_path.ENGINE_ENV, " Reference ")
+    assert Settings().engine == "reference"
     monkeypatch.setenv(_engine_path.ENGINE_ENV, "fast")
-    with pytest.raises(ValueError, match="LOSS_SERVICE_ENGINE"):
-        engine.engine_path()
+    with pytest.raises(ValueError, match="LOSS_SERVICE_ENGINE='fast'"):
+        Settings()
+
+
+def test_using_engine_path_restores_the_previous_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    pin_engine_path("fused", monkeypatch)
+    with engine.using_engine_path("reference"):
+        assert engine.engine_path() == "reference"
+    assert engine.engine_path() == "fused"
 
 
 @pytest.mark.parametrize(("path", "expected"), [("auto", True), ("reference", False)])
 def test_warm_up(monkeypatch: pytest.MonkeyPatch, path: str, expected: bool) -> None:
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, path)
+    pin_engine_path(path, monkeypatch)
     assert engine.warm_up() is expected
 
 
@@ -477,7 +498,7 @@ def test_pool_stays_under_its_cap_and_ignores_small_arrays() -> None:
 
 
 def test_a_gradient_still_held_is_never_overwritten(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "fused")
+    pin_engine_path("fused", monkeypatch)
     logits, labels = batch((1 << 17,), np.float32, ignored=False)  # a 3.5 MiB gradient
     first = reduce_loss(cross_entropy(logits, labels), "sum").grads["logits"]
     kept = first.copy()
@@ -494,7 +515,7 @@ def test_a_gradient_still_held_is_never_overwritten(monkeypatch: pytest.MonkeyPa
 def test_concurrent_calls_keep_their_own_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     """The service runs requests on a thread pool: kernel launches take turns, and a gradient
     buffer goes to one caller at a time."""
-    monkeypatch.setenv(_engine_path.ENGINE_ENV, "fused")
+    pin_engine_path("fused", monkeypatch)
     inputs = [batch((1 << 16,), np.float32, ignored=True) for _ in range(4)]  # 1.75 MiB each
     expected = [reduce_loss(cross_entropy(x, y), "sum").grads["logits"].copy() for x, y in inputs]
 

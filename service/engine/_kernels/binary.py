@@ -1,0 +1,230 @@
+"""Binary cross-entropy with logits and the sigmoid focal loss, element by element: the CPU
+kernels of `_binary.binary_cross_entropy` and `_binary.sigmoid_focal`.
+
+One pass per element computes the loss, the gradient (already scaled by the caller's
+`grad_scale`) and the checks the reference makes (targets in [0, 1], finite results). float32
+elements use polynomials for exp and log1p only (`numerics.sigmoid_pair`), so that LLVM
+vectorises the loop; float64 ones the C library's. A work item is a row, or `BINARY_CHUNK`
+elements of a long one, so that the threads get work whatever the shape; each reports its status
+bits and the float64 sum of its losses. As the softmax kernels, each comes compiled twice: over
+numba's threads and serially (`cpu` picks by size).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import numba
+import numpy as np
+from numba import prange
+
+from service.engine._kernels.numerics import (
+    compiled,
+    convert,
+    positive_part,
+    sigmoid_pair,
+    sigmoid_parts,
+    widen,
+)
+
+# Elements per work item of the binary kernels: a row, or a piece of a long one (a 1-D batch is one
+# row), so that both cores get work whatever the shape.
+BINARY_CHUNK: Final = 4096
+LABEL_OUTSIDE: Final = 1  # status bits of a work item: a label not in [0, 1] (or NaN)
+NOT_FINITE: Final = 2  # a loss or gradient element not finite (or a NaN logit)
+
+
+@compiled(fastmath={"reassoc"}, error_model="numpy")
+def _span_sum(values: Any, i: int, start: int, stop: int) -> float:
+    """The float64 sum of `values[i, start:stop]` (apart from the loop that writes the values,
+    whose vectorisation a strict float64 sum would prevent)."""
+    total = 0.0
+    for c in range(start, stop):
+        total += np.float64(values[i, c])
+    return total
+
+
+@numba.njit(inline="always")
+def _binary_item(
+    k: int,
+    x: Any,
+    y: Any,
+    w: Any,
+    p: Any,
+    grad_scale: float,
+    per_element: Any,
+    grad: Any,
+    status: Any,
+    sums: Any,
+) -> None:
+    """Work item k of `binary_rows_parallel` / `_serial`."""
+    n_cols = x.shape[1]
+    pieces = (n_cols + BINARY_CHUNK - 1) // BINARY_CHUNK
+    i = k // pieces
+    start = (k % pieces) * BINARY_CHUNK
+    wi = i if w.shape[0] > 1 else 0
+    pi = i if p.shape[0] > 1 else 0
+    label_outside = False
+    not_finite = False
+    for c in range(start, min(start + BINARY_CHUNK, n_cols)):
+        v = widen(x[i, c])
+        target = widen(y[i, c])
+        tail, sigmoid = sigmoid_pair(v)  # log(1 + e^-|v|), sigmoid(v)
+        softplus = positive_part(v) + tail  # -log(1 - sigmoid(v))
+        softplus_neg = positive_part(-v) + tail  # -log sigmoid(v)
+        positive = p[pi, c] * target  # coefficient of -log sigmoid(v)
+        negative = convert(1.0, target) - target
+        # a zero coefficient adds 0, even times inf
+        loss = (convert(0.0, v) if positive == 0 else positive * softplus_neg) + (
+            negative * softplus
+        )
+        g = sigmoid * (positive + negative) - positive
+        loss = loss * w[wi, c]
+        g = g * w[wi, c]
+        label_outside |= not (target >= 0 and target <= 1)
+        not_finite |= not (math.isfinite(loss) and math.isfinite(g)) or v != v
+        per_element[i, c] = loss
+        grad[i, c] = g * convert(grad_scale, v)  # as `reduce_loss` scales: the same bits
+    status[k] = (LABEL_OUTSIDE if label_outside else 0) | (NOT_FINITE if not_finite else 0)
+    sums[k] = _span_sum(per_element, i, start, min(start + BINARY_CHUNK, n_cols))  # in cache
+
+
+@compiled(parallel=True, fastmath=False, error_model="numpy", nogil=True)
+def binary_rows_parallel(
+    x: Any,
+    y: Any,
+    w: Any,
+    p: Any,
+    grad_scale: float,
+    per_element: Any,
+    grad: Any,
+    status: Any,
+    sums: Any,
+) -> None:
+    """BCE with logits of rows `x` [M, C] against targets `y`: `_binary.binary_cross_entropy`.
+
+    `w` (weight) and `p` (pos_weight) are [1, C] (the same for every row; ones when absent) or
+    [M, C]. Per element, in the rows' dtype as the reference, with e = exp(-|x|):
+    softplus(+-x) = max(+-x, 0) + log1p(e), loss = w (p y softplus(-x) + (1 - y) softplus(x)),
+    gradient `grad_scale` w (sigmoid(x)(p y + 1 - y) - p y), sigmoid and log1p(e) from
+    `sigmoid_pair`. `status[k]` collects the bits of work item k (`LABEL_OUTSIDE`, `NOT_FINITE`),
+    `sums[k]` the float64 sum of its losses.
+    """
+    pieces = (x.shape[1] + BINARY_CHUNK - 1) // BINARY_CHUNK
+    for k in prange(x.shape[0] * pieces):
+        _binary_item(k, x, y, w, p, grad_scale, per_element, grad, status, sums)
+
+
+@compiled(fastmath=False, error_model="numpy", nogil=True)
+def binary_rows_serial(
+    x: Any,
+    y: Any,
+    w: Any,
+    p: Any,
+    grad_scale: float,
+    per_element: Any,
+    grad: Any,
+    status: Any,
+    sums: Any,
+) -> None:
+    pieces = (x.shape[1] + BINARY_CHUNK - 1) // BINARY_CHUNK
+    for k in range(x.shape[0] * pieces):
+        _binary_item(k, x, y, w, p, grad_scale, per_element, grad, status, sums)
+
+
+@numba.njit(inline="always")
+def _sigmoid_focal_item(
+    k: int,
+    x: Any,
+    y: Any,
+    w: Any,
+    alpha: float,
+    gamma: float,
+    grad_scale: float,
+    per_element: Any,
+    grad: Any,
+    status: Any,
+    sums: Any,
+) -> None:
+    """Work item k of `sigmoid_focal_rows_parallel` / `_serial`."""
+    n_cols = x.shape[1]
+    pieces = (n_cols + BINARY_CHUNK - 1) // BINARY_CHUNK
+    weighted = alpha >= 0
+    i = k // pieces
+    start = (k % pieces) * BINARY_CHUNK
+    wi = i if w.shape[0] > 1 else 0
+    label_outside = False
+    not_finite = False
+    for c in range(start, min(start + BINARY_CHUNK, n_cols)):
+        v = widen(x[i, c])
+        target = widen(y[i, c])
+        zero = convert(0.0, v)
+        one = convert(1.0, v)
+        tail, p, q = sigmoid_parts(v)  # log(1 + e^-|v|), sigmoid(v), 1 - sigmoid(v)
+        softplus = positive_part(v) + tail
+        softplus_neg = positive_part(-v) + tail
+        negative = one - target
+        ce = (zero if target == 0 else target * softplus_neg) + negative * softplus
+        d_ce = p * (target + negative) - target
+        m = negative * p + target * q  # 1 - p_t, a sum of non-negative terms
+        g_ = convert(gamma, v)
+        modulator = m * m if gamma == 2 else (one if gamma == 0 else m**g_)  # 0^0 = 1
+        r = p * q / m if m > 0 else zero  # in [0, 1]: m^(gamma - 1) never formed
+        loss = ce * modulator
+        g = modulator * (d_ce + g_ * ce * r * (one - convert(2.0, v) * target))
+        if weighted:
+            a = convert(alpha, v)
+            alpha_t = a * target + (one - a) * negative
+            loss = zero if alpha_t == 0 else alpha_t * loss  # silences even inf * 0
+            g = zero if alpha_t == 0 else alpha_t * g
+        loss = loss * w[wi, c]
+        g = g * w[wi, c]
+        label_outside |= not (target >= 0 and target <= 1)
+        not_finite |= not (math.isfinite(loss) and math.isfinite(g)) or v != v
+        per_element[i, c] = loss
+        grad[i, c] = g * convert(grad_scale, v)
+    status[k] = (LABEL_OUTSIDE if label_outside else 0) | (NOT_FINITE if not_finite else 0)
+    sums[k] = _span_sum(per_element, i, start, min(start + BINARY_CHUNK, n_cols))
+
+
+@compiled(parallel=True, fastmath=False, error_model="numpy", nogil=True)
+def sigmoid_focal_rows_parallel(
+    x: Any,
+    y: Any,
+    w: Any,
+    alpha: float,
+    gamma: float,
+    grad_scale: float,
+    per_element: Any,
+    grad: Any,
+    status: Any,
+    sums: Any,
+) -> None:
+    """The sigmoid focal loss of rows `x` against targets `y`: `_binary.sigmoid_focal`, operation
+    for operation, in the work items of `binary_rows_parallel` (whose arguments these are,
+    `alpha` < 0 for none and `gamma` instead of a pos_weight). With m = 1 - p_t and
+    r = p (1 - p) / m: loss = alpha_t m^gamma ce,
+    gradient alpha_t m^gamma (d ce + gamma ce r (1 - 2 y)).
+    """
+    pieces = (x.shape[1] + BINARY_CHUNK - 1) // BINARY_CHUNK
+    for k in prange(x.shape[0] * pieces):
+        _sigmoid_focal_item(k, x, y, w, alpha, gamma, grad_scale, per_element, grad, status, sums)
+
+
+@compiled(fastmath=False, error_model="numpy", nogil=True)
+def sigmoid_focal_rows_serial(
+    x: Any,
+    y: Any,
+    w: Any,
+    alpha: float,
+    gamma: float,
+    grad_scale: float,
+    per_element: Any,
+    grad: Any,
+    status: Any,
+    sums: Any,
+) -> None:
+    pieces = (x.shape[1] + BINARY_CHUNK - 1) // BINARY_CHUNK
+    for k in range(x.shape[0] * pieces):
+        _sigmoid_focal_item(k, x, y, w, alpha, gamma, grad_scale, per_element, grad, status, sums)

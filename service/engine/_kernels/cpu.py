@@ -1,0 +1,266 @@
+"""The CPU kernels' Python side: the `SoftmaxKernels` interface on NumPy arrays (numba).
+
+`softmax_rows` (cross-entropy, focal, poly-1: `softmax`) and `binary_rows` (binary
+cross-entropy, the sigmoid focal loss: `binary`) prepare the arrays the kernels take (contiguous,
+read-only, 16-bit rows as their bits), pick the serial or the parallel form of a kernel by the
+size of the call, and hand out gradient buffers from a pool (`GRADIENTS`).
+
+Everything is compiled once per process for each native dtype of rows, or loaded from numba's
+on-disk cache (`cache=True`, see `numerics.compiled`): seconds to compile, under one to load;
+`warm_up()` does it ahead of the first request. This module imports numba: reach it only
+through `_engine_path`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Final
+
+import numpy as np
+
+from service.buffers import ArrayPool
+from service.engine._kernels.binary import (
+    BINARY_CHUNK,
+    LABEL_OUTSIDE,
+    NOT_FINITE,
+    binary_rows_parallel,
+    binary_rows_serial,
+    sigmoid_focal_rows_parallel,
+    sigmoid_focal_rows_serial,
+)
+from service.engine._kernels.few_classes import FEW_CLASSES, few_class_kernel
+from service.engine._kernels.interface import (
+    BINARY_CROSS_ENTROPY,
+    COMPUTE_DTYPES,
+    CROSS_ENTROPY,
+    FOCAL,
+    NATIVE_INPUT_DTYPES,
+    POLY1,
+    SIGMOID_FOCAL,
+)
+from service.engine._kernels.numerics import HALF_BITS
+from service.engine._kernels.softmax import softmax_rows_parallel, softmax_rows_serial
+
+__all__ = [
+    "BINARY_CHUNK",
+    "BINARY_CROSS_ENTROPY",
+    "COMPUTE_DTYPES",
+    "CROSS_ENTROPY",
+    "FOCAL",
+    "GRADIENTS",
+    "LABEL_OUTSIDE",
+    "NATIVE_INPUT_DTYPES",
+    "NOT_FINITE",
+    "PARALLEL_MIN_ELEMENTS",
+    "POLY1",
+    "SIGMOID_FOCAL",
+    "binary_rows",
+    "softmax_rows",
+    "warm_up",
+]
+
+# Numba's default threading layer ("workqueue" where neither TBB nor OpenMP is installed) must not
+# be entered from two threads at once; the service runs requests on a thread pool. Both cores
+# work on one parallel call anyway, so those take turns; serial calls need no turn.
+_LAUNCH = threading.Lock()
+
+# Calls on fewer elements run serially, on the caller's thread. A parallel call first wakes
+# numba's worker threads, which costs milliseconds when the cores are busy (and tens of
+# microseconds when idle), more than a small call's whole work. Measured (float32
+# cross-entropy, 2 cores): serial is faster up to about 2^20 elements idle and, under load,
+# beyond; parallel is faster from about 2^20 up on an idle machine.
+PARALLEL_MIN_ELEMENTS: Final = 1 << 20
+
+
+def _in_parallel(n_elements: int, parallel: bool | None) -> bool:
+    return n_elements >= PARALLEL_MIN_ELEMENTS if parallel is None else parallel
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only view: numba compiles separately for writable and read-only arrays, and the
+    logits of a request are often read-only (`np.frombuffer`). One type, one compile."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _kernel_rows(x: np.ndarray) -> tuple[np.ndarray, np.dtype]:
+    """Rows as the kernels take them (contiguous, read-only, 16-bit ones as their bits) and the
+    dtype they compute in. KeyError for a dtype not in `NATIVE_INPUT_DTYPES`."""
+    name = x.dtype.name
+    dtype = np.dtype(COMPUTE_DTYPES[name])
+    x = np.ascontiguousarray(x)
+    if name in HALF_BITS:
+        x = x.view(HALF_BITS[name])
+    return _frozen(x), dtype
+
+
+def softmax_rows(
+    x: np.ndarray,
+    y: np.ndarray,
+    valid: np.ndarray,
+    *,
+    kind: int,
+    at_label: np.ndarray | None = None,
+    total: np.ndarray | None = None,
+    spread: np.ndarray | None = None,
+    z_loss: float = 0.0,
+    param: float = 0.0,
+    alpha: np.ndarray | None = None,
+    grad_scale: float = 1.0,
+    parallel: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the kernel on rows `x` [M, C]: (per_sample [M] float64, lse [M] float64, grad [M, C]),
+    the gradient multiplied by `grad_scale` (a `mean` reduction's 1 / divisor: no second pass).
+    `x` may be of any dtype in `NATIVE_INPUT_DTYPES`; the gradient and the option vectors are in
+    its compute dtype (`COMPUTE_DTYPES`: float32 for 16-bit rows).
+
+    Where `valid` is False: `per_sample` is 0, `lse` 0 unless `z_loss` > 0, `grad` unspecified.
+    `parallel`: over numba's threads or not (None: by size, `PARALLEL_MIN_ELEMENTS`); the
+    numbers are the same either way. Rows of up to `FEW_CLASSES` classes always take the
+    few-class kernel (serial, vectorised across rows; compiled on first use per class count).
+    """
+    x, dtype = _kernel_rows(x)
+    empty = _frozen(np.empty(0, dtype=dtype))  # an absent option: read-only like the others
+
+    def vector(array: np.ndarray | None) -> np.ndarray:
+        if array is None:
+            return empty
+        return _frozen(np.ascontiguousarray(array, dtype=dtype))
+
+    n_rows = x.shape[0]
+    per_sample = np.zeros(n_rows, dtype=np.float64)
+    lse = np.zeros(n_rows, dtype=np.float64)
+    grad = GRADIENTS.empty(x.shape, dtype)
+    arguments = (
+        x,
+        _frozen(np.ascontiguousarray(y, dtype=np.int64)),
+        _frozen(np.ascontiguousarray(valid, dtype=np.bool_)),
+        kind,
+        vector(at_label),
+        vector(total),
+        vector(spread),
+        float(z_loss),
+        float(param),
+        vector(alpha),
+        float(grad_scale),
+        per_sample,
+        lse,
+        grad,
+    )
+    if 1 <= x.shape[1] <= FEW_CLASSES and n_rows:  # whatever the size: one kernel, one result
+        few_class_kernel(x.shape[1])(x.reshape(-1), *arguments[1:-1], grad.reshape(-1))
+    elif _in_parallel(x.size, parallel):
+        with _LAUNCH:
+            softmax_rows_parallel(*arguments)
+    else:
+        softmax_rows_serial(*arguments)
+    return per_sample, lse, grad
+
+
+def binary_rows(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray | None,
+    p: np.ndarray | None,
+    *,
+    grad_scale: float = 1.0,
+    kind: int = BINARY_CROSS_ENTROPY,
+    gamma: float = 0.0,
+    alpha: float | None = None,
+    parallel: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """BCE with logits on rows `x` [M, C] against targets `y` [M, C] of the same dtype (any of
+    `NATIVE_INPUT_DTYPES`), with a weight `w` and a pos_weight `p` of shape [C] or [M, C] (None:
+    absent) in its compute dtype, that of the outputs. `kind=SIGMOID_FOCAL`: the sigmoid focal
+    loss with `gamma` and `alpha` (None: no alpha_t) instead, and no pos_weight.
+
+    Returns (per-element loss [M, C], gradient [M, C] multiplied by `grad_scale`, status, the
+    float64 sum of the losses): the status ORs `LABEL_OUTSIDE` and `NOT_FINITE`; where it is not
+    0 the other results are unspecified.
+
+    Short rows reach the kernel `BINARY_CHUNK // C` at a time, as one row of that many times C
+    elements (a [C] factor repeated as often): a loop over 10 elements costs as much as one over
+    100. The rows that do not fill a group go as they are, in a second launch.
+    """
+    x, dtype = _kernel_rows(x)
+    y, _ = _kernel_rows(y)
+    n_rows, n_cols = x.shape
+    w_rows, p_rows = (
+        np.ones((1, n_cols), dtype=dtype)
+        if array is None
+        else np.ascontiguousarray(array, dtype=dtype).reshape(-1 if n_cols else 1, n_cols)
+        for array in (w, p)
+    )
+    per_element = GRADIENTS.empty(x.shape, dtype)
+    grad = GRADIENTS.empty(x.shape, dtype)
+    group = max(1, BINARY_CHUNK // n_cols) if n_cols else 1
+    whole = n_rows // group * group
+    status = 0
+    total = 0.0
+    in_parallel = _in_parallel(x.size, parallel)
+    with _LAUNCH if in_parallel else contextlib.nullcontext():
+        for first, stop, size in ((0, whole, group), (whole, n_rows, 1)):
+            if stop == first:
+                continue
+            rows = slice(first, stop)
+            shape = ((stop - first) // size, size * n_cols)
+            bits = np.zeros(shape[0] * -(-shape[1] // BINARY_CHUNK), dtype=np.uint8)
+            sums = np.zeros(bits.shape, dtype=np.float64)
+            inputs = (x[rows].reshape(shape), y[rows].reshape(shape), _grouped(w_rows, rows, shape))
+            # views: the kernel writes the outputs
+            outputs = (per_element[rows].reshape(shape), grad[rows].reshape(shape), bits, sums)
+            if kind == SIGMOID_FOCAL:
+                a = -1.0 if alpha is None else float(alpha)
+                focal = sigmoid_focal_rows_parallel if in_parallel else sigmoid_focal_rows_serial
+                focal(*inputs, a, float(gamma), float(grad_scale), *outputs)
+            else:
+                bce = binary_rows_parallel if in_parallel else binary_rows_serial
+                bce(*inputs, _grouped(p_rows, rows, shape), float(grad_scale), *outputs)
+            status |= int(np.bitwise_or.reduce(bits, initial=0))
+            total += float(np.sum(sums))
+    return per_element, grad, status, total
+
+
+def _grouped(factor: np.ndarray, rows: slice, shape: tuple[int, int]) -> np.ndarray:
+    """A [1, C] or [M, C] factor for `rows` of `binary_rows` grouped into rows of `shape`."""
+    if factor.shape[0] == 1:  # the same for every row: repeated along the group
+        return _frozen(np.tile(factor, (1, shape[1] // max(factor.shape[1], 1))))
+    return _frozen(factor[rows].reshape(shape))
+
+
+# Gradients of at least 1 MiB; up to 1 GiB of them kept (four 2048 x 32000 float32 ones).
+GRADIENTS = ArrayPool(min_bytes=1 << 20, max_bytes=1 << 30)
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the kernels for rows of every native dtype, serial and
+    parallel, and the few-class kernel of every class count for float32 rows (those of other
+    dtypes compile on first use)."""
+    labels = np.zeros(2, dtype=np.int64)
+    valid = np.ones(2, dtype=np.bool_)
+    for name in sorted(NATIVE_INPUT_DTYPES):
+        dtype = np.dtype(COMPUTE_DTYPES[name])
+        ones = np.ones(2, dtype=dtype)
+        counts = range(1, FEW_CLASSES + 2) if name == "float32" else (FEW_CLASSES + 1,)
+        for n_classes in counts:  # FEW_CLASSES + 1: the row kernels
+            x = np.zeros((2, n_classes), dtype=dtype).astype(_native_dtype(name))
+            for parallel in (False, True):
+                softmax_rows(
+                    x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones,
+                    parallel=parallel,
+                )  # fmt: skip
+        for parallel in (False, True):
+            binary_rows(x, x, None, None, parallel=parallel)
+            binary_rows(x, x, None, None, kind=SIGMOID_FOCAL, gamma=2.0, parallel=parallel)
+
+
+def _native_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a name in `NATIVE_INPUT_DTYPES` (bfloat16: ml_dtypes')."""
+    if name == "bfloat16":
+        import ml_dtypes  # the codecs' bfloat16; only needed here to make one
+
+        bfloat16: np.dtype = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    return np.dtype(name)

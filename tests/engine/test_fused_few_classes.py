@@ -1,0 +1,163 @@
+"""Rows of few classes (the few-class kernel up to `FEW_CLASSES`, the row kernels above) against
+the reference array code, and the serial and parallel forms of the kernels against each other.
+
+Every class count from 1 to 33 crosses the few-class bound: ignore_index, class weights, label
+smoothing, z-loss, focal (with alpha) and poly-1, in every native dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from service.engine import LossResult, cross_entropy, focal, poly1
+from service.engine._kernels import cpu, cuda, few_classes, softmax
+from service.engine._kernels.interface import SoftmaxKernels
+from tests.engine.fused_cases import TOLERANCES, assert_same
+from tests.engine.test_fused import both_paths
+
+RNG = np.random.default_rng(20261202)
+DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
+DTYPE_IDS = ["float32", "float64", "float16", "bfloat16"]
+
+
+def rows(n_classes: int, dtype: Any, n_rows: int = 37) -> tuple[np.ndarray, np.ndarray]:
+    logits = (RNG.normal(size=(n_rows, n_classes)) * 3).astype(dtype)
+    labels = RNG.integers(0, n_classes, size=n_rows)
+    labels[::4] = -100
+    return logits, labels
+
+
+def options(kind: str, n_classes: int) -> tuple[Callable[..., LossResult], dict[str, Any]]:
+    weights = RNG.uniform(0.1, 3.0, size=n_classes)
+    weights[::3] = 0.0  # a zero weight too
+    table: dict[str, tuple[Callable[..., LossResult], dict[str, Any]]] = {
+        "plain": (cross_entropy, {}),
+        "weighted": (cross_entropy, {"weight": weights}),
+        "smoothing": (cross_entropy, {"label_smoothing": 0.2, "weight": weights}),
+        "z-loss": (cross_entropy, {"z_loss": 1e-2}),
+        "focal": (focal, {"gamma": 2.0, "alpha": weights}),
+        "poly1": (poly1, {"epsilon": 1.5}),
+    }
+    return table[kind]
+
+
+def frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only copy: the argument type the kernels are compiled for."""
+    copy = array.copy()
+    copy.flags.writeable = False
+    return copy
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", ["plain", "weighted", "smoothing", "z-loss", "focal", "poly1"])
+@pytest.mark.parametrize("n_classes", range(1, 34))
+def test_few_classes_agree_with_the_reference(n_classes: int, kind: str, dtype: Any) -> None:
+    logits, labels = rows(n_classes, dtype)
+    function, kwargs = options(kind, n_classes)
+    reference, fused = both_paths(function, logits, labels, reduction="mean", **kwargs)
+    compute = np.float64 if dtype is np.float64 else np.float32  # 16-bit rows: float32
+    assert_same(reference, fused, compute)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("n_classes", range(1, few_classes.FEW_CLASSES + 1))
+def test_few_class_kernel_against_the_row_kernel(n_classes: int, dtype: Any) -> None:
+    """The row kernel's numbers but for rounding: the row sums are added in another order (class
+    order, not the row kernel's vector lanes) and their log is `log_row_sum`, not `log1p`."""
+    x = (RNG.normal(size=(300, n_classes)) * 4).astype(dtype)
+    x[5] = -np.inf  # an all -inf row: log_sum -inf, as the row kernel
+    x[7, 0] = -np.inf
+    x.flags.writeable = False
+    y = RNG.integers(0, n_classes, size=300)
+    y[5] = 0
+    valid = RNG.random(300) > 0.1
+    valid[5] = False
+    mass = frozen(RNG.uniform(0.5, 2.0, size=300).astype(dtype))
+    total = frozen(mass + dtype(0.25))
+    empty = frozen(np.empty(0, dtype))
+    for spread, z_loss in ((empty, 0.0), (frozen(RNG.uniform(0.0, 0.1, size=n_classes)), 1e-3)):
+        spread = frozen(spread.astype(dtype))
+        few = cpu.softmax_rows(
+            x, y, valid, kind=cpu.CROSS_ENTROPY, at_label=mass, total=total,
+            spread=spread if spread.size else None, z_loss=z_loss, grad_scale=0.5,
+        )  # fmt: skip
+        per_sample, lse, grad = np.zeros(300), np.zeros(300), np.empty_like(x)
+        softmax.softmax_rows_serial(
+            x, y, valid, cpu.CROSS_ENTROPY, mass, total, spread, z_loss, 0.0, empty, 0.5,
+            per_sample, lse, grad,
+        )  # fmt: skip
+        tight = 4 * float(np.finfo(dtype).eps)
+        np.testing.assert_allclose(few[2][valid], grad[valid], rtol=tight, atol=tight)
+        np.testing.assert_allclose(few[0], per_sample, rtol=1e-15, atol=1e-15)
+        np.testing.assert_allclose(few[1], lse, rtol=1e-15, atol=1e-15)  # -inf too
+
+
+@pytest.mark.parametrize("n_classes", [few_classes.FEW_CLASSES + 1, 33, 1000, 5000])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_serial_and_parallel_kernels_give_the_same_bits(n_classes: int, dtype: Any) -> None:
+    x, y = rows(n_classes, dtype, n_rows=64)
+    valid = y != -100
+    y = np.where(valid, y, 0)
+    compute = np.float64 if dtype is np.float64 else np.float32
+    ones = np.ones(64, compute)
+    cases: list[tuple[int, dict[str, Any]]] = [
+        (
+            cpu.CROSS_ENTROPY,
+            {"at_label": ones, "total": np.full(64, 1.5, compute), "z_loss": 1e-3,
+             "spread": np.full(n_classes, 0.01, compute)},
+        ),
+        (cpu.FOCAL, {"param": 2.0, "alpha": np.linspace(0, 1, n_classes).astype(compute)}),
+        (cpu.POLY1, {"param": 1.0}),
+    ]  # fmt: skip
+    for kind, extra in cases:
+        serial = cpu.softmax_rows(x, y, valid, kind=kind, grad_scale=0.25, parallel=False, **extra)
+        parallel = cpu.softmax_rows(x, y, valid, kind=kind, grad_scale=0.25, parallel=True, **extra)
+        for a, b in zip(serial[:2], parallel[:2], strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(serial[2][valid], parallel[2][valid])
+    targets = (RNG.random(x.shape) < 0.3).astype(x.dtype)
+    binary_cases: list[dict[str, Any]] = [
+        {},
+        {"kind": cpu.SIGMOID_FOCAL, "gamma": 2.0, "alpha": 0.25},
+    ]
+    for binary in binary_cases:
+        serial_b = cpu.binary_rows(x, targets, None, None, parallel=False, **binary)
+        parallel_b = cpu.binary_rows(x, targets, None, None, parallel=True, **binary)
+        for one, other in zip(serial_b, parallel_b, strict=True):
+            np.testing.assert_array_equal(one, other)
+
+
+def test_calls_below_the_size_bound_run_serially(monkeypatch: pytest.MonkeyPatch) -> None:
+    launched: list[str] = []
+
+    def recording(name: str) -> Callable[..., None]:
+        real = getattr(cpu, name)
+
+        def launch(*arguments: Any) -> None:
+            launched.append(name)
+            real(*arguments)
+
+        return launch
+
+    for name in ("softmax_rows_serial", "softmax_rows_parallel"):
+        monkeypatch.setattr(cpu, name, recording(name))
+    n_classes = few_classes.FEW_CLASSES + 1
+    for n_rows in (1, cpu.PARALLEL_MIN_ELEMENTS // n_classes + 1):
+        x = np.zeros((n_rows, n_classes), np.float32)
+        ones = np.ones(n_rows, np.float32)
+        labels, valid = np.zeros(n_rows, np.int64), np.ones(n_rows, bool)
+        cpu.softmax_rows(x, labels, valid, kind=cpu.CROSS_ENTROPY, at_label=ones, total=ones)
+    assert launched == ["softmax_rows_serial", "softmax_rows_parallel"]
+
+
+def test_both_kernel_modules_implement_the_interface() -> None:
+    modules: list[SoftmaxKernels] = [cpu, cuda]  # checked by mypy
+    for module in modules:
+        assert (module.CROSS_ENTROPY, module.FOCAL, module.POLY1) == (0, 1, 2)
+        assert module.COMPUTE_DTYPES is cpu.COMPUTE_DTYPES
+    assert set(TOLERANCES) == {np.float32, np.float64}
