@@ -2,8 +2,8 @@
 
 On this kind of machine (a VM that returns freed memory to its host) a fresh 262 MB buffer costs
 40-100 ms of page faults, more than the kernel that fills it (docs/performance.md), and a fresh 44
-MB request body ~10 ms. A pool keeps such buffers: gradients (`ArrayPool`, `service.engine._fused`)
-and request bodies (`service.api.request_body`).
+MB request body ~10 ms. A pool keeps such buffers: gradients (`ArrayPool`,
+`service.engine._kernels.cpu`) and request bodies (`service.api.request_body`).
 
 A buffer is idle when the pool holds the only reference to it: every array handed out, and
 every view of one (NumPy's `.base`, a memoryview's exporter), refers to it. Idle buffers are
