@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from service.core.registry import BY_NAME
-from tests.test_observability import scrape, value
+from tests.api.test_observability import scrape, value
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ RNG = np.random.default_rng(7)
 
 
 def bce(xp: ModuleType, logits: Any, labels: Any, reduction: str = "mean", **options: Any) -> Any:
-    arrays = {k: None if v is None else xp.asarray(v) for k, v in options.items()}
+    arrays: dict[str, Any] = {k: None if v is None else xp.asarray(v) for k, v in options.items()}
     result = binary_cross_entropy(xp.asarray(logits), xp.asarray(labels), **arrays)
     return reduce_loss(result, reduction)  # type: ignore[arg-type]
 
@@ -26,7 +26,7 @@ def bce(xp: ModuleType, logits: Any, labels: Any, reduction: str = "mean", **opt
 def closed_form(x: np.ndarray, y: np.ndarray, w: Any = 1.0, p: Any = 1.0) -> np.ndarray:
     """-w (p y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), written out in float64."""
     sigmoid = 1 / (1 + np.exp(-x))
-    return -w * (p * y * np.log(sigmoid) + (1 - y) * np.log1p(-sigmoid))
+    return np.asarray(-w * (p * y * np.log(sigmoid) + (1 - y) * np.log1p(-sigmoid)))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -42,7 +42,7 @@ def test_value_and_gradient(xp: ModuleType, reduction: str) -> None:
     np.testing.assert_allclose(out.loss, expected, rtol=1e-12)
 
     def loss(x: np.ndarray) -> float:
-        return bce(np, x, labels, reduction, weight=weight, pos_weight=pos_weight).loss
+        return float(bce(np, x, labels, reduction, weight=weight, pos_weight=pos_weight).loss)
 
     numeric = finite_difference_grad(loss, logits)
     np.testing.assert_allclose(to_numpy(out.grads["logits"]), numeric, rtol=1e-6, atol=1e-9)

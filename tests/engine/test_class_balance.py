@@ -24,7 +24,7 @@ COUNTS = np.array([5000.0, 500.0, 50.0, 5.0])
 def cui_weights(counts: np.ndarray, beta: float) -> np.ndarray:
     """The paper's formula as written: (1 - beta) / (1 - beta^n), normalised to sum C."""
     weights = (1 - beta) / (1 - np.power(beta, counts))
-    return weights / weights.sum() * len(counts)
+    return np.asarray(weights / weights.sum() * len(counts))
 
 
 def loss(fn: Any, xp: ModuleType, **options: Any) -> Any:

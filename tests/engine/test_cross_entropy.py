@@ -55,7 +55,7 @@ def test_gradient_matches_finite_differences(
     labels = np.array([[0, 1, 3], [2, 1, 0]])
 
     def loss(x: np.ndarray) -> float:
-        return ce(np, x, labels, reduction, **dict(options)).loss
+        return float(ce(np, x, labels, reduction, **dict(options)).loss)
 
     out = ce(xp, logits, labels, reduction, **dict(options))
     numeric = finite_difference_grad(loss, logits)
@@ -67,10 +67,10 @@ def test_probability_targets_gradient_matches_finite_differences(xp: ModuleType)
     targets = np.exp(RNG.normal(size=(5, 6)))
     targets /= targets.sum(axis=-1, keepdims=True)
     weight = RNG.uniform(0.1, 2, size=6)
-    options = {"weight": weight, "label_smoothing": 0.15, "z_loss": 0.01}
+    options: dict[str, Any] = {"weight": weight, "label_smoothing": 0.15, "z_loss": 0.01}
 
     def loss(x: np.ndarray) -> float:
-        return ce(np, x, targets, **dict(options)).loss
+        return float(ce(np, x, targets, **dict(options)).loss)
 
     out = ce(xp, logits, targets, **dict(options))
     numeric = finite_difference_grad(loss, logits)

@@ -23,7 +23,14 @@ import pytest
 from cleanlab import count, rank
 from cleanlab import filter as cleanlab_filter
 
-from service.engine import FILTERS, RANKINGS, LabelNoiseReport, find_label_issues
+from service.engine import (
+    FILTERS,
+    RANKINGS,
+    FilterBy,
+    LabelNoiseReport,
+    RankBy,
+    find_label_issues,
+)
 from tests.engine.label_noise_data import draw, quantised
 
 CASES: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
@@ -57,7 +64,7 @@ def quiet(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def cleanlab_issues(
-    probs: np.ndarray, labels: np.ndarray, filter_by: str, rank_by: str, calibrate: bool
+    probs: np.ndarray, labels: np.ndarray, filter_by: FilterBy, rank_by: RankBy, calibrate: bool
 ) -> np.ndarray:
     """cleanlab's ranked issues from the joint `calibrate` asks for (its default: calibrated).
     `confident_learning` re-estimates the joint itself, and warns if given one."""
@@ -93,7 +100,7 @@ def issue_params() -> list[Any]:
 
 @pytest.mark.parametrize(("name", "filter_by", "rank_by", "calibrate"), issue_params())
 def test_label_issues_are_cleanlabs_in_its_order(
-    name: str, filter_by: str, rank_by: str, calibrate: bool
+    name: str, filter_by: FilterBy, rank_by: RankBy, calibrate: bool
 ) -> None:
     probs, labels = case(name)
     expected = cleanlab_issues(probs, labels, filter_by, rank_by, calibrate)
@@ -102,7 +109,7 @@ def test_label_issues_are_cleanlabs_in_its_order(
         labels,
         filter_by=filter_by,
         rank_by=rank_by,
-        calibrate=calibrate,  # type: ignore[arg-type]
+        calibrate=calibrate,
     )
     np.testing.assert_array_equal(report.label_issues, expected)
     assert report.n_issues == expected.size
@@ -111,10 +118,10 @@ def test_label_issues_are_cleanlabs_in_its_order(
 
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("rank_by", RANKINGS)
-def test_label_quality_is_cleanlabs_bit_for_bit(name: str, rank_by: str) -> None:
+def test_label_quality_is_cleanlabs_bit_for_bit(name: str, rank_by: RankBy) -> None:
     probs, labels = case(name)
     expected = rank.get_label_quality_scores(labels, probs, method=rank_by)
-    report = find_label_issues(probs, labels, rank_by=rank_by)  # type: ignore[arg-type]
+    report = find_label_issues(probs, labels, rank_by=rank_by)
     np.testing.assert_array_equal(report.label_quality, expected.astype(np.float64))
     assert np.all((report.label_quality >= 0) & (report.label_quality <= 1))
 
@@ -168,7 +175,7 @@ def test_max_issues_keeps_the_likeliest(max_issues: int) -> None:
 
 
 def assert_matches_cleanlab(
-    probs: np.ndarray, labels: np.ndarray, filters: tuple[str, ...] = FILTERS
+    probs: np.ndarray, labels: np.ndarray, filters: tuple[FilterBy, ...] = FILTERS
 ) -> LabelNoiseReport:
     """Every filter, ranking and calibration on one small input; the default report back."""
     for filter_by, rank_by, calibrate in itertools.product(filters, RANKINGS, (True, False)):
@@ -178,7 +185,7 @@ def assert_matches_cleanlab(
             labels,
             filter_by=filter_by,
             rank_by=rank_by,
-            calibrate=calibrate,  # type: ignore[arg-type]
+            calibrate=calibrate,
         )
         np.testing.assert_array_equal(report.label_issues, expected)
         scores = rank.get_label_quality_scores(labels, probs, method=rank_by)
@@ -303,9 +310,11 @@ def test_binary_with_calibration_changing_the_count() -> None:
 
 @pytest.mark.parametrize("name", ["symmetric-10", "imbalanced-20"])
 @pytest.mark.parametrize("filter_by", FILTERS)
-def test_rows_whose_label_is_the_prediction_are_never_issues(name: str, filter_by: str) -> None:
+def test_rows_whose_label_is_the_prediction_are_never_issues(
+    name: str, filter_by: FilterBy
+) -> None:
     probs, labels = case(name)
-    report = find_label_issues(probs, labels, filter_by=filter_by)  # type: ignore[arg-type]
+    report = find_label_issues(probs, labels, filter_by=filter_by)
     assert report.n_issues > 0
     assert not np.any(probs[report.label_issues].argmax(axis=1) == labels[report.label_issues])
 
@@ -359,7 +368,7 @@ def test_labels_of_one_class() -> None:
     mask = (probs.argmax(axis=1) != labels) & ~count._reduce_issues(probs, labels)
     for rank_by in RANKINGS:
         expected = rank.order_label_issues(mask, labels, probs, rank_by=rank_by)
-        report = find_label_issues(probs, labels, filter_by="predicted_neq_given", rank_by=rank_by)  # type: ignore[arg-type]
+        report = find_label_issues(probs, labels, filter_by="predicted_neq_given", rank_by=rank_by)
         np.testing.assert_array_equal(report.label_issues, expected)
         assert report.n_issues > 0
 

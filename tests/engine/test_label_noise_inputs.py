@@ -105,7 +105,7 @@ def test_options_are_checked(options: dict[str, Any], field: str) -> None:
 
 
 def test_max_issues_accepts_numpy_integers() -> None:
-    report = find_label_issues(PROBS, LABELS, max_issues=np.int64(2))
+    report = find_label_issues(PROBS, LABELS, max_issues=np.int64(2))  # type: ignore[arg-type]  # on purpose: a NumPy integer
     assert report.label_issues.size == min(2, report.n_issues)
 
 
@@ -143,7 +143,7 @@ def test_labels_of_any_integer_kind(labels_dtype: type) -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_logits_are_the_report_of_their_softmax(dtype: type) -> None:
     rng = np.random.default_rng(23)
-    logits = (rng.standard_normal((3000, 8)) * 3 + 100).astype(dtype)  # a large common offset
+    logits: np.ndarray = (rng.standard_normal((3000, 8)) * 3 + 100).astype(dtype)  # large offset
     labels = rng.integers(0, 8, 3000)
     probs, _ = logit_probabilities(logits, labels)
     assert probs.dtype == dtype

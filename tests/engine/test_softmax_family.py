@@ -56,7 +56,8 @@ def run(
 
 
 def log_p_y(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return np.take_along_axis(scipy_log_softmax(logits, axis=-1), labels[..., None], -1)[..., 0]
+    log_p: np.ndarray = scipy_log_softmax(logits, axis=-1)
+    return np.take_along_axis(log_p, labels[..., None], -1)[..., 0]
 
 
 def closed_form(name: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -66,18 +67,18 @@ def closed_form(name: str, logits: np.ndarray, labels: np.ndarray) -> np.ndarray
     p = np.exp(lp)
     if name.startswith("focal"):
         alpha = options.get("alpha", np.ones(C))[labels]
-        return -alpha * (1 - p) ** options["gamma"] * lp
+        return np.asarray(-alpha * (1 - p) ** options["gamma"] * lp)
     if name == "poly1":
-        return -lp + options["epsilon"] * (1 - p)
+        return np.asarray(-lp + options["epsilon"] * (1 - p))
     if name == "sce":
-        return options["alpha"] * -lp + options["beta"] * -options["log_zero"] * (1 - p)
+        return np.asarray(options["alpha"] * -lp + options["beta"] * -options["log_zero"] * (1 - p))
     if name == "gce":
-        return (1 - p ** options["q"]) / options["q"]
+        return np.asarray((1 - p ** options["q"]) / options["q"])
     if name == "logit-adjusted":
         prior = options["class_counts"] / options["class_counts"].sum()
         return -log_p_y(logits + np.log(prior), labels)
-    noisy_p = np.exp(scipy_log_softmax(logits, axis=-1)) @ options["transition_matrix"]
-    return -np.log(np.take_along_axis(noisy_p, labels[..., None], -1)[..., 0])
+    noisy_p: np.ndarray = np.exp(scipy_log_softmax(logits, axis=-1)) @ options["transition_matrix"]
+    return np.asarray(-np.log(np.take_along_axis(noisy_p, labels[..., None], -1)[..., 0]))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
