@@ -166,7 +166,10 @@ def test_a_burst_is_answered_in_full_while_healthz_stays_fast(
         f"max {worst * 1e3:.1f} ms over {len(probe.latencies)} probes; "
         f"threads {baseline_threads} -> max {max(probe.threads)}"
     )
-    assert worst < 1.0, probe.latencies
+    # /healthz kept being answered through the burst: no probe waited half of it (parsing or
+    # computing on the event loop would hold it for most of the burst). A share of the burst's
+    # own duration, not a time bound: the machine's load stretches both alike.
+    assert worst < elapsed / 2, (elapsed, probe.latencies)
     # A worker thread per compute slot and one that parses large bodies, not one per request.
     assert max(probe.threads) <= baseline_threads + MAX_CONCURRENT + 2, probe.threads
 
