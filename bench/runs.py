@@ -26,6 +26,9 @@ ratios, not times: these machines are shared):
    `--storage-batches` distinct batches of 256 rows (enough for most bins to hold sums), and a
    batch's row (its id and digest, with the primary key's index), averaged over every batch
    stored.
+
+Long because the server start, the clients, the PostgreSQL database it creates and drops and the
+report tables are one benchmark run.
 """
 
 from __future__ import annotations

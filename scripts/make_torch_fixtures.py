@@ -23,6 +23,8 @@ Layout conventions (see the fixture file's ``cases``):
 * ``expected.grad`` is d(loss)/d(logits) of that reduced value (for ``"none"``: of
   ``per_sample.sum()``), from autograd.
 * Non-finite floats are written as the strings ``"nan"``, ``"inf"`` and ``"-inf"``.
+
+Long because it lists every recorded case, one per line, beside the PyTorch call that answers it.
 """  # noqa: E501 (the one-line reproduce command above)
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ Layout of a case (see the fixture file's ``cases``):
 * ``expected.grads``: for each differentiable input, d(loss)/d(input) of that reduced value (for
   ``"none"``: of ``per_sample.sum()``), from autograd.
 * Non-finite floats are written as the strings ``"nan"``, ``"inf"`` and ``"-inf"``.
+
+Long because it lists every recorded case, one per line, beside the PyTorch call that answers it.
 """  # noqa: E501 (the one-line reproduce command above)
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 The last test posts a few hundred malformed bodies, generated deterministically, and checks that
 none of them makes the service answer 500.
+
+Long because it is the catalogue of error paths, one short case each, sharing the problem+json
+checks.
 """
 
 from __future__ import annotations

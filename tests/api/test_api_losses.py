@@ -2,6 +2,9 @@
 
 Reference values are computed here with plain NumPy (log-softmax and softplus written out), not
 with anything imported from `service`.
+
+Long because the two losses share the written-out references and the HTTP helpers; one module keeps
+them next to every case.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Per-request elements, JSON nesting, the compute slots (`max_concurrent`, `queue_timeout_s`) and
 the 503s with `Retry-After`, API keys from a file and in the OpenAPI document, CORS, wrong
 content types, and regression tests for what the fuzzer (tests/openapi/test_fuzz.py) found.
+
+Long because every limit shares the client factory and the held-engine fixtures; each section is
+marked by a comment rule.
 """
 
 from __future__ import annotations

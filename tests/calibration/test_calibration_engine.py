@@ -4,6 +4,9 @@ Reference values come from `tests/fixtures/calibration_reference.json`, written 
 `scripts/make_calibration_fixtures.py` with torchmetrics, scikit-learn and Kumar et al.'s
 `uncertainty-calibration`; the suite needs none of them. Temperature scaling is checked against
 `scipy.optimize.minimize_scalar`; everything else against plain NumPy written out here.
+
+Long because each statistic's reference case sits next to its edge cases; the smooth ECE and the API
+have modules of their own.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""`loss-service compute`: the HTTP answer from .npy / .npz files, whole or in chunks of rows."""
+"""`loss-service compute`: the HTTP answer from .npy / .npz files, whole or in chunks of rows.
+
+Long because every flag and file form of one command is here, next to the HTTP answer it must equal.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Tests of the tensor codecs: both wire forms, every wire dtype, every rejection."""
+"""Tests of the tensor codecs: both wire forms, every wire dtype, every rejection.
+
+Long because it is the codecs' table of forms x dtypes x rejections, one case per line.
+"""
 
 from __future__ import annotations
 

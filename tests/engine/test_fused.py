@@ -4,6 +4,9 @@ Both paths must give the same losses, gradients, counts and errors: over weights
 label smoothing x z-loss x reductions x 2-D/3-D x float32/float64, focal and poly-1 options,
 masked (-inf) classes, logits of 1e4, ignored and empty batches. Also: the polynomial `exp` against
 NumPy's, the dispatch rules, and the gradient buffers the kernel writes into.
+
+Long because it is the one grid both paths are checked over (tests/engine/test_fused_cuda.py and the
+16-bit and few-class modules import from it).
 """
 
 from __future__ import annotations

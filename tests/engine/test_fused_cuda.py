@@ -9,6 +9,8 @@ the kernel's own source compiled by the host C++ compiler with one thread per CU
 barrier for `__syncthreads`, shared slots for the warp shuffles), run through the Python side
 and the losses over the same grid. That checks the kernel's arithmetic and its block reductions,
 not NVRTC or the device.
+
+Long because the GPU grid and the host-compiled kernel check share the launch-shape cases.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ A burst of heavy requests is answered in full, each with its own correct loss, w
 stays fast; with a short queue wait the excess gets a clean 503 instead. Clients that vanish
 mid-upload, mid-computation or mid-response leave no slot, thread or memory behind. SIGTERM
 lets the requests in flight finish.
+
+Long because the live server, its probe and the vanishing clients are shared by every case; split,
+each module would start its own server.
 """
 
 from __future__ import annotations
