@@ -150,13 +150,29 @@ def softmax_rows(
         grad,
     )
     if 1 <= x.shape[1] <= FEW_CLASSES and n_rows:  # whatever the size: one kernel, one result
-        few_class_kernel(x.shape[1])(x.reshape(-1), *arguments[1:-1], grad.reshape(-1))
+        few_class_kernel(x.shape[1])(
+            x.reshape(-1), *arguments[1:-1], grad.reshape(-1), *_few_class_scratch(n_rows, dtype)
+        )
     elif _in_parallel(x.size, parallel):
         with _LAUNCH:
             softmax_rows_parallel(*arguments)
     else:
         softmax_rows_serial(*arguments)
     return per_sample, lse, grad
+
+
+def _few_class_scratch(n_rows: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """The few-class kernel's per-row scratch from the pool: float64 [2M] (row sums, their logs),
+    compute dtype [4M] (shifts, factors, masses, shifted label logits), int64 [M] (labels). A
+    fresh one every call would fault its pages in each time, more than the kernel's own work."""
+    wide_bytes, label_bytes = 16 * n_rows, 8 * n_rows
+    scratch = GRADIENTS.empty((wide_bytes + label_bytes + 4 * n_rows * dtype.itemsize,), _BYTES)
+    wide = scratch[:wide_bytes].view(np.float64)
+    labels = scratch[wide_bytes : wide_bytes + label_bytes].view(np.int64)
+    return wide, scratch[wide_bytes + label_bytes :].view(dtype), labels
+
+
+_BYTES: Final = np.dtype(np.uint8)
 
 
 def binary_rows(

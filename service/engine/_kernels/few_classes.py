@@ -90,15 +90,17 @@ def few_class_kernel(n_classes: int) -> Any:
         per_sample: Any,
         lse: Any,
         grad: Any,
+        wide: Any,
+        narrow: Any,
+        labels: Any,
     ) -> None:
         n_rows = y.shape[0]
         smoothing = spread.shape[0] > 0
         weighted = alpha.shape[0] > 0
         like = widen(x[0])  # a value of the compute dtype (the caller passes rows)
-        shift = np.empty(n_rows, dtype=grad.dtype)
-        sums = np.empty(n_rows, dtype=np.float64)
-        factor = np.empty(n_rows, dtype=grad.dtype)
-        mass = np.empty(n_rows, dtype=grad.dtype)
+        sums, logs = wide[:n_rows], wide[n_rows:]
+        shift, factor = narrow[:n_rows], narrow[n_rows : 2 * n_rows]
+        mass, at = narrow[2 * n_rows : 3 * n_rows], narrow[3 * n_rows :]
         scale_out = convert(grad_scale, like)  # as `reduce_loss` casts its factor
         zero = convert(0.0, like)
         # 1. maximum, exponentials, their sum
@@ -119,14 +121,13 @@ def few_class_kernel(n_classes: int) -> Any:
             sums[i] = row_sum
         # 2. the row's loss and gradient factor. Short loops over few arrays each: LLVM
         # vectorises a loop only when it can check cheaply that its arrays do not overlap.
-        logs = np.empty(n_rows, dtype=np.float64)
         for i in range(n_rows):
             logs[i] = _log_sum(sums[i])
-        labels = np.empty(n_rows, dtype=np.int64)  # -1 for a row that is not counted
+        # labels: -1 for a row that is not counted
         for i in range(n_rows):
             counted = np.int64(valid[i])
             labels[i] = (y[i] + 1) * counted - 1  # a select of y[i] vectorises less well
-        at = np.empty(n_rows, dtype=grad.dtype)  # x_y - shift
+        # at: x_y - shift
         for i in range(n_rows):
             label = labels[i] if labels[i] >= 0 else 0
             at[i] = widen(x[i * classes + label]) - shift[i]
