@@ -75,17 +75,17 @@ VALIDATED_ELSEWHERE: dict[tuple[str, str], str] = {
     ("docs/gpu.md", "bash scripts/gpu_check.sh"): "needs a CUDA device and PyTorch",
     ("docs/performance.md", "THP_MEM_ALLOC_ENABLE=1 python -m bench.engine"): (
         "benchmarks of minutes, with PyTorch for their comparison columns; "
-        "tests/test_bench_runs.py "
+        "tests/runs/test_bench_runs.py "
         "runs bench.runs in small"
     ),
     (
         "docs/performance.md",
         "python -m bench.label_noise",
-    ): ("benchmarks of minutes (bench.small_requests also needs wrk)"),
+    ): ("benchmarks of minutes (bench.small_requests, documented in prose, also needs wrk)"),
     (
         "docs/runs.md",
         "python -m bench.runs",
-    ): ("a benchmark of minutes; tests/test_bench_runs.py runs it on a small size"),
+    ): ("a benchmark of minutes; tests/runs/test_bench_runs.py runs it on a small size"),
 }
 # Checked by a test of their own below.
 SPECIAL = {("README.md", "make run"): "test_make_run_serves"}
