@@ -94,11 +94,14 @@ SPECIAL = {("README.md", "make run"): "test_make_run_serves"}
 START_TIMEOUT_S = 300.0
 BLOCK_TIMEOUT_S = 240
 # Every curl not run with -f reports its status on stderr, where the test reads it back.
+# Each answered curl appends its status to $CURL_STATUS_FILE (with curl's own complaints): on
+# the block's stderr a server the block started could log in the middle of a marker.
 PRELUDE = r"""set -euo pipefail
 curl() {
     case " $* " in
         *" -f "* | *" -sf "* | *" -fs "* | *" --fail "*) command curl "$@" ;;
-        *) command curl --write-out '%{stderr}<<http-status %{http_code}>>\n' "$@" ;;
+        *) command curl --write-out '%{stderr}<<http-status %{http_code}>>\n' "$@" \
+            2>>"$CURL_STATUS_FILE" ;;
     esac
 }
 """
@@ -190,10 +193,11 @@ def _substituted(text: str, base_url: str, second_port: int) -> str:
 
 
 def _run_shell(block: Block, text: str, cwd: Path, env: dict[str, str]) -> None:
+    status_file = cwd / f".curl-status-{block.line}"
     process = subprocess.Popen(
         ["bash", "-c", PRELUDE + text],
         cwd=cwd,
-        env=env,
+        env={**env, "CURL_STATUS_FILE": str(status_file)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -205,9 +209,13 @@ def _run_shell(block: Block, text: str, cwd: Path, env: dict[str, str]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)
         process.wait()
-    report = f"{block.where}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}"
+    answers = status_file.read_text(encoding="utf-8") if status_file.exists() else ""
+    report = (
+        f"{block.where}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}"
+        f"\n--- curl\n{answers[-3000:]}"
+    )
     assert process.returncode == 0, report
-    statuses = [int(code) for code in STATUS.findall(stderr)]
+    statuses = [int(code) for code in STATUS.findall(answers)]
     expected = [c for c in curls(block) if not c.fail_flag]
     assert len(statuses) == len(expected), (
         f"{len(expected)} curls, {len(statuses)} answers\n{report}"
