@@ -176,7 +176,13 @@ def class_index_target(
     xp: ModuleType,
 ) -> TargetMass:
     """a = (1 - eps) w_y e_y + (eps / C) w; ignored rows carry no label mass."""
-    w_y = valid.astype(dtype) if w is None else xp.where(valid, w[y], 0)
+    if w is None:
+        w_y = valid.astype(dtype)
+        if not label_smoothing:  # a = e_y: w_y is the mass and the total, the divisor a count
+            spread = xp.zeros(n_classes, dtype=dtype)
+            return TargetMass(w_y, spread, (y, w_y), valid, float(xp.count_nonzero(valid)))
+    else:
+        w_y = xp.where(valid, w[y], 0)
     uniform = xp.ones(n_classes, dtype=dtype) if w is None else w
     spread = uniform * dtype.type(label_smoothing / n_classes)
     at_label = w_y * dtype.type(1.0 - label_smoothing)

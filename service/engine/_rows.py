@@ -68,6 +68,12 @@ def class_indices(
     """
     flat = labels.reshape(-1)
     require(flat.dtype.kind != "b", "labels", "class indices must be integers, got booleans")
+    if flat.dtype.kind in "iu" and flat.size:
+        # The common case, every label a class and none ignore_index, in two reductions
+        # instead of the checks below (five passes and two arrays of M).
+        low, high = int(xp.min(flat)), int(xp.max(flat))
+        if low >= 0 and high < n_classes and not low <= ignore_index <= high:
+            return flat.astype(np.int64, copy=False), xp.ones(flat.shape, dtype=bool)
     if flat.dtype.kind not in "iu":
         flat = flat.astype(np.float64)  # float16 / bfloat16 / float32 labels: check as float64
         fractional = flat != xp.floor(flat)
@@ -114,8 +120,12 @@ def finish_rows(
         if n_valid < per_sample.shape[0]:  # else nothing to mask: two passes saved
             per_sample = xp.where(valid, per_sample, 0)
             grad[~valid] = 0
-    infinite = ~xp.isfinite(per_sample)
-    if bool(xp.any(infinite)):
+    # A finite float64 sum has only finite terms (inf and NaN propagate): one pass, and the
+    # element-wise test only to find the position when it is not.
+    with errstate(xp, over="ignore", invalid="ignore"):
+        sum_is_finite = bool(xp.isfinite(xp.sum(per_sample)))
+    infinite = None if sum_is_finite else ~xp.isfinite(per_sample)
+    if infinite is not None and bool(xp.any(infinite)):
         position = first_position(infinite.reshape(lead_shape), xp)
         raise InvalidInput(
             f"logits: the loss at index {position} is not finite in {grad.dtype}: the target "

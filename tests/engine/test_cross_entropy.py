@@ -117,6 +117,29 @@ def test_ignoring_a_label_equals_slicing_it_out(xp: ModuleType) -> None:
     assert not np.any(grad[~keep])
 
 
+@pytest.mark.parametrize("ignore_index", [2, 1, -100, 4])
+def test_an_ignore_index_among_the_classes_is_ignored(xp: ModuleType, ignore_index: int) -> None:
+    """Whether or not ignore_index is a class, or lies between the smallest and the largest
+    label, rows with it (and only they) are ignored."""
+    logits = RNG.normal(size=(6, 4))
+    labels = np.array([0, 3, 2, 2, 0, 3], dtype=np.uint8)
+    keep = labels != ignore_index
+    masked = ce(xp, logits, labels, ignore_index=ignore_index)
+    sliced = ce(xp, logits[keep], labels[keep])
+    assert masked.n_valid == int(keep.sum())
+    np.testing.assert_allclose(masked.loss, sliced.loss, rtol=1e-12)
+    grad = to_numpy(masked.grads["logits"])
+    np.testing.assert_allclose(grad[keep], to_numpy(sliced.grads["logits"]), rtol=1e-12)
+    assert not np.any(grad[~keep])
+
+
+def test_finite_losses_whose_sum_overflows_are_not_rejected(xp: ModuleType) -> None:
+    """Each loss is finite (1e308); only their sum is not, which is no reason to reject them."""
+    logits = xp.asarray(np.array([[0.0, -1e308], [0.0, -1e308]]))
+    result = cross_entropy(logits, xp.asarray(np.array([1, 1])))
+    np.testing.assert_array_equal(to_numpy(result.per_sample), [1e308, 1e308])
+
+
 def test_shifting_a_row_changes_nothing(xp: ModuleType) -> None:
     logits = RNG.normal(size=(3, 5))
     labels = np.array([1, 0, 4])

@@ -29,7 +29,13 @@ from service.engine._kernels.binary import (
     sigmoid_focal_rows_parallel,
     sigmoid_focal_rows_serial,
 )
-from service.engine._kernels.few_classes import FEW_CLASSES, few_class_kernel
+from service.engine._kernels.few_classes import (
+    BLOCK_EXTRA_ROWS,
+    BLOCK_ROWS,
+    FEW_CLASSES,
+    WIDE_ROWS,
+    few_class_kernel,
+)
 from service.engine._kernels.interface import (
     BINARY_CROSS_ENTROPY,
     COMPUTE_DTYPES,
@@ -130,8 +136,10 @@ def softmax_rows(
         return _frozen(np.ascontiguousarray(array, dtype=dtype))
 
     n_rows = x.shape[0]
-    per_sample = np.zeros(n_rows, dtype=np.float64)
-    lse = np.zeros(n_rows, dtype=np.float64)
+    few_classes = 1 <= x.shape[1] <= FEW_CLASSES and n_rows > 0
+    # the few-class kernel writes every row; the row kernels skip ignored ones
+    allocate = np.empty if few_classes else np.zeros
+    per_sample, lse = allocate(n_rows, dtype=np.float64), allocate(n_rows, dtype=np.float64)
     grad = GRADIENTS.empty(x.shape, dtype)
     arguments = (
         x,
@@ -149,10 +157,9 @@ def softmax_rows(
         lse,
         grad,
     )
-    if 1 <= x.shape[1] <= FEW_CLASSES and n_rows:  # whatever the size: one kernel, one result
-        few_class_kernel(x.shape[1])(
-            x.reshape(-1), *arguments[1:-1], grad.reshape(-1), *_few_class_scratch(n_rows, dtype)
-        )
+    if few_classes:  # whatever the size: one kernel, one result
+        scratch = _few_class_scratch(x.shape[1], dtype)
+        few_class_kernel(x.shape[1])(x.reshape(-1), *arguments[1:-1], grad.reshape(-1), *scratch)
     elif _in_parallel(x.size, parallel):
         with _LAUNCH:
             softmax_rows_parallel(*arguments)
@@ -161,18 +168,16 @@ def softmax_rows(
     return per_sample, lse, grad
 
 
-def _few_class_scratch(n_rows: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
-    """The few-class kernel's per-row scratch from the pool: float64 [2M] (row sums, their logs),
-    compute dtype [4M] (shifts, factors, masses, shifted label logits), int64 [M] (labels). A
-    fresh one every call would fault its pages in each time, more than the kernel's own work."""
-    wide_bytes, label_bytes = 16 * n_rows, 8 * n_rows
-    scratch = GRADIENTS.empty((wide_bytes + label_bytes + 4 * n_rows * dtype.itemsize,), _BYTES)
-    wide = scratch[:wide_bytes].view(np.float64)
-    labels = scratch[wide_bytes : wide_bytes + label_bytes].view(np.int64)
-    return wide, scratch[wide_bytes + label_bytes :].view(dtype), labels
-
-
-_BYTES: Final = np.dtype(np.uint8)
+def _few_class_scratch(n_classes: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """The few-class kernel's scratch: the transposed block of rows (`BLOCK_ROWS` rows of the
+    compute dtype, with room for per-row values), float64 per-row sums, int64 labels. A few tens
+    of KiB: fresh every call, small enough for the allocator's free lists."""
+    return (
+        np.empty((n_classes + BLOCK_EXTRA_ROWS, BLOCK_ROWS), dtype=dtype),
+        np.empty((WIDE_ROWS, BLOCK_ROWS), dtype=np.float64),
+        np.empty(BLOCK_ROWS, dtype=np.int32),  # labels: the compares vectorise beside float32
+        np.empty(BLOCK_ROWS, dtype=np.dtype(f"i{dtype.itemsize}")),  # `ordered_key`s
+    )
 
 
 def binary_rows(

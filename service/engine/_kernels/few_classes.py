@@ -1,28 +1,35 @@
 """The softmax-row kernel for rows of few classes (up to `FEW_CLASSES`), vectorised across rows.
 
-`softmax` vectorises along a row: a row of 2 or 8 classes fills no vector register, and the
+`softmax` vectorises along a row: a row of 2 or 10 classes fills no vector register, and the
 per-row steps (the loops' set-up, `log1p`, the label's terms) cost more than the row's elements.
-Here the class count is a constant of the compiled code (one kernel per count, compiled on first
-use or loaded from numba's cache): the loops over a row's classes unroll, and LLVM vectorises the
-loop over rows, reading the rows' elements as interleaved groups. It does so for rows of up to 8
-classes; rows of 9 to `FEW_CLASSES` it leaves scalar, still faster than `softmax`'s per-row
-loops (65536 x 10 float32: 5.5 against 8.5 ms on one loaded core), which win from 16 classes.
+Here the rows go `BLOCK_ROWS` at a time through a block transposed into class-major order
+(`block[c, r]`: class c of row r, in the compute dtype), which stays in the L1 cache. Every pass
+is then a loop over the rows of the block, with contiguous reads and writes, which LLVM
+vectorises: one vector holds eight rows' elements of a class. The class count is a constant of
+the compiled code (one kernel per count, compiled on first use or loaded from numba's cache), so
+the loops over classes unroll.
 
-Three passes over the rows (loops over blocks of rows would keep the exponentials in the L1
-cache, but LLVM then vectorises none of them):
+For each block:
 
-1. per row, the maximum (on `ordered_key`s, as `softmax`), the exponentials written into the
-   gradient rows, and their float64 sum, added in class order;
-2. per row, `log_sum = log(sum)` by `log_row_sum` (within 1 ulp of the C library's
-   `log1p(sum - 1)`, which `softmax` calls: a call per row does not vectorise), `lse`, the loss,
-   and the gradient factor, in `softmax`'s formulas and order;
-3. the gradient rows: `(exp * factor - spread - mass e_label) * scale`, as `softmax`.
+1. the rows are read, widened and transposed into the block;
+2. per row the maximum (on `ordered_key`s, as `softmax`), the label's shifted logit, and with
+   label smoothing the dot product of the spread with the shifted logits;
+3. the exponentials, in place, and their float64 sum, added in class order;
+4. per row `log_sum` by `log_row_sum` (within 1 ulp of the C library's `log1p(sum - 1)`, which
+   `softmax` calls: a call per row does not vectorise), `lse`, the loss and the gradient factor,
+   in `softmax`'s formulas and order;
+5. the gradient, `(exp * factor - spread - mass e_label) * scale` as `softmax`, transposed back.
 
 The numbers are `softmax`'s but for the last bit of `log_sum` and the order of the float64 row
 sums (float32 rows: well within the 1e-7 relative of the reference; float64 rows: 1e-15).
 Focal and poly-1 take the label terms of each row from `label_terms` (library calls: that pass
 is not vectorised). It runs serially, whatever the size of the call: one kernel per class count
 gives one result, and a call large enough to gain from threads is rare with rows this short.
+
+Each pass over a block's class is a function of its own: compiled with its own fast-math flags
+and vectorised on its own, then inlined by LLVM. They index the block with a class and a row from
+`range`, never with a computed offset: numba wraps negative indices around, and a select per
+element on an index LLVM cannot prove non-negative stops the vectoriser.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ import functools
 import math
 from typing import Any, Final
 
-import numba
 import numpy as np
 
 from service.engine._kernels.interface import CROSS_ENTROPY
@@ -47,30 +53,155 @@ from service.engine._kernels.numerics import (
 )
 
 FEW_CLASSES: Final = 12
-_LOG_ROW_SUM_BELOW: Final = 90.0  # `log_row_sum`'s domain: a row's sum is at most its length
+BLOCK_ROWS: Final = 512  # 12 classes of float32 rows: 24 KiB, within a 32 KiB L1 cache
+# The block's extra rows (after the classes): per-row values in the compute dtype.
+_PEAK, _AT, _FACTOR, _MASS = range(4)
+BLOCK_EXTRA_ROWS: Final = 4
+# The float64 scratch rows: the exponentials' sums, their logs, the spread's dot products.
+_SUM, _LOG, _DOT = range(3)
+WIDE_ROWS: Final = 3
 
 
-# The exp with its own flags, as `softmax._store_exp`: `contract` fuses the polynomial's
-# multiply-adds (each rounds once). LLVM inlines it into the loop, flags and all.
+# --- passes over class c of a block (rows 0 .. n - 1) --------------------------------------
+# One array written per loop: LLVM vectorises a loop only after checking at run time that its
+# arrays do not overlap, and gives up when that takes more than a few comparisons.
+
+
+@compiled(error_model="numpy")
+def _first_keys(block: Any, n: int, keys: Any) -> None:
+    for r in range(n):
+        keys[r] = ordered_key(block[0, r])
+
+
+@compiled(error_model="numpy")
+def _running_max(block: Any, c: int, n: int, keys: Any) -> None:
+    for r in range(n):
+        key = ordered_key(block[c, r])
+        keys[r] = key if key > keys[r] else keys[r]
+
+
+@compiled(error_model="numpy")
+def _add_shifted(block: Any, c: int, n: int, peak: Any, weight: Any, dot: Any) -> None:
+    """dot += w_c (x_c - shift), in float64; the caller skips a zero weight (adds 0, even at
+    x_c = -inf)."""
+    w = np.float64(weight)
+    for r in range(n):
+        dot[r] += w * np.float64(block[c, r] - peak[r])  # shifted in the compute dtype
+
+
+# `contract` fuses the exp polynomial's multiply-adds (each rounds once), as `softmax._store_exp`
 @compiled(fastmath={"contract"}, error_model="numpy")
-def _exp_contracted(t: Any) -> Any:
-    return exp_nonpositive(t)
+def _exp_in_place(block: Any, c: int, n: int, peak: Any) -> None:
+    for r in range(n):
+        block[c, r] = exp_nonpositive(block[c, r] - peak[r])
 
 
-@numba.njit(inline="always")
-def _log_sum(total: float) -> float:
-    """log(total) for a row sum: `log_row_sum` where it holds (1 <= total < 90), -inf for 0 (an
-    all -inf row), and inf or NaN as they are."""
-    inside = (total >= 1.0) & (total < _LOG_ROW_SUM_BELOW)  # `and` would branch: no vectors
-    value = log_row_sum(total if inside else 1.0)
-    return value if inside else (-math.inf if total == 0 else total)
+# Loops of their own: added in the exp's loop, the float64 sums cost as much as the exp.
+@compiled(error_model="numpy")
+def _start_sums(block: Any, n: int, sums: Any) -> None:
+    for r in range(n):
+        sums[r] = np.float64(block[0, r])  # 0 + e_0, exactly
+
+
+@compiled(error_model="numpy")
+def _add_to_sums(block: Any, c: int, n: int, sums: Any) -> None:
+    for r in range(n):
+        sums[r] += np.float64(block[c, r])
+
+
+@compiled(error_model="numpy")
+def _gradient(
+    block: Any, c: int, n: int, factor: Any, spread: Any, labels: Any, mass: Any, scale: Any
+) -> None:
+    zero = convert(0.0, scale)
+    for r in range(n):
+        step = block[c, r] * factor[r] - spread  # `- 0` changes no bit (-0 included)
+        block[c, r] = (step - (mass[r] if labels[r] == c else zero)) * scale
+
+
+# --- passes over the rows of a block -------------------------------------------------------
+
+
+@compiled(error_model="numpy")
+def _labels_of(y: Any, valid: Any, n: int, labels: Any) -> None:
+    """The label of each row, -1 for a row that is not counted (a select vectorises less well)."""
+    for r in range(n):
+        labels[r] = (y[r] + 1) * np.int64(valid[r]) - 1
+
+
+@compiled(error_model="numpy")
+def _label_logits(block: Any, n: int, labels: Any, at: Any) -> None:
+    """x_y per row (x_0 for a row that is not counted): a gather, one load per row. A select
+    per class instead, `at = x_c if y == c else at`, becomes a branch on the label, which the
+    processor mispredicts as often as labels change."""
+    for r in range(n):
+        at[r] = block[max(labels[r], 0), r]
+
+
+@compiled(error_model="numpy")
+def _peaks(keys: Any, n: int, peak: Any) -> None:
+    """The row maxima from their keys; 0 for an all -inf row (no inf - inf)."""
+    zero = convert(0.0, peak[0])
+    for r in range(n):
+        p = from_ordered_key(keys[r], peak[0])
+        peak[r] = p if math.isfinite(p) else zero
+
+
+@compiled(error_model="numpy")
+def _shift(values: Any, n: int, peak: Any) -> None:
+    for r in range(n):
+        values[r] = values[r] - peak[r]
+
+
+@compiled(error_model="numpy")
+def _log_sums(sums: Any, n: int, logs: Any) -> None:
+    """log(sum) per row: `log_row_sum` where it holds (1 <= sum < inf), -inf for 0 (an all -inf
+    row), and inf or NaN as they are."""
+    for r in range(n):
+        total = sums[r]
+        inside = (total >= 1.0) & (total < math.inf)  # `and` would branch: no vectors
+        value = log_row_sum(total if inside else 1.0)
+        logs[r] = value if inside else (-math.inf if total == 0 else total)
+
+
+@compiled(error_model="numpy")
+def _lse_rows(n: int, peak: Any, logs: Any, labels: Any, keep_lse: bool, lse: Any) -> None:
+    for r in range(n):
+        row_lse = peak[r] + logs[r]
+        lse[r] = row_lse if (labels[r] >= 0) | keep_lse else 0.0
+
+
+@compiled(error_model="numpy")
+def _cross_entropy_losses(
+    n: int, logs: Any, at: Any, dot: Any, at_label: Any, total: Any, labels: Any, per_sample: Any
+) -> None:
+    """`A log_sum - dot - m (x_y - shift)` per row, as `softmax._softmax_row`; 0 for a row that
+    is not counted."""
+    for r in range(n):
+        m = at_label[r]
+        loss = total[r] * logs[r] - dot[r]
+        loss -= 0.0 if m == 0 else m * at[r]  # no mass on -inf: 0
+        per_sample[r] = loss if labels[r] >= 0 else 0.0
+
+
+@compiled(error_model="numpy")
+def _cross_entropy_factors(
+    n: int, total: Any, lse: Any, z_loss: float, sums: Any, factor: Any
+) -> None:
+    """The gradient factor `(A + 2 z lse) / sum` per row."""
+    for r in range(n):
+        scale = np.float64(total[r])
+        if z_loss != 0:
+            scale += (2 * z_loss) * lse[r]
+        factor[r] = convert(scale / sums[r], total[r])
 
 
 @functools.cache
 def few_class_kernel(n_classes: int) -> Any:
     """The compiled kernel for rows of `n_classes` (1 to `FEW_CLASSES`); arguments as
-    `softmax.softmax_rows_serial`'s, with the rows `x` and the gradient `grad` flattened, and
-    at least one row."""
+    `softmax.softmax_rows_serial`'s, then the scratch: `block` [n_classes + BLOCK_EXTRA_ROWS,
+    BLOCK_ROWS] of the compute dtype, `wide` [WIDE_ROWS, BLOCK_ROWS] float64 and `labels`
+    [BLOCK_ROWS] int64."""
     if not 1 <= n_classes <= FEW_CLASSES:
         raise ValueError(f"few_class_kernel: 1 to {FEW_CLASSES} classes, not {n_classes}")
     classes = n_classes  # a constant of the compiled code (numba's cache keys on it too)
@@ -90,98 +221,77 @@ def few_class_kernel(n_classes: int) -> Any:
         per_sample: Any,
         lse: Any,
         grad: Any,
+        block: Any,
         wide: Any,
-        narrow: Any,
         labels: Any,
+        keys: Any,
     ) -> None:
-        n_rows = y.shape[0]
         smoothing = spread.shape[0] > 0
         weighted = alpha.shape[0] > 0
-        like = widen(x[0])  # a value of the compute dtype (the caller passes rows)
-        sums, logs = wide[:n_rows], wide[n_rows:]
-        shift, factor = narrow[:n_rows], narrow[n_rows : 2 * n_rows]
-        mass, at = narrow[2 * n_rows : 3 * n_rows], narrow[3 * n_rows :]
+        keep_lse = z_loss != 0
+        peak, at = block[classes + _PEAK], block[classes + _AT]
+        factor, mass = block[classes + _FACTOR], block[classes + _MASS]
+        sums, logs, dot = wide[_SUM], wide[_LOG], wide[_DOT]
+        like = peak[0]  # a value of the compute dtype
         scale_out = convert(grad_scale, like)  # as `reduce_loss` casts its factor
         zero = convert(0.0, like)
-        # 1. maximum, exponentials, their sum
-        for i in range(n_rows):
-            base = i * classes
-            top = ordered_key(x[base])
+        for first in range(0, y.shape[0], BLOCK_ROWS):
+            n = min(BLOCK_ROWS, y.shape[0] - first)
+            rows = x[first * classes : (first + n) * classes]
+            grad_rows = grad[first * classes : (first + n) * classes]
+            y_rows, valid_rows = y[first : first + n], valid[first : first + n]
+            loss_rows, lse_rows = per_sample[first : first + n], lse[first : first + n]
+            mass_rows, total_rows = at_label[first : first + n], total[first : first + n]
+            # 1. transposed in (16-bit rows widened)
+            for r in range(n):
+                for c in range(classes):
+                    block[c, r] = widen(rows[r * classes + c])
+            # 2. maximum, label logit, dot product
+            _labels_of(y_rows, valid_rows, n, labels)
+            _label_logits(block, n, labels, at)
+            _first_keys(block, n, keys)
             for c in range(1, classes):
-                key = ordered_key(x[base + c])
-                top = key if key > top else top
-            peak = widen(from_ordered_key(top, x[base]))
-            peak = peak if math.isfinite(peak) else zero  # all -inf: no inf - inf
-            row_sum = 0.0
-            for c in range(classes):
-                e = _exp_contracted(widen(x[base + c]) - peak)
-                grad[base + c] = e
-                row_sum += np.float64(e)
-            shift[i] = peak
-            sums[i] = row_sum
-        # 2. the row's loss and gradient factor. Short loops over few arrays each: LLVM
-        # vectorises a loop only when it can check cheaply that its arrays do not overlap.
-        for i in range(n_rows):
-            logs[i] = _log_sum(sums[i])
-        # labels: -1 for a row that is not counted
-        for i in range(n_rows):
-            counted = np.int64(valid[i])
-            labels[i] = (y[i] + 1) * counted - 1  # a select of y[i] vectorises less well
-        # at: x_y - shift
-        for i in range(n_rows):
-            label = labels[i] if labels[i] >= 0 else 0
-            at[i] = widen(x[i * classes + label]) - shift[i]
-        keep_lse = z_loss != 0
-        for i in range(n_rows):
-            row_lse = shift[i] + logs[i]
-            lse[i] = row_lse if (labels[i] >= 0) | keep_lse else 0.0
-        if kind == CROSS_ENTROPY:
-            for i in range(n_rows):
-                m = at_label[i]
-                per_sample[i] = total[i] * logs[i] - (0.0 if m == 0 else m * at[i])
+                _running_max(block, c, n, keys)
+            _peaks(keys, n, peak)
+            _shift(at, n, peak)
+            dot[:n] = 0.0
             if smoothing:  # the dot product comes before the label term, as in `softmax`
-                for i in range(n_rows):
-                    base = i * classes
-                    dot = 0.0
-                    for c in range(classes):
-                        w = spread[c]
-                        shifted = widen(x[base + c]) - shift[i]
-                        dot += 0.0 if w == 0 else np.float64(w) * np.float64(shifted)
-                    m = at_label[i]
-                    loss = total[i] * logs[i] - dot
-                    per_sample[i] = loss - (0.0 if m == 0 else m * at[i])
-            for i in range(n_rows):
-                mass[i] = at_label[i]
-                scale = np.float64(total[i])
-                if keep_lse:
-                    scale += (2 * z_loss) * lse[i]
-                factor[i] = convert(scale / sums[i], like)
-        else:
-            for i in range(n_rows):
-                label = labels[i] if labels[i] >= 0 else 0
-                loss, s = label_terms(kind, param, np.float64(at[i]) - logs[i])
-                if weighted:
-                    alpha_y = alpha[label]
-                    s = alpha_y * s
-                    loss = 0.0 if alpha_y == 0 else alpha_y * loss  # alpha_y = 0 at -inf: 0
-                m = convert(s, like)
-                mass[i] = m
-                factor[i] = convert(m / sums[i], like)
-                per_sample[i] = loss
-        for i in range(n_rows):
-            per_sample[i] = per_sample[i] if labels[i] >= 0 else 0.0
-        # 3. the gradient rows (those of ignored rows are zeroed by the caller)
-        if smoothing:
-            for i in range(n_rows):
-                base = i * classes
                 for c in range(classes):
-                    step = grad[base + c] * factor[i] - spread[c]
-                    grad[base + c] = (step - (mass[i] if c == labels[i] else zero)) * scale_out
-        else:
-            for i in range(n_rows):
-                base = i * classes
+                    if spread[c] != 0:
+                        _add_shifted(block, c, n, peak, spread[c], dot)
+            # 3. exponentials and their sums
+            _exp_in_place(block, 0, n, peak)
+            _start_sums(block, n, sums)
+            for c in range(1, classes):
+                _exp_in_place(block, c, n, peak)
+                _add_to_sums(block, c, n, sums)
+            # 4. the row's loss and gradient factor
+            _log_sums(sums, n, logs)
+            _lse_rows(n, peak, logs, labels, keep_lse, lse_rows)
+            if kind == CROSS_ENTROPY:
+                _cross_entropy_losses(
+                    n, logs, at, dot, mass_rows, total_rows, labels, loss_rows
+                )  # fmt: skip
+                _cross_entropy_factors(n, total_rows, lse_rows, z_loss, sums, factor)
+                mass[:n] = mass_rows
+            else:
+                for r in range(n):
+                    label = labels[r] if labels[r] >= 0 else 0
+                    loss, s = label_terms(kind, param, np.float64(at[r]) - logs[r])
+                    if weighted:
+                        alpha_y = alpha[label]
+                        s = alpha_y * s
+                        loss = 0.0 if alpha_y == 0 else alpha_y * loss  # alpha_y = 0 at -inf: 0
+                    m = convert(s, like)
+                    mass[r] = m
+                    factor[r] = convert(m / sums[r], like)
+                    loss_rows[r] = loss if labels[r] >= 0 else 0.0
+            # 5. the gradient (that of an ignored row is zeroed by the caller), transposed out
+            for c in range(classes):
+                w = spread[c] if smoothing else zero
+                _gradient(block, c, n, factor, w, labels, mass, scale_out)
+            for r in range(n):
                 for c in range(classes):
-                    step = grad[base + c] * factor[i]  # `- 0` would change no bit
-                    grad[base + c] = (step - (mass[i] if c == labels[i] else zero)) * scale_out
+                    grad_rows[r * classes + c] = block[c, r]
 
     return compiled(fastmath=False, error_model="numpy", nogil=True)(few_class_rows)

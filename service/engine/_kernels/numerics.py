@@ -348,7 +348,12 @@ def _sigmoid_parts_impl(v: Any) -> Callable[[Any], Any] | None:
 # |u| <= 0.1716 ten terms leave < 1e-17 of the sum. ln 2 is split so that k ln2_hi is exact
 # (`exp_f32` has its own float32 split).
 _SQRT2 = math.sqrt(2.0)
-_LOG_ROW_SUM_STEPS: Final = 6  # halvings: s < 2^6 sqrt(2) = 90.5, more than `FEW_CLASSES` terms
+_MANTISSA_BITS = np.int64((1 << 52) - 1)
+_ONE_BITS = np.int64(1023 << 52)  # the exponent field of 1.0
+# The float64 2^52 + e has the integer e in its low mantissa bits: exponent fields become floats
+# with integer operations only (AVX2 has no vector int64 -> float64 conversion).
+_TWO_52_BITS = np.int64(0x433 << 52)
+_TWO_52_PLUS_BIAS = 2.0**52 + 1023
 _LN2_HI_F64 = float(  # ln 2 with its low 32 mantissa bits cleared
     (np.array([math.log(2.0)]).view(np.uint64) & np.uint64(0xFFFF_FFFF_0000_0000)).view(np.float64)[
         0
@@ -362,15 +367,15 @@ _ATANH_2 = tuple(2.0 / (2 * k + 1) for k in range(10, 0, -1))  # 2/21, ..., 2/3
 
 @numba.njit(inline="always")
 def log_row_sum(s: float) -> float:
-    """log(s) for a float64 row sum 1 <= s < 90 (its largest term is 1): `log1p(s - 1)` within
-    1 ulp, from multiplications, additions and one division only, so a loop over rows of it
-    vectorises (the C library's `log1p` is a call per row)."""
-    k = 0.0
-    m = s
-    for _ in range(_LOG_ROW_SUM_STEPS):  # unrolled; exact halvings down to [sqrt(1/2), sqrt(2))
-        over = m >= _SQRT2
-        m = m * 0.5 if over else m
-        k = k + 1.0 if over else k
+    """log(s) for a finite float64 row sum s >= 1 (its largest term is 1): `log1p(s - 1)` within
+    1 ulp, from bit operations, multiplications, additions and one division only, so a loop over
+    rows of it vectorises (the C library's `log1p` is a call per row)."""
+    bits = ordered_key(s)  # s > 0: its bits as they are
+    k: float = from_ordered_key((bits >> 52) | _TWO_52_BITS, s) - _TWO_52_PLUS_BIAS  # exponent
+    m: float = from_ordered_key((bits & _MANTISSA_BITS) | _ONE_BITS, s)  # s / 2^k in [1, 2)
+    over = m >= _SQRT2  # down to [sqrt(1/2), sqrt(2)), exactly
+    m = m * 0.5 if over else m
+    k = k + 1.0 if over else k
     f = m - 1.0  # exact (Sterbenz)
     u = f / (2.0 + f)
     z = u * u
