@@ -137,9 +137,10 @@ def softmax_rows(
 
     n_rows = x.shape[0]
     few_classes = 1 <= x.shape[1] <= FEW_CLASSES and n_rows > 0
-    # the few-class kernel writes every row; the row kernels skip ignored ones
-    allocate = np.empty if few_classes else np.zeros
-    per_sample, lse = allocate(n_rows, dtype=np.float64), allocate(n_rows, dtype=np.float64)
+    per_sample, lse = (GRADIENTS.empty((n_rows,), _FLOAT64) for _ in range(2))
+    if not few_classes:  # the few-class kernel writes every row; the row kernels skip ignored ones
+        per_sample.fill(0.0)
+        lse.fill(0.0)
     grad = GRADIENTS.empty(x.shape, dtype)
     arguments = (
         x,
@@ -251,8 +252,10 @@ def _grouped(factor: np.ndarray, rows: slice, shape: tuple[int, int]) -> np.ndar
     return _frozen(factor[rows].reshape(shape))
 
 
-# Gradients of at least 1 MiB; up to 1 GiB of them kept (four 2048 x 32000 float32 ones).
-GRADIENTS = ArrayPool(min_bytes=1 << 20, max_bytes=1 << 30)
+# Gradients and per-row outputs of at least 64 KiB; up to 1 GiB of them kept (four 2048 x 32000
+# float32 gradients). Below 64 KiB the allocator's free lists serve them without page faults.
+GRADIENTS = ArrayPool(min_bytes=1 << 16, max_bytes=1 << 30)
+_FLOAT64: Final = np.dtype(np.float64)
 
 
 def warm_up() -> None:

@@ -114,6 +114,31 @@ def f32_from_bits(typingctx: Any, bits: Any) -> Any:
 
 
 @_intrinsic
+def f64_bits(typingctx: Any, value: Any) -> Any:
+    """The bits of the float64 `value` as a uint64 (unsigned: AVX2 shifts 64-bit lanes
+    logically only, so an arithmetic shift would leave the loop scalar)."""
+    if value != types.float64:
+        return None
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> ir.Value:
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.uint64(value), codegen
+
+
+@_intrinsic
+def f64_from_bits(typingctx: Any, bits: Any) -> Any:
+    """The float64 whose bits are the uint64 `bits`."""
+    if bits != types.uint64:
+        return None
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> ir.Value:
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+@_intrinsic
 def pow2_f32(typingctx: Any, n: Any) -> Any:
     """2**n as a float32 for an integral float32 n in [-126, 127]: the exponent bits `n + 127`."""
 
@@ -348,11 +373,12 @@ def _sigmoid_parts_impl(v: Any) -> Callable[[Any], Any] | None:
 # |u| <= 0.1716 ten terms leave < 1e-17 of the sum. ln 2 is split so that k ln2_hi is exact
 # (`exp_f32` has its own float32 split).
 _SQRT2 = math.sqrt(2.0)
-_MANTISSA_BITS = np.int64((1 << 52) - 1)
-_ONE_BITS = np.int64(1023 << 52)  # the exponent field of 1.0
+_MANTISSA_BITS = np.uint64((1 << 52) - 1)
+_ONE_BITS = np.uint64(1023 << 52)  # the exponent field of 1.0
+_EXPONENT_SHIFT = np.uint64(52)
 # The float64 2^52 + e has the integer e in its low mantissa bits: exponent fields become floats
 # with integer operations only (AVX2 has no vector int64 -> float64 conversion).
-_TWO_52_BITS = np.int64(0x433 << 52)
+_TWO_52_BITS = np.uint64(0x433 << 52)
 _TWO_52_PLUS_BIAS = 2.0**52 + 1023
 _LN2_HI_F64 = float(  # ln 2 with its low 32 mantissa bits cleared
     (np.array([math.log(2.0)]).view(np.uint64) & np.uint64(0xFFFF_FFFF_0000_0000)).view(np.float64)[
@@ -370,9 +396,9 @@ def log_row_sum(s: float) -> float:
     """log(s) for a finite float64 row sum s >= 1 (its largest term is 1): `log1p(s - 1)` within
     1 ulp, from bit operations, multiplications, additions and one division only, so a loop over
     rows of it vectorises (the C library's `log1p` is a call per row)."""
-    bits = ordered_key(s)  # s > 0: its bits as they are
-    k: float = from_ordered_key((bits >> 52) | _TWO_52_BITS, s) - _TWO_52_PLUS_BIAS  # exponent
-    m: float = from_ordered_key((bits & _MANTISSA_BITS) | _ONE_BITS, s)  # s / 2^k in [1, 2)
+    bits = f64_bits(s)
+    k: float = f64_from_bits((bits >> _EXPONENT_SHIFT) | _TWO_52_BITS) - _TWO_52_PLUS_BIAS
+    m: float = f64_from_bits((bits & _MANTISSA_BITS) | _ONE_BITS)  # s / 2^k in [1, 2), exact
     over = m >= _SQRT2  # down to [sqrt(1/2), sqrt(2)), exactly
     m = m * 0.5 if over else m
     k = k + 1.0 if over else k
