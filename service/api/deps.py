@@ -92,13 +92,20 @@ def _inline(request: Request, settings: Settings) -> bool:
     )
 
 
-async def _compute(request: Request) -> Compute:
+def compute_for(request: Request) -> Compute:
+    """The compute runner of a request. A route on the path of small requests calls it itself
+    (it takes the `Request`): as a dependency (`ComputeDep`), FastAPI's solving of it costs
+    more than its work."""
     settings: Settings = request.app.state.settings
     return Compute(
         Context(request.app.state.backend, settings),
         _gate(request, settings),
         inline=_inline(request, settings),
     )
+
+
+async def _compute(request: Request) -> Compute:
+    return compute_for(request)
 
 
 ComputeDep = Annotated[Compute, Depends(_compute)]

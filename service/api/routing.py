@@ -111,6 +111,9 @@ class PiecesResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
+        if len(self.pieces) == 1 and isinstance(self.pieces[0], bytes):  # one message, no more
+            await send({"type": "http.response.body", "body": self.pieces[0]})
+            return
         for piece in body_pieces(self.pieces):
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b""})

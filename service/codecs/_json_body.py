@@ -151,10 +151,13 @@ def dumps_json(content: Any, default: Callable[[Any], Any] | None = None) -> lis
     each `Base64Output` in `content` is a piece of its own, encoded as it is sent
     (`body_pieces`)."""
     texts: list[Base64Output] = []
-    nonce = secrets.token_hex(8)  # no string of the content is a marker by chance
+    nonce = ""
 
     def markers(value: object) -> object:
+        nonlocal nonce
         if isinstance(value, Base64Output):
+            # drawn only when needed: no string of the content is a marker by chance
+            nonce = nonce or secrets.token_hex(8)
             texts.append(value)
             return f"\x00{nonce}:{len(texts) - 1}"
         if default is None:
@@ -162,6 +165,8 @@ def dumps_json(content: Any, default: Callable[[Any], Any] | None = None) -> lis
         return default(value)
 
     rendered = orjson.dumps(content, default=markers, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not texts:
+        return [rendered]
     pieces: list[BodyPiece] = []
     view, position = memoryview(rendered), 0
     for index, text in enumerate(texts):

@@ -21,7 +21,15 @@ from service.codecs import (
     json_array,
 )
 from service.codecs._dtypes import numpy_dtype
-from service.engine import Array, Backend, LossResult, array_namespace, errstate, reduce_loss
+from service.engine import (
+    Array,
+    Backend,
+    LossResult,
+    array_namespace,
+    dtype_name,
+    errstate,
+    reduce_loss,
+)
 from service.errors import FieldPath, InvalidInput
 from service.schemas import LossResponse
 from service.schemas.losses import LossOptions
@@ -64,7 +72,7 @@ def loss_response(
         n_valid=reduced.n_valid,
         weight_sum=reduced.weight_sum,
         backend=backend.name,
-        dtype=str(dtype),
+        dtype=dtype_name(dtype),  # `str(dtype)` builds the name anew each time
     )
 
 
@@ -118,7 +126,8 @@ def _fields(value: object) -> dict[str, Any] | list[Any] | float | int | bool:
     arrays orjson does not write natively, 0-d (a scalar loss's gradient) and non-contiguous
     ones, become Python numbers and lists."""
     if isinstance(value, BaseModel):
-        return dict(value)
+        # its field values as stored (`dict(value)` walks them in Python), any extras after
+        return {**value.__dict__, **(value.__pydantic_extra__ or {})}
     if isinstance(value, np.ndarray):
         items: list[Any] | float | int | bool = value.tolist()
         return items

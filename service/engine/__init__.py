@@ -10,7 +10,7 @@ from service.engine._binary import binary_cross_entropy, sigmoid_focal
 from service.engine._contrastive import info_nce
 from service.engine._cross_entropy import cross_entropy
 from service.engine._distillation import kl_divergence
-from service.engine._dtypes import ComputeDtype, to_compute_dtype
+from service.engine._dtypes import ComputeDtype, dtype_name, to_compute_dtype
 from service.engine._engine_path import (
     EnginePath,
     checked_engine_path,
@@ -71,6 +71,7 @@ __all__ = [
     "bradley_terry",
     "checked_engine_path",
     "cross_entropy",
+    "dtype_name",
     "engine_path",
     "errstate",
     "find_label_issues",

@@ -12,6 +12,7 @@ read it (`_kernels`): the whole array is widened with `as_compute` only for the 
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -29,10 +30,19 @@ def compute_dtype_for(dtype: np.dtype, requested: ComputeDtype | None = None) ->
     return np.dtype(np.float32)  # float16, float32 and bfloat16 (an ml_dtypes dtype of kind "V")
 
 
+@functools.cache
+def dtype_name(dtype: np.dtype) -> str:
+    """`dtype.name`, remembered: NumPy builds it in Python at every access, which costs as much
+    as the whole kernel of a small loss."""
+    return dtype.name
+
+
 def read_as_is(dtype: np.dtype, requested: ComputeDtype | None, native: frozenset[str]) -> bool:
     """Whether a kernel that reads the dtypes `native` as they are takes an array of `dtype`
     without a cast: its dtype is native and the compute dtype asked for is its default one."""
-    return dtype.name in native and compute_dtype_for(dtype, requested) == compute_dtype_for(dtype)
+    return dtype_name(dtype) in native and (
+        requested is None or compute_dtype_for(dtype, requested) == compute_dtype_for(dtype)
+    )
 
 
 def as_compute(array: Array, dtype: np.dtype) -> Array:

@@ -79,7 +79,7 @@ def reduce_loss(
     # Accumulate in float64 whatever the compute dtype: float32 sums over 1e6 tokens drift.
     total = result.total
     if total is None:
-        total = float(xp.sum(result.per_sample, dtype=xp.float64))
+        total = float(result.per_sample.sum(dtype=xp.float64))
     loss = reduce_total(total, result.divisor, reduction, empty=empty)
     if reduction == "mean" and result.divisor == 0:
         for grad in result.grads.values():

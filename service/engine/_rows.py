@@ -7,6 +7,7 @@ infinite losses and restores the leading shape.
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import numpy as np
@@ -71,7 +72,7 @@ def class_indices(
     if flat.dtype.kind in "iu" and flat.size:
         # The common case, every label a class and none ignore_index, in two reductions
         # instead of the checks below (five passes and two arrays of M).
-        low, high = int(xp.min(flat)), int(xp.max(flat))
+        low, high = int(flat.min()), int(flat.max())  # methods: no dispatch
         if low >= 0 and high < n_classes and not low <= ignore_index <= high:
             return flat.astype(np.int64, copy=False), xp.ones(flat.shape, dtype=bool)
     if flat.dtype.kind not in "iu":
@@ -120,11 +121,12 @@ def finish_rows(
         if n_valid < per_sample.shape[0]:  # else nothing to mask: two passes saved
             per_sample = xp.where(valid, per_sample, 0)
             grad[~valid] = 0
-    # A finite float64 sum has only finite terms (inf and NaN propagate): one pass, and the
-    # element-wise test only to find the position when it is not.
-    with errstate(xp, over="ignore", invalid="ignore"):
-        sum_is_finite = bool(xp.isfinite(xp.sum(per_sample)))
-    infinite = None if sum_is_finite else ~xp.isfinite(per_sample)
+    # Finite extremes mean finite values (NaN propagates through both): two reductions, no
+    # boolean array, and the element-wise test only to find the position when they are not.
+    finite = math.isfinite(per_sample.max(initial=0.0)) and math.isfinite(
+        per_sample.min(initial=0.0)
+    )
+    infinite = None if finite else ~xp.isfinite(per_sample)
     if infinite is not None and bool(xp.any(infinite)):
         position = first_position(infinite.reshape(lead_shape), xp)
         raise InvalidInput(

@@ -20,6 +20,7 @@ from typing import Final
 import numpy as np
 
 from service.buffers import ArrayPool
+from service.engine._dtypes import dtype_name
 from service.engine._kernels.binary import (
     BINARY_CHUNK,
     LABEL_OUTSIDE,
@@ -79,6 +80,9 @@ _LAUNCH = threading.Lock()
 PARALLEL_MIN_ELEMENTS: Final = 1 << 20
 
 
+_COMPUTE_DTYPES: Final = {name: np.dtype(compute) for name, compute in COMPUTE_DTYPES.items()}
+
+
 def _in_parallel(n_elements: int, parallel: bool | None) -> bool:
     return n_elements >= PARALLEL_MIN_ELEMENTS if parallel is None else parallel
 
@@ -86,6 +90,8 @@ def _in_parallel(n_elements: int, parallel: bool | None) -> bool:
 def _frozen(array: np.ndarray) -> np.ndarray:
     """A read-only view: numba compiles separately for writable and read-only arrays, and the
     logits of a request are often read-only (`np.frombuffer`). One type, one compile."""
+    if not array.flags.writeable:
+        return array
     view = array.view()
     view.flags.writeable = False
     return view
@@ -94,8 +100,8 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 def _kernel_rows(x: np.ndarray) -> tuple[np.ndarray, np.dtype]:
     """Rows as the kernels take them (contiguous, read-only, 16-bit ones as their bits) and the
     dtype they compute in. KeyError for a dtype not in `NATIVE_INPUT_DTYPES`."""
-    name = x.dtype.name
-    dtype = np.dtype(COMPUTE_DTYPES[name])
+    name = dtype_name(x.dtype)
+    dtype = _COMPUTE_DTYPES[name]
     x = np.ascontiguousarray(x)
     if name in HALF_BITS:
         x = x.view(HALF_BITS[name])
@@ -171,14 +177,26 @@ def softmax_rows(
 
 def _few_class_scratch(n_classes: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
     """The few-class kernel's scratch: the transposed block of rows (`BLOCK_ROWS` rows of the
-    compute dtype, with room for per-row values), float64 per-row sums, int64 labels. A few tens
-    of KiB: fresh every call, small enough for the allocator's free lists."""
-    return (
-        np.empty((n_classes + BLOCK_EXTRA_ROWS, BLOCK_ROWS), dtype=dtype),
-        np.empty((WIDE_ROWS, BLOCK_ROWS), dtype=np.float64),
-        np.empty(BLOCK_ROWS, dtype=np.int32),  # labels: the compares vectorise beside float32
-        np.empty(BLOCK_ROWS, dtype=np.dtype(f"i{dtype.itemsize}")),  # `ordered_key`s
-    )
+    compute dtype, with room for per-row values), float64 per-row sums, int32 labels, the rows'
+    maxima as `ordered_key`s. A few tens of KiB, kept per thread (calls on two threads at once
+    each have their own) and per class count and dtype: allocating it cost as much as a small
+    call's kernel."""
+    kept: dict[tuple[int, np.dtype], tuple[np.ndarray, ...]] | None
+    kept = getattr(_THREAD_SCRATCH, "few_classes", None)
+    if kept is None:
+        kept = _THREAD_SCRATCH.few_classes = {}
+    scratch = kept.get((n_classes, dtype))
+    if scratch is None:
+        scratch = kept[n_classes, dtype] = (
+            np.empty((n_classes + BLOCK_EXTRA_ROWS, BLOCK_ROWS), dtype=dtype),
+            np.empty((WIDE_ROWS, BLOCK_ROWS), dtype=np.float64),
+            np.empty(BLOCK_ROWS, dtype=np.int32),  # labels: compares vectorise beside float32
+            np.empty(BLOCK_ROWS, dtype=np.dtype(f"i{dtype.itemsize}")),
+        )
+    return scratch
+
+
+_THREAD_SCRATCH = threading.local()
 
 
 def binary_rows(
