@@ -15,7 +15,12 @@ from typing import Annotated, TypeVar
 import anyio
 from fastapi import Depends, Request
 
-from service.api.api_keys import MISSING_KEY, key_matches, presented_keys
+from service.api.api_keys import (
+    MISSING_KEY,
+    key_checked_by_middleware,
+    key_matches,
+    presented_keys,
+)
 from service.api.concurrency import ComputeGate
 from service.codecs import output_elements, request_elements
 from service.config import Settings
@@ -181,6 +186,9 @@ async def require_api_key(request: Request) -> None:
 
 
 def requires_key(route: object) -> bool:
-    """Whether `route` declares `require_api_key` (its router's dependencies included)."""
+    """Whether `route` requires a key: it declares `require_api_key` (its router's dependencies
+    included), or its class has the middleware check it (`KeyCheckedByMiddleware`)."""
+    if key_checked_by_middleware(route):
+        return True
     dependencies = getattr(route, "dependencies", ())
     return any(dependency.dependency is require_api_key for dependency in dependencies)

@@ -430,6 +430,20 @@ async def test_api_keys(make_client: ClientFactory) -> None:
             assert response.status_code == 200, probe
 
 
+async def test_routes_whose_key_only_the_middleware_checks_refuse_bodiless_requests(
+    make_client: ClientFactory,
+) -> None:
+    """The loss routes declare no key dependency (`KeyCheckedByMiddleware`): the middleware
+    refuses a request without a key to them whatever its method, a GET without a body too."""
+    async with make_client(api_keys=["alpha"]) as client:
+        problem = assert_problem(await client.get("/v1/losses"), 401)
+        assert problem["type"].endswith("unauthorized")
+        assert (await client.get("/v1/losses", headers={"x-api-key": "alpha"})).status_code == 200
+        assert_problem(await client.get(CE), 401)  # a method the route lacks: the key first
+        keyed = await client.get(CE, headers={"x-api-key": "alpha"})
+        assert keyed.status_code == 405
+
+
 async def test_api_keys_are_not_required_by_default(client: httpx.AsyncClient) -> None:
     response = await client.post(CE, json=VALID_CE, headers={"x-api-key": "anything"})
     assert response.status_code == 200

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from service.api.deps import compute_for, require_api_key
+from service.api.api_keys import KeyCheckedByMiddleware
+from service.api.deps import compute_for
 from service.api.problems import problem_responses
 from service.api.routing import OrjsonResponse, OrjsonRoute
 from service.core.losses import compute_loss
@@ -19,11 +20,16 @@ from service.schemas import (
     describe_loss,
 )
 
+
+class LossRoute(KeyCheckedByMiddleware, OrjsonRoute):
+    """A loss route: JSON read and written by orjson, and, on this path of small requests, its
+    API key checked by `ApiKeyMiddleware` alone (no dependency solved per request)."""
+
+
 router = APIRouter(
     prefix="/v1/losses",
-    route_class=OrjsonRoute,
+    route_class=LossRoute,
     tags=["losses"],
-    dependencies=[Depends(require_api_key)],
     responses=problem_responses(401, 500),
 )
 
