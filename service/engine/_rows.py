@@ -7,7 +7,6 @@ infinite losses and restores the leading shape.
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 
 import numpy as np
@@ -121,14 +120,9 @@ def finish_rows(
         if n_valid < per_sample.shape[0]:  # else nothing to mask: two passes saved
             per_sample = xp.where(valid, per_sample, 0)
             grad[~valid] = 0
-    # Finite extremes mean finite values (NaN propagates through both): two reductions, no
-    # boolean array, and the element-wise test only to find the position when they are not.
-    finite = math.isfinite(per_sample.max(initial=0.0)) and math.isfinite(
-        per_sample.min(initial=0.0)
-    )
-    infinite = None if finite else ~xp.isfinite(per_sample)
-    if infinite is not None and bool(xp.any(infinite)):
-        position = first_position(infinite.reshape(lead_shape), xp)
+    finite = xp.isfinite(per_sample)
+    if not bool(finite.all()):
+        position = first_position((~finite).reshape(lead_shape), xp)
         raise InvalidInput(
             f"logits: the loss at index {position} is not finite in {grad.dtype}: the target "
             "puts probability mass on a class whose logit is -inf (or so far below the largest "

@@ -14,6 +14,7 @@ through `_engine_path`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Final
 
@@ -97,6 +98,12 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return view
 
 
+@functools.cache
+def _absent(dtype: np.dtype) -> np.ndarray:
+    """An absent option vector: empty, read-only like the others (one kernel type)."""
+    return _frozen(np.empty(0, dtype=dtype))
+
+
 def _kernel_rows(x: np.ndarray) -> tuple[np.ndarray, np.dtype]:
     """Rows as the kernels take them (contiguous, read-only, 16-bit ones as their bits) and the
     dtype they compute in. KeyError for a dtype not in `NATIVE_INPUT_DTYPES`."""
@@ -134,7 +141,7 @@ def softmax_rows(
     few-class kernel (serial, vectorised across rows; compiled on first use per class count).
     """
     x, dtype = _kernel_rows(x)
-    empty = _frozen(np.empty(0, dtype=dtype))  # an absent option: read-only like the others
+    empty = _absent(dtype)
 
     def vector(array: np.ndarray | None) -> np.ndarray:
         if array is None:
@@ -143,7 +150,8 @@ def softmax_rows(
 
     n_rows = x.shape[0]
     few_classes = 1 <= x.shape[1] <= FEW_CLASSES and n_rows > 0
-    per_sample, lse = (GRADIENTS.empty((n_rows,), _FLOAT64) for _ in range(2))
+    per_sample = GRADIENTS.empty((n_rows,), _FLOAT64)
+    lse = GRADIENTS.empty((n_rows,), _FLOAT64)
     if not few_classes:  # the few-class kernel writes every row; the row kernels skip ignored ones
         per_sample.fill(0.0)
         lse.fill(0.0)
