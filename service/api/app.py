@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from service.api.body_limit import BodyLimitMiddleware
 from service.api.deps import requires_key
 from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, label_noise, losses, oip, runs
+from service.api.startup_heap import freeze_after_warm_up
 from service.config import Settings, get_settings
 from service.db import RunStore
 from service.engine import select_backend, set_engine_path
@@ -62,6 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The fused CPU kernels compile (first start) or load from numba's cache on a thread,
         # once per worker process, while the server answers: /readyz says 503 until then.
         app.state.warm_up = warm_up_in_background()
+        # Not awaited: the server answers meanwhile (the task is kept, or it could be collected).
+        app.state.heap_freeze = asyncio.get_running_loop().create_task(
+            anyio.to_thread.run_sync(
+                freeze_after_warm_up, app.state.warm_up, abandon_on_cancel=True
+            )
+        )
         logger.info("backend %s on %s", app.state.backend.name, app.state.backend.device)
         app.state.run_store = store = RunStore(
             settings.database_url,
@@ -79,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.heap_freeze.cancel()  # a warm-up still under way is not waited for
             store.dispose()
 
     app = FastAPI(
