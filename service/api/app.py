@@ -23,6 +23,7 @@ from service.api.observe import REQUEST_ID_HEADER, ObservabilityMiddleware
 from service.api.routes import calibration, evaluate, health, label_noise, losses, oip, runs
 from service.api.startup_heap import freeze_after_warm_up
 from service.config import Settings, get_settings
+from service.core import Context
 from service.db import RunStore
 from service.engine import select_backend, set_engine_path
 from service.engine._warm_up import warm_up_in_background
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retain_freed_memory(settings.retain_freed_bytes)
         # Chosen once: every request of this process computes on the same backend.
         app.state.backend = select_backend(settings.device)
+        app.state.context = Context(app.state.backend, settings)  # what every use case gets
         set_engine_path(settings.engine)  # every loss of this process takes this path
         # The fused CPU kernels compile (first start) or load from numba's cache on a thread,
         # once per worker process, while the server answers: /readyz says 503 until then.

@@ -31,6 +31,14 @@ from service.errors import Unauthorized
 T = TypeVar("T")
 
 
+def _context(request: Request, settings: Settings) -> Context:
+    """The app's context for use cases, made once (after the lifespan chose the backend)."""
+    context: Context | None = getattr(request.app.state, "context", None)
+    if context is None:
+        context = request.app.state.context = Context(request.app.state.backend, settings)
+    return context
+
+
 def _gate(request: Request, settings: Settings) -> ComputeGate:
     """The app's compute slots, made on its first computation (within its event loop)."""
     gate: ComputeGate | None = getattr(request.app.state, "compute_gate", None)
@@ -102,11 +110,8 @@ def compute_for(request: Request) -> Compute:
     (it takes the `Request`): as a dependency (`ComputeDep`), FastAPI's solving of it costs
     more than its work."""
     settings: Settings = request.app.state.settings
-    return Compute(
-        Context(request.app.state.backend, settings),
-        _gate(request, settings),
-        inline=_inline(request, settings),
-    )
+    context, gate = _context(request, settings), _gate(request, settings)
+    return Compute(context, gate, inline=_inline(request, settings))
 
 
 async def _compute(request: Request) -> Compute:
@@ -146,7 +151,7 @@ def _drawing_gate(request: Request, settings: Settings) -> ComputeGate:
 
 async def _draw(request: Request) -> Compute:
     settings: Settings = request.app.state.settings
-    return Compute(Context(request.app.state.backend, settings), _drawing_gate(request, settings))
+    return Compute(_context(request, settings), _drawing_gate(request, settings))
 
 
 DrawDep = Annotated[Compute, Depends(_draw)]

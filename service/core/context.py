@@ -3,6 +3,7 @@ decoded from request fields under the service's limits."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -20,11 +21,14 @@ class Context:
     backend: Backend
     settings: Settings
 
+    @functools.cached_property
+    def limits(self) -> TensorLimits:
+        return TensorLimits(max_elements=self.settings.max_elements)
+
     def decode(self, field: FieldPath, value: object, *, logits: bool = False) -> DecodedTensor:
         """One tensor field. Logits may hold -inf (a masked class); their class axis is capped
         by `max_classes`."""
-        limits = TensorLimits(max_elements=self.settings.max_elements)
-        decoded = decode_tensor(value, field=field, limits=limits, allow_neg_inf=logits)
+        decoded = decode_tensor(value, field=field, limits=self.limits, allow_neg_inf=logits)
         count_elements(decoded.array.size)
         if logits:
             self.check_classes(field, decoded.array)
