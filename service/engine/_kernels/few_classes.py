@@ -14,7 +14,7 @@ For each block:
 1. the rows are read, widened and transposed into the block;
 2. per row the maximum (on `ordered_key`s, as `softmax`), the label's shifted logit, and with
    label smoothing the dot product of the spread with the shifted logits;
-3. the exponentials, in place, and their float64 sum, added in class order;
+3. the exponentials, in place, then their float64 sums, added in class order;
 4. per row `log_sum` by `log_row_sum` (within 1 ulp of the C library's `log1p(sum - 1)`, which
    `softmax` calls: a call per row does not vectorise), `lse`, the loss and the gradient factor,
    in `softmax`'s formulas and order;
@@ -53,7 +53,7 @@ from service.engine._kernels.numerics import (
 )
 
 FEW_CLASSES: Final = 12
-BLOCK_ROWS: Final = 512  # 12 classes of float32 rows: 24 KiB, within a 32 KiB L1 cache
+BLOCK_ROWS: Final = 512  # 12 float32 classes and the per-row values: 32 KiB, an L1 cache
 # The block's extra rows (after the classes): per-row values in the compute dtype.
 _PEAK, _AT, _FACTOR, _MASS = range(4)
 BLOCK_EXTRA_ROWS: Final = 4
