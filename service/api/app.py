@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(losses.router)
+    losses.add_loss_routes(app.router)
     app.include_router(evaluate.router)
     app.include_router(calibration.router)
     app.include_router(oip.router)

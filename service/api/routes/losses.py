@@ -1,8 +1,15 @@
-"""`POST /v1/losses/{name}` for every loss of the catalogue, and `GET /v1/losses` to list them."""
+"""`POST /v1/losses/{name}` for every loss of the catalogue, and `GET /v1/losses` to list them.
+
+The loss routes are the path of small requests: `add_loss_routes` puts them on the app's own
+router, where matching a request is one regular expression per route. Through an included
+router (`router`, which lists the losses) FastAPI matches every request in the included router's
+context first, several percent of a small request's time.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from enum import Enum
 
 from fastapi import APIRouter, Request, Response
 
@@ -26,11 +33,10 @@ class LossRoute(KeyCheckedByMiddleware, OrjsonRoute):
     API key checked by `ApiKeyMiddleware` alone (no dependency solved per request)."""
 
 
+PREFIX = "/v1/losses"
+TAGS: list[str | Enum] = ["losses"]
 router = APIRouter(
-    prefix="/v1/losses",
-    route_class=LossRoute,
-    tags=["losses"],
-    responses=problem_responses(401, 500),
+    prefix=PREFIX, route_class=LossRoute, tags=TAGS, responses=problem_responses(401, 500)
 )
 
 
@@ -57,14 +63,18 @@ def _endpoint(spec: LossSpec) -> Callable[..., Awaitable[Response]]:
     return endpoint
 
 
-for _spec in LOSSES:
-    router.add_api_route(
-        f"/{_spec.name}",
-        _endpoint(_spec),
-        methods=["POST"],
-        name=_spec.operation_id,
-        summary=_spec.summary,
-        response_model=LossResponse,
-        description=f"Reference: {_spec.reference}.",
-        responses=problem_responses(413, 422, 503),
-    )
+def add_loss_routes(app_router: APIRouter) -> None:
+    """`POST /v1/losses/{name}` for every loss, on `app_router` (the app's router) itself."""
+    for spec in LOSSES:
+        app_router.add_api_route(
+            f"{PREFIX}/{spec.name}",
+            _endpoint(spec),
+            methods=["POST"],
+            name=spec.operation_id,
+            summary=spec.summary,
+            response_model=LossResponse,
+            description=f"Reference: {spec.reference}.",
+            tags=TAGS,
+            responses={**problem_responses(401, 500), **problem_responses(413, 422, 503)},
+            route_class_override=LossRoute,
+        )
