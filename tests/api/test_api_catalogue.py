@@ -282,3 +282,19 @@ async def test_other_endpoints_answer_what_the_engine_computes(
     if "logits" not in expected.grads:
         assert result["grad"] is None
         assert set(result["grads"]) == set(expected.grads)
+
+
+def test_every_loss_route_is_on_the_apps_own_router() -> None:
+    """The path of small requests: each loss's POST route is matched directly, not through an
+    included router (whose context FastAPI 0.165 resolves on every request first)."""
+    from service.api import create_app
+    from service.api.routes.losses import LossRoute
+    from service.config import Settings
+
+    app = create_app(Settings())
+    direct = {
+        route.path
+        for route in app.router.routes
+        if isinstance(route, LossRoute) and route.methods == {"POST"}
+    }
+    assert direct == {f"/v1/losses/{spec.name}" for spec in LOSSES}
