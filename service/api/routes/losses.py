@@ -75,6 +75,6 @@ def add_loss_routes(app_router: APIRouter) -> None:
             response_model=LossResponse,
             description=f"Reference: {spec.reference}.",
             tags=TAGS,
-            responses={**problem_responses(401, 500), **problem_responses(413, 422, 503)},
+            responses=problem_responses(401, 500, 413, 422, 503),  # `router`'s, then its own
             route_class_override=LossRoute,
         )
