@@ -108,9 +108,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(losses.router)
     losses.add_loss_routes(app.router)
+    # Routes are matched in order, one after another: the small requests' routes come first.
+    app.include_router(oip.router)
     app.include_router(evaluate.router)
     app.include_router(calibration.router)
-    app.include_router(oip.router)
     app.include_router(runs.router)
     app.include_router(label_noise.router)
     app.include_router(run_pages.router)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.api.deps import ComputeDep, require_api_key
+from service.api.deps import compute_for, require_api_key
 from service.api.inference import MODEL_VERSION, infer, model_metadata, server_metadata
 from service.api.problems import status_phrase
 from service.api.request_body import read_body
@@ -108,10 +108,11 @@ _INFER_OPENAPI = {
 }
 
 
-async def _infer(model_name: str, request: Request, compute: ComputeDep) -> Response:
+async def _infer(model_name: str, request: Request) -> Response:
     spec = _spec(model_name)
     body = await read_body(request)
     header_length = request.headers.get(oip.HEADER_LENGTH)
+    compute = compute_for(request)  # not a dependency: see `compute_for`
     json_part, binary = await compute.run(
         infer, spec, body, header_length, inline_if_small=not spec.pairwise
     )
@@ -124,9 +125,7 @@ async def _infer(model_name: str, request: Request, compute: ComputeDep) -> Resp
     )
 
 
-async def _infer_version(
-    model_name: str, model_version: str, request: Request, compute: ComputeDep
-) -> Response:
+async def _infer_version(model_name: str, model_version: str, request: Request) -> Response:
     """Every model has the one version `MODEL_VERSION`; the versioned path answers the same, and
     any other version is a 404 (a client pinned to a version must not get another's answer).
 
@@ -138,7 +137,7 @@ async def _infer_version(
             f"model {spec.name} has no version {shown(model_version)}; its one version is "
             f"{MODEL_VERSION}"
         )
-    return await _infer(model_name, request, compute)
+    return await _infer(model_name, request)
 
 
 for _path, _name, _endpoint in (
