@@ -27,7 +27,7 @@ from service.engine._engine_path import fused_kernels, native_dtypes
 from service.engine._kernels.interface import SoftmaxKernels
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
-from service.engine._rows import class_indices, finish_rows, logit_rows
+from service.engine._rows import class_indices, finish_rows, logit_rows, unit_mass
 from service.engine._softmax import ShiftedExp, shifted_exp
 from service.errors import InvalidInput
 
@@ -177,10 +177,12 @@ def class_index_target(
 ) -> TargetMass:
     """a = (1 - eps) w_y e_y + (eps / C) w; ignored rows carry no label mass."""
     if w is None:
-        w_y = valid.astype(dtype)
+        n_valid = int(xp.count_nonzero(valid))
+        all_valid = n_valid == valid.shape[0]
+        w_y = unit_mass(valid.shape[0], dtype, xp=xp) if all_valid else valid.astype(dtype)
         if not label_smoothing:  # a = e_y: w_y is the mass and the total, the divisor a count
             spread = xp.zeros(n_classes, dtype=dtype)
-            return TargetMass(w_y, spread, (y, w_y), valid, float(xp.count_nonzero(valid)))
+            return TargetMass(w_y, spread, (y, w_y), valid, float(n_valid))
     else:
         w_y = xp.where(valid, w[y], 0)
     uniform = xp.ones(n_classes, dtype=dtype) if w is None else w

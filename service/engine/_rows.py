@@ -7,6 +7,7 @@ infinite losses and restores the leading shape.
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 
 import numpy as np
@@ -99,6 +100,25 @@ def class_indices(
     return indices, valid
 
 
+# Rows up to this many get their unit mass as a view of one kept array per dtype (4 MiB of float32).
+UNIT_MASS_KEPT_ROWS = 1 << 20
+_UNIT_MASS: dict[np.dtype, np.ndarray] = {}
+
+
+def unit_mass(n_rows: int, dtype: np.dtype, *, xp: ModuleType) -> Array:
+    """A read-only mass of 1 per row, [n_rows] of `dtype`: for NumPy up to `UNIT_MASS_KEPT_ROWS`
+    rows a view of an array kept between calls, which saves a pass to make it (the common
+    target: every label a class, no weight)."""
+    if xp is not np or n_rows > UNIT_MASS_KEPT_ROWS:
+        return xp.ones(n_rows, dtype=dtype)
+    kept = _UNIT_MASS.get(dtype)
+    if kept is None or kept.shape[0] < n_rows:
+        kept = np.ones(max(n_rows, 1024), dtype=dtype)
+        kept.flags.writeable = False  # shared by every call: no one may write it
+        _UNIT_MASS[dtype] = kept  # a race only makes one more of them
+    return kept[:n_rows]
+
+
 def finish_rows(
     logits: Array,
     per_sample: Array,
@@ -120,19 +140,27 @@ def finish_rows(
         if n_valid < per_sample.shape[0]:  # else nothing to mask: two passes saved
             per_sample = xp.where(valid, per_sample, 0)
             grad[~valid] = 0
-    finite = xp.isfinite(per_sample)
-    if not bool(finite.all()):
-        position = first_position((~finite).reshape(lead_shape), xp)
-        raise InvalidInput(
-            f"logits: the loss at index {position} is not finite in {grad.dtype}: the target "
-            "puts probability mass on a class whose logit is -inf (or so far below the largest "
-            "that its log-probability overflows), or an option overflows it",
-            field="logits",
-        )
+    per_sample = per_sample.astype(grad.dtype, copy=False)
+    # The sum `reduce_loss` needs, taken here: it is finite when every loss is, so the losses
+    # themselves are only looked at when it is not (a float64 sum of float64 losses may also
+    # overflow from finite ones: then they are all finite, and the sum stays inf).
+    with errstate(xp, over="ignore"):
+        total = float(per_sample.sum(dtype=np.float64))
+    if not math.isfinite(total):
+        finite = xp.isfinite(per_sample)
+        if not bool(finite.all()):
+            position = first_position((~finite).reshape(lead_shape), xp)
+            raise InvalidInput(
+                f"logits: the loss at index {position} is not finite in {grad.dtype}: the "
+                "target puts probability mass on a class whose logit is -inf (or so far below "
+                "the largest that its log-probability overflows), or an option overflows it",
+                field="logits",
+            )
     return LossResult(
-        per_sample=per_sample.astype(grad.dtype, copy=False).reshape(lead_shape),
+        per_sample=per_sample.reshape(lead_shape),
         grads={"logits": grad.reshape(logits.shape)},
         n_valid=n_valid,
         divisor=divisor,
         grad_scale=grad_scale,
+        total=total,
     )
