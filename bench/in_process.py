@@ -1,6 +1,7 @@
 """Small requests in process: the service's ASGI app against `bench.minimal_app`, without sockets.
 
     python -m bench.in_process [--requests 2000] [--rounds 5] [--cases json-32x10 ...]
+                               [--evict-mib 16]
 
 Each request is one ASGI call on one event loop: the scope, a `receive` that hands over the body
 at once, a `send` that keeps the status. No server, no network stack and no load generator share
@@ -9,6 +10,11 @@ the cores, so the figures are the applications' own cost per request, steadier t
 small request's time goes. The two apps alternate, `--requests` sequential calls each, round
 by round; printed: microseconds per request, medians of the rounds, and the service's rate as a
 share of the minimal app's. The cases (bodies, paths) are `bench.small_requests`'.
+
+Back to back, each call finds the previous one's code and data in the processor's caches; a
+served request does not (the server, the network stack and the client ran in between), and
+costs the service about twice as much. `--evict-mib 16` writes a buffer that large between
+calls, outside the timing, so that both apps start each call from cold caches.
 
 The service's requests carry what `loss-service serve`'s protocol puts in the scope (that the
 server enforces the HTTP limits), so its body limit takes the path it takes when served.
@@ -23,8 +29,11 @@ import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench.small_requests import Case, cases
 
@@ -90,16 +99,30 @@ async def request(
     return status
 
 
+@dataclass(frozen=True)
+class Load:
+    """How each app is called: `requests` calls per round, `rounds` rounds; with `evict`, that
+    buffer is written between calls (outside the timing) to push the app out of the caches."""
+
+    requests: int
+    rounds: int
+    evict: np.ndarray | None = None
+
+
 async def per_request_us(
-    app: App, path: str, case: Case, requests: int, extensions: Message | None = None
+    app: App, path: str, case: Case, load: Load, extensions: Message | None = None
 ) -> float:
-    """Microseconds per request over `requests` sequential calls, all of which must answer 200."""
-    start = time.perf_counter()
-    for _ in range(requests):
+    """Microseconds per request over `load.requests` sequential calls, each answering 200."""
+    elapsed = 0.0
+    for _ in range(load.requests):
+        if load.evict is not None:
+            np.add(load.evict, 1, out=load.evict)
+        start = time.perf_counter()
         status = await call(app, path, case, extensions or {})
+        elapsed += time.perf_counter() - start
         if status != 200:
             raise RuntimeError(f"{path} answered {status} for {case.name}")
-    return (time.perf_counter() - start) / requests * 1e6
+    return elapsed / load.requests * 1e6
 
 
 class Lifespan:
@@ -139,7 +162,7 @@ async def until_ready(app: App, timeout_s: float = 300) -> None:
         await asyncio.sleep(0.2)
 
 
-async def compare(chosen: list[Case], *, requests: int, rounds: int, database: Path) -> None:
+async def compare(chosen: list[Case], load: Load, *, database: Path) -> None:
     from bench.minimal_app import app as minimal
     from service._compat.http_limits import HTTP_LIMITS
     from service.api.app import create_app, http_limits
@@ -153,21 +176,21 @@ async def compare(chosen: list[Case], *, requests: int, rounds: int, database: P
         print("| case | service us/request | minimal us/request | ratio (requests/s) |")
         print("| --- | --- | --- | --- |")
         for case in chosen:
-            a, b = await _one_case(case, service, served, yardstick, requests, rounds)
+            a, b = await _one_case(case, service, served, yardstick, load)
             print(f"| {case.name} | {a:,.0f} | {b:,.0f} | {b / a:.2f}x |", flush=True)
 
 
 async def _one_case(
-    case: Case, service: App, served: Message, yardstick: App, requests: int, rounds: int
+    case: Case, service: App, served: Message, yardstick: App, load: Load
 ) -> tuple[float, float]:
-    """Microseconds per request of the service and of the minimal app: medians of `rounds`."""
-    warm_up = max(1, requests // 10)  # unmeasured: caches, first compiles
+    """Microseconds per request of the service and of the minimal app: medians of the rounds."""
+    warm_up = replace(load, requests=max(1, load.requests // 10))  # unmeasured: first compiles
     await per_request_us(service, case.service_path, case, warm_up, served)
     await per_request_us(yardstick, case.minimal_path, case, warm_up)
     ours, theirs = [], []
-    for _ in range(rounds):
-        ours.append(await per_request_us(service, case.service_path, case, requests, served))
-        theirs.append(await per_request_us(yardstick, case.minimal_path, case, requests))
+    for _ in range(load.rounds):
+        ours.append(await per_request_us(service, case.service_path, case, load, served))
+        theirs.append(await per_request_us(yardstick, case.minimal_path, case, load))
     return statistics.median(ours), statistics.median(theirs)
 
 
@@ -176,12 +199,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="calls per app and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case")
     parser.add_argument("--cases", nargs="+", help="names, e.g. json-32x10 (default: all)")
+    parser.add_argument(
+        "--evict-mib",
+        type=int,
+        default=0,
+        help="write a buffer of this many MiB between calls (cold caches, as when served)",
+    )
     args = parser.parse_args()
     chosen = [c for c in cases() if not args.cases or c.name in args.cases]
-    print(f"# in process, {args.requests} requests per app and round, medians of {args.rounds}")
+    evict = np.ones(args.evict_mib << 17) if args.evict_mib else None  # float64: 2^17 a MiB
+    load = Load(args.requests, args.rounds, evict)
+    caches = f", {args.evict_mib} MiB written between calls" if evict is not None else ""
+    print(
+        f"# in process, {args.requests} requests per app and round, medians of {args.rounds}"
+        f"{caches}"
+    )
     with tempfile.TemporaryDirectory() as scratch:
-        database = Path(scratch) / "runs.db"
-        asyncio.run(compare(chosen, requests=args.requests, rounds=args.rounds, database=database))
+        asyncio.run(compare(chosen, load, database=Path(scratch) / "runs.db"))
 
 
 if __name__ == "__main__":
