@@ -27,7 +27,7 @@ from service.engine._engine_path import fused_kernels, native_dtypes
 from service.engine._kernels.interface import SoftmaxKernels
 from service.engine._namespace import Array, array_namespace, errstate
 from service.engine._reduction import LossResult, Reduction, grad_scale
-from service.engine._rows import class_indices, finish_rows, logit_rows, unit_mass
+from service.engine._rows import class_indices, finish_rows, kept_ones, logit_rows
 from service.engine._softmax import ShiftedExp, shifted_exp
 from service.errors import InvalidInput
 
@@ -93,6 +93,21 @@ def cross_entropy(
     if labels.shape == logits.shape:
         target = probability_target(labels, w, label_smoothing, dtype, xp=xp)
     elif index_labels:
+        plain = weight is None and class_counts is None and not label_smoothing and not z_loss
+        if fused is not None and plain and _integer_labels(labels, ignore_index):
+            found = fused.class_index_rows(
+                x, labels.reshape(-1), ignore_index, mean=grad_reduction == "mean"
+            )
+            if found is not None:  # else the checks below name the problem
+                per_sample, grad, n_valid, total, scale = found
+                return LossResult(
+                    per_sample=per_sample.reshape(logits.shape[:-1]),
+                    grads={"logits": grad.reshape(logits.shape)},
+                    n_valid=n_valid,
+                    divisor=float(n_valid),
+                    grad_scale=scale,
+                    total=total,
+                )
         y, valid = class_indices(labels, n_classes, ignore_index, xp=xp)
         target = class_index_target(y, valid, w, label_smoothing, n_classes, dtype, xp=xp)
         if fused is not None:
@@ -114,6 +129,12 @@ def cross_entropy(
         scale = scale + (2 * z_loss) * parts.lse
     grad = softmax_gradient(parts, scale, target, xp=xp)
     return finish_rows(logits, per_sample, grad, target.valid, target.divisor, xp=xp)
+
+
+def _integer_labels(labels: Array, ignore_index: int) -> bool:
+    """Labels and ignore_index that `class_index_rows` reads as int64 without changing them."""
+    kind, size = labels.dtype.kind, labels.dtype.itemsize
+    return (kind == "i" or (kind == "u" and size < 8)) and -(2**63) <= ignore_index < 2**63
 
 
 def _fused_cross_entropy(
@@ -179,7 +200,7 @@ def class_index_target(
     if w is None:
         n_valid = int(xp.count_nonzero(valid))
         all_valid = n_valid == valid.shape[0]
-        w_y = unit_mass(valid.shape[0], dtype, xp=xp) if all_valid else valid.astype(dtype)
+        w_y = kept_ones(valid.shape[0], dtype, xp=xp) if all_valid else valid.astype(dtype)
         if not label_smoothing:  # a = e_y: w_y is the mass and the total, the divisor a count
             spread = xp.zeros(n_classes, dtype=dtype)
             return TargetMass(w_y, spread, (y, w_y), valid, float(n_valid))

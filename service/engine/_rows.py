@@ -100,22 +100,22 @@ def class_indices(
     return indices, valid
 
 
-# Rows up to this many get their unit mass as a view of one kept array per dtype (4 MiB of float32).
-UNIT_MASS_KEPT_ROWS = 1 << 20
-_UNIT_MASS: dict[np.dtype, np.ndarray] = {}
+# Up to this many rows, `kept_ones` hands out views of one array per dtype (4 MiB of float32).
+KEPT_ONES_ROWS = 1 << 20
+_KEPT_ONES: dict[np.dtype, np.ndarray] = {}
 
 
-def unit_mass(n_rows: int, dtype: np.dtype, *, xp: ModuleType) -> Array:
-    """A read-only mass of 1 per row, [n_rows] of `dtype`: for NumPy up to `UNIT_MASS_KEPT_ROWS`
-    rows a view of an array kept between calls, which saves a pass to make it (the common
-    target: every label a class, no weight)."""
-    if xp is not np or n_rows > UNIT_MASS_KEPT_ROWS:
+def kept_ones(n_rows: int, dtype: np.dtype, *, xp: ModuleType) -> Array:
+    """A read-only [n_rows] of ones (True for bool): for NumPy up to `KEPT_ONES_ROWS` rows a view
+    of an array kept between calls, which saves the pass that makes it (the unit mass and the
+    valid rows of the common target: every label a class, no weight)."""
+    if xp is not np or n_rows > KEPT_ONES_ROWS:
         return xp.ones(n_rows, dtype=dtype)
-    kept = _UNIT_MASS.get(dtype)
+    kept = _KEPT_ONES.get(dtype)
     if kept is None or kept.shape[0] < n_rows:
         kept = np.ones(max(n_rows, 1024), dtype=dtype)
         kept.flags.writeable = False  # shared by every call: no one may write it
-        _UNIT_MASS[dtype] = kept  # a race only makes one more of them
+        _KEPT_ONES[dtype] = kept  # a race only makes one more of them
     return kept[:n_rows]
 
 

@@ -17,6 +17,7 @@ import pytest
 from service.engine import LossResult, cross_entropy, focal, poly1
 from service.engine._kernels import cpu, cuda, few_classes, softmax
 from service.engine._kernels.interface import SoftmaxKernels
+from service.errors import InvalidInput
 from tests.engine.fused_cases import TOLERANCES, assert_same
 from tests.engine.test_fused import both_paths
 
@@ -161,3 +162,69 @@ def test_both_kernel_modules_implement_the_interface() -> None:
         assert (module.CROSS_ENTROPY, module.FOCAL, module.POLY1) == (0, 1, 2)
         assert module.COMPUTE_DTYPES is cpu.COMPUTE_DTYPES
     assert set(TOLERANCES) == {np.float32, np.float64}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("ignored", [False, True], ids=["all-valid", "some-ignored"])
+@pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
+def test_class_index_rows_give_the_general_paths_numbers(
+    dtype: Any, ignored: bool, mean: bool
+) -> None:
+    """The one-call path for plain cross-entropy (`cpu.class_index_rows`) against the kernel
+    with the general path's targets: the same bits but for the order of the sum of the losses."""
+    x, y = rows(7, dtype, n_rows=301)
+    if not ignored:
+        y = np.where(y == -100, 3, y)
+    found = cpu.class_index_rows(x, y, -100, mean=mean)
+    assert found is not None
+    per_sample, grad, n_valid, total, scale = found
+    valid = y != -100
+    assert n_valid == int(valid.sum())
+    assert scale == (1.0 / n_valid if mean else 1.0)
+    compute = np.float64 if dtype is np.float64 else np.float32
+    mass = valid.astype(compute)
+    general = cpu.softmax_rows(
+        x, np.where(valid, y, 0), valid, kind=cpu.CROSS_ENTROPY, at_label=mass, total=mass,
+        grad_scale=scale,
+    )  # fmt: skip
+    np.testing.assert_array_equal(per_sample, general[0].astype(compute))
+    np.testing.assert_array_equal(grad[valid], general[2][valid])
+    assert not grad[~valid].any()  # ignored rows: a zero gradient
+    expected = float(general[0].astype(compute).sum(dtype=np.float64))
+    assert total == pytest.approx(expected, rel=1e-13)
+
+
+def test_class_index_rows_leave_the_rest_to_the_general_path() -> None:
+    x, y = rows(5, np.float32)
+    y = np.where(y == -100, 0, y)
+    assert cpu.class_index_rows(rows(few_classes.FEW_CLASSES + 1, np.float32)[0], y, -100,
+                                mean=True) is None  # fmt: skip
+    outside = y.copy()
+    outside[3] = 5
+    assert cpu.class_index_rows(x, outside, -100, mean=True) is None
+    infinite = x.copy()
+    infinite[2, y[2]] = -np.inf  # the label's class at -inf: an infinite loss
+    assert cpu.class_index_rows(infinite, y, -100, mean=True) is None
+    with pytest.raises(InvalidInput, match="label 5 at index"):
+        cross_entropy(x, outside)
+    with pytest.raises(InvalidInput, match="not finite"):
+        cross_entropy(infinite, y)
+
+
+def test_plain_cross_entropy_takes_the_one_call_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bool] = []
+    real = cpu.class_index_rows
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        found = real(*args, **kwargs)
+        calls.append(found is not None)
+        return found
+
+    monkeypatch.setattr(cpu, "class_index_rows", recording)
+    x, y = rows(5, np.float32)
+    both_paths(cross_entropy, x, y, reduction="mean")
+    assert calls == [True]  # the fused path's call; the reference's makes none
+    both_paths(cross_entropy, x, y, reduction="mean", weight=np.ones(5))
+    unsigned = np.where(y == -100, 0, y).astype(np.uint64)  # may not fit int64
+    both_paths(cross_entropy, x, unsigned, reduction="mean")
+    assert calls == [True]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 from typing import Final
 
@@ -30,6 +31,11 @@ from service.engine._kernels.binary import (
     binary_rows_serial,
     sigmoid_focal_rows_parallel,
     sigmoid_focal_rows_serial,
+)
+from service.engine._kernels.class_index_rows import (
+    class_index_total,
+    count_class_indices,
+    mask_ignored,
 )
 from service.engine._kernels.few_classes import (
     BLOCK_EXTRA_ROWS,
@@ -49,6 +55,7 @@ from service.engine._kernels.interface import (
 )
 from service.engine._kernels.numerics import HALF_BITS
 from service.engine._kernels.softmax import softmax_rows_parallel, softmax_rows_serial
+from service.engine._rows import kept_ones
 
 __all__ = [
     "BINARY_CHUNK",
@@ -64,6 +71,7 @@ __all__ = [
     "POLY1",
     "SIGMOID_FOCAL",
     "binary_rows",
+    "class_index_rows",
     "softmax_rows",
     "warm_up",
 ]
@@ -184,6 +192,40 @@ def softmax_rows(
     return per_sample, lse, grad
 
 
+def class_index_rows(
+    x: np.ndarray, labels: np.ndarray, ignore_index: int, *, mean: bool
+) -> tuple[np.ndarray, np.ndarray, int, float, float] | None:
+    """Cross-entropy of rows `x` [M, C] of up to `FEW_CLASSES` classes against class indices
+    `labels` [M] (integers), without weights, smoothing or z-loss: the label checks, the target
+    and the sum of the losses in two compiled calls around `softmax_rows` (`class_index_rows`).
+    Returns (per_sample [M] and grad [M, C] in the compute dtype, the rows that count, the
+    float64 sum of the losses, the scale folded into the gradient: `mean`'s 1 / rows that count,
+    or 1), or None where the general path must take the call: other class counts, a label that
+    is neither a class nor `ignore_index`, a loss that is not finite."""
+    n_rows, n_classes = x.shape
+    if not (1 <= n_classes <= FEW_CLASSES and n_rows > 0):
+        return None
+    dtype = _COMPUTE_DTYPES[dtype_name(x.dtype)]
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    outside, n_valid = count_class_indices(labels, ignore_index, n_classes)
+    if outside:
+        return None
+    if n_valid == n_rows:  # the common case: the labels as they are, every mass 1
+        y, valid, mass = labels, kept_ones(n_rows, _BOOL, xp=np), kept_ones(n_rows, dtype, xp=np)
+    else:
+        y, valid = np.empty(n_rows, dtype=np.int64), np.empty(n_rows, dtype=np.bool_)
+        mass = np.empty(n_rows, dtype=dtype)
+        mask_ignored(labels, ignore_index, valid, y, mass)
+    scale = 1.0 / n_valid if mean and n_valid else 1.0  # as `reduction.grad_scale`
+    per_sample, _, grad = softmax_rows(
+        x, y, valid, kind=CROSS_ENTROPY, at_label=mass, total=mass, grad_scale=scale
+    )
+    total = class_index_total(per_sample, grad, valid, dtype.type(0))
+    if not math.isfinite(total):
+        return None
+    return per_sample.astype(dtype), grad, n_valid, total, scale
+
+
 def _few_class_scratch(n_classes: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
     """The few-class kernel's scratch: the transposed block of rows (`BLOCK_ROWS` rows of the
     compute dtype, with room for per-row values), float64 per-row sums, int32 labels, the rows'
@@ -283,13 +325,15 @@ def _grouped(factor: np.ndarray, rows: slice, shape: tuple[int, int]) -> np.ndar
 # float32 gradients). Below 64 KiB the allocator's free lists serve them without page faults.
 GRADIENTS = ArrayPool(min_bytes=1 << 16, max_bytes=1 << 30)
 _FLOAT64: Final = np.dtype(np.float64)
+_BOOL: Final = np.dtype(np.bool_)
 
 
 def warm_up() -> None:
     """Compile (or load from the cache) the kernels for rows of every native dtype, serial and
-    parallel, and the few-class kernel of every class count for float32 rows (those of other
-    dtypes compile on first use)."""
+    parallel, and the few-class kernels of every class count for float32 rows, `softmax_rows`'
+    and `class_index_rows`' (those of other dtypes compile on first use)."""
     labels = np.zeros(2, dtype=np.int64)
+    ignored = np.array([0, -100])
     valid = np.ones(2, dtype=np.bool_)
     for name in sorted(NATIVE_INPUT_DTYPES):
         dtype = np.dtype(COMPUTE_DTYPES[name])
@@ -302,6 +346,8 @@ def warm_up() -> None:
                     x, labels, valid, kind=CROSS_ENTROPY, at_label=ones, total=ones,
                     parallel=parallel,
                 )  # fmt: skip
+            for some_ignored in (labels, ignored):  # None from FEW_CLASSES + 1 classes on
+                class_index_rows(x, some_ignored, -100, mean=True)
         for parallel in (False, True):
             binary_rows(x, x, None, None, parallel=parallel)
             binary_rows(x, x, None, None, kind=SIGMOID_FOCAL, gamma=2.0, parallel=parallel)

@@ -65,5 +65,13 @@ class SoftmaxKernels(Protocol):
         grad_scale: float = 1.0,
     ) -> tuple[Any, Any, Any]: ...
 
+    def class_index_rows(
+        self, x: Any, labels: Any, ignore_index: int, *, mean: bool
+    ) -> tuple[Any, Any, int, float, float] | None:
+        """Plain cross-entropy (class indices; no weight, smoothing or z-loss) in one call:
+        (per_sample, grad, valid rows, float64 sum of the losses, gradient scale), or None where
+        the general path (`softmax_rows` and the checks around it) must take the call."""
+        ...
+
     def warm_up(self) -> None:
         """Compile the kernels (or load them from a cache) ahead of the first call."""
