@@ -196,8 +196,9 @@ def class_index_rows(
     x: np.ndarray, labels: np.ndarray, ignore_index: int, *, mean: bool
 ) -> tuple[np.ndarray, np.ndarray, int, float, float] | None:
     """Cross-entropy of rows `x` [M, C] of up to `FEW_CLASSES` classes against class indices
-    `labels` [M] (integers), without weights, smoothing or z-loss: the label checks, the target
-    and the sum of the losses in two compiled calls around `softmax_rows` (`class_index_rows`).
+    `labels` [M] (integers), without weights, smoothing or z-loss: the label checks and the
+    target before `softmax_rows`, the sum of the losses after it, each one compiled call
+    (`class_index_rows`).
     Returns (per_sample [M] and grad [M, C] in the compute dtype, the rows that count, the
     float64 sum of the losses, the scale folded into the gradient: `mean`'s 1 / rows that count,
     or 1), or None where the general path must take the call: other class counts, a label that
@@ -206,7 +207,7 @@ def class_index_rows(
     if not (1 <= n_classes <= FEW_CLASSES and n_rows > 0):
         return None
     dtype = _COMPUTE_DTYPES[dtype_name(x.dtype)]
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    labels = _frozen(np.ascontiguousarray(labels, dtype=np.int64))  # one compiled type
     outside, n_valid = count_class_indices(labels, ignore_index, n_classes)
     if outside:
         return None
@@ -330,8 +331,8 @@ _BOOL: Final = np.dtype(np.bool_)
 
 def warm_up() -> None:
     """Compile (or load from the cache) the kernels for rows of every native dtype, serial and
-    parallel, and the few-class kernels of every class count for float32 rows, `softmax_rows`'
-    and `class_index_rows`' (those of other dtypes compile on first use)."""
+    parallel, and for float32 rows of every class count the few-class kernel and the calls of
+    `class_index_rows` around it (those of other dtypes compile on first use)."""
     labels = np.zeros(2, dtype=np.int64)
     ignored = np.array([0, -100])
     valid = np.ones(2, dtype=np.bool_)
