@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from service.api.api_keys import KeyCheckedByMiddleware
 from service.api.deps import compute_for
 from service.api.problems import problem_responses
-from service.api.routing import OrjsonResponse, OrjsonRoute
+from service.api.routing import ModelBodyRoute, OrjsonResponse
 from service.core.losses import compute_loss
 from service.core.registry import BY_NAME, LOSSES, LossSpec
 from service.schemas import (
@@ -28,9 +28,10 @@ from service.schemas import (
 )
 
 
-class LossRoute(KeyCheckedByMiddleware, OrjsonRoute):
-    """A loss route: JSON read and written by orjson, and, on this path of small requests, its
-    API key checked by `ApiKeyMiddleware` alone (no dependency solved per request)."""
+class LossRoute(KeyCheckedByMiddleware, ModelBodyRoute):
+    """A loss route: JSON read and written by orjson and, on this path of small requests, no
+    dependency solved per request: its API key checked by `ApiKeyMiddleware` alone, its body
+    handed to the endpoint by `ModelBodyRoute`."""
 
 
 PREFIX = "/v1/losses"
