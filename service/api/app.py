@@ -104,12 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics.Metrics(backend=lambda: getattr(app.state, "backend", None))
     problems.install(app)
+    # Routes are matched in order, one after another: the small requests' routes come first.
+    losses.add_loss_routes(app.router)
+    app.include_router(oip.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(losses.router)
-    losses.add_loss_routes(app.router)
-    # Routes are matched in order, one after another: the small requests' routes come first.
-    app.include_router(oip.router)
     app.include_router(evaluate.router)
     app.include_router(calibration.router)
     app.include_router(runs.router)
