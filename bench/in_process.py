@@ -100,7 +100,7 @@ async def request(
 
 
 @dataclass(frozen=True)
-class Load:
+class Calls:
     """How each app is called: `requests` calls per round, `rounds` rounds; with `evict`, that
     buffer is written between calls (outside the timing) to push the app out of the caches."""
 
@@ -110,19 +110,19 @@ class Load:
 
 
 async def per_request_us(
-    app: App, path: str, case: Case, load: Load, extensions: Message | None = None
+    app: App, path: str, case: Case, calls: Calls, extensions: Message | None = None
 ) -> float:
-    """Microseconds per request over `load.requests` sequential calls, each answering 200."""
+    """Microseconds per request over `calls.requests` sequential calls, each answering 200."""
     elapsed = 0.0
-    for _ in range(load.requests):
-        if load.evict is not None:
-            np.add(load.evict, 1, out=load.evict)
+    for _ in range(calls.requests):
+        if calls.evict is not None:
+            np.add(calls.evict, 1, out=calls.evict)
         start = time.perf_counter()
         status = await call(app, path, case, extensions or {})
         elapsed += time.perf_counter() - start
         if status != 200:
             raise RuntimeError(f"{path} answered {status} for {case.name}")
-    return elapsed / load.requests * 1e6
+    return elapsed / calls.requests * 1e6
 
 
 class Lifespan:
@@ -162,7 +162,7 @@ async def until_ready(app: App, timeout_s: float = 300) -> None:
         await asyncio.sleep(0.2)
 
 
-async def compare(chosen: list[Case], load: Load, *, database: Path) -> None:
+async def compare(chosen: list[Case], calls: Calls, *, database: Path) -> None:
     from bench.minimal_app import app as minimal
     from service._compat.http_limits import HTTP_LIMITS
     from service.api.app import create_app, http_limits
@@ -176,21 +176,21 @@ async def compare(chosen: list[Case], load: Load, *, database: Path) -> None:
         print("| case | service us/request | minimal us/request | ratio (requests/s) |")
         print("| --- | --- | --- | --- |")
         for case in chosen:
-            a, b = await _one_case(case, service, served, yardstick, load)
+            a, b = await _one_case(case, service, served, yardstick, calls)
             print(f"| {case.name} | {a:,.0f} | {b:,.0f} | {b / a:.2f}x |", flush=True)
 
 
 async def _one_case(
-    case: Case, service: App, served: Message, yardstick: App, load: Load
+    case: Case, service: App, served: Message, yardstick: App, calls: Calls
 ) -> tuple[float, float]:
     """Microseconds per request of the service and of the minimal app: medians of the rounds."""
-    warm_up = replace(load, requests=max(1, load.requests // 10))  # unmeasured: first compiles
+    warm_up = replace(calls, requests=max(1, calls.requests // 10))  # unmeasured: first compiles
     await per_request_us(service, case.service_path, case, warm_up, served)
     await per_request_us(yardstick, case.minimal_path, case, warm_up)
     ours, theirs = [], []
-    for _ in range(load.rounds):
-        ours.append(await per_request_us(service, case.service_path, case, load, served))
-        theirs.append(await per_request_us(yardstick, case.minimal_path, case, load))
+    for _ in range(calls.rounds):
+        ours.append(await per_request_us(service, case.service_path, case, calls, served))
+        theirs.append(await per_request_us(yardstick, case.minimal_path, case, calls))
     return statistics.median(ours), statistics.median(theirs)
 
 
@@ -208,14 +208,14 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [c for c in cases() if not args.cases or c.name in args.cases]
     evict = np.ones(args.evict_mib << 17) if args.evict_mib else None  # float64: 2^17 a MiB
-    load = Load(args.requests, args.rounds, evict)
+    calls = Calls(args.requests, args.rounds, evict)
     caches = f", {args.evict_mib} MiB written between calls" if evict is not None else ""
     print(
         f"# in process, {args.requests} requests per app and round, medians of {args.rounds}"
         f"{caches}"
     )
     with tempfile.TemporaryDirectory() as scratch:
-        asyncio.run(compare(chosen, load, database=Path(scratch) / "runs.db"))
+        asyncio.run(compare(chosen, calls, database=Path(scratch) / "runs.db"))
 
 
 if __name__ == "__main__":
