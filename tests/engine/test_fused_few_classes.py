@@ -7,16 +7,19 @@ smoothing, z-loss, focal (with alpha) and poly-1, in every native dtype.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import ml_dtypes
+import numba
 import numpy as np
 import pytest
 
 from service.engine import LossResult, cross_entropy, focal, poly1
-from service.engine._kernels import cpu, cuda, few_classes, softmax
+from service.engine._kernels import class_index_rows, cpu, cuda, few_classes, softmax
 from service.engine._kernels.interface import SoftmaxKernels
+from service.engine._kernels.numerics import log_row_sum
 from service.errors import InvalidInput
 from tests.engine.fused_cases import TOLERANCES, assert_same
 from tests.engine.test_fused import both_paths
@@ -228,3 +231,47 @@ def test_plain_cross_entropy_takes_the_one_call_path(monkeypatch: pytest.MonkeyP
     unsigned = np.where(y == -100, 0, y).astype(np.uint64)  # may not fit int64
     both_paths(cross_entropy, x, unsigned, reduction="mean")
     assert calls == [True]
+
+
+def test_the_warm_up_covers_json_and_float32_rows_of_few_classes() -> None:
+    """JSON numbers arrive as float64 rows, binary bodies mostly as float32: after the warm-up
+    neither compiles anything on its first request (seconds per class count otherwise)."""
+    cpu.warm_up()
+    dispatchers = [few_classes.few_class_kernel(c) for c in range(1, few_classes.FEW_CLASSES + 1)]
+    dispatchers += [class_index_rows.count_class_indices, class_index_rows.mask_ignored]
+    dispatchers.append(class_index_rows.class_index_total)
+    before = [len(d.signatures) for d in dispatchers]
+    for dtype in (np.float32, np.float64):
+        for n_classes in range(1, few_classes.FEW_CLASSES + 1):
+            x, y = rows(n_classes, dtype)
+            all_valid = np.where(y == -100, 0, y)
+            for labels in (all_valid, y, y.astype(np.int32)):
+                assert cpu.class_index_rows(x, labels, -100, mean=True) is not None
+    assert [len(d.signatures) for d in dispatchers] == before
+
+
+@numba.njit
+def _log_row_sums(sums: np.ndarray) -> np.ndarray:
+    out = np.empty_like(sums)
+    for i in range(sums.shape[0]):
+        out[i] = log_row_sum(sums[i])
+    return out
+
+
+def test_log_row_sum_is_within_one_ulp_of_the_c_librarys_log1p() -> None:
+    """The few-class kernel's log of its float64 row sums (s >= 1) against `math.log1p(s - 1)`:
+    sums of a few classes, sums just above 1 (a confident row), both sides of the reduction's
+    bound sqrt(2), powers of two and a huge sum."""
+    rng = np.random.default_rng(20261203)
+    sums = np.concatenate(
+        [
+            1.0 + rng.random(100_000) * 12.0,
+            1.0 + 2.0 ** -rng.uniform(1.0, 52.0, 20_000),
+            rng.uniform(1.40, 1.43, 10_000),
+            2.0 ** rng.integers(0, 60, 200).astype(np.float64),
+            [1.0, np.nextafter(1.0, 2.0), math.sqrt(2.0), np.nextafter(math.sqrt(2.0), 0.0), 1e300],
+        ]
+    )
+    ours = _log_row_sums(sums)
+    reference = np.array([math.log1p(s - 1.0) for s in sums])  # s - 1: exact below 2^53
+    assert np.all(np.abs(ours - reference) <= np.spacing(reference))

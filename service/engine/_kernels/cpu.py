@@ -329,17 +329,22 @@ _FLOAT64: Final = np.dtype(np.float64)
 _BOOL: Final = np.dtype(np.bool_)
 
 
+_WARM_FEW_CLASS_DTYPES: Final = ("float32", "float64")
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) the kernels for rows of every native dtype, serial and
-    parallel, and for float32 rows of every class count the few-class kernel and the calls of
-    `class_index_rows` around it (those of other dtypes compile on first use)."""
+    parallel, and for float32 and float64 rows (binary bodies' commonest dtype and JSON numbers')
+    of every class count the few-class kernel and the calls of `class_index_rows` around it
+    (those of 16-bit rows compile on first use: seconds per class count)."""
     labels = np.zeros(2, dtype=np.int64)
     ignored = np.array([0, -100])
     valid = np.ones(2, dtype=np.bool_)
     for name in sorted(NATIVE_INPUT_DTYPES):
         dtype = np.dtype(COMPUTE_DTYPES[name])
         ones = np.ones(2, dtype=dtype)
-        counts = range(1, FEW_CLASSES + 2) if name == "float32" else (FEW_CLASSES + 1,)
+        few = name in _WARM_FEW_CLASS_DTYPES
+        counts = range(1, FEW_CLASSES + 2) if few else (FEW_CLASSES + 1,)
         for n_classes in counts:  # FEW_CLASSES + 1: the row kernels
             x = np.zeros((2, n_classes), dtype=dtype).astype(_native_dtype(name))
             for parallel in (False, True):
