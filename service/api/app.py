@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     # Routes are matched in order, one after another: the small requests' routes come first.
     losses.add_loss_routes(app.router)
+    oip.add_infer_routes(app.router)
     app.include_router(oip.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

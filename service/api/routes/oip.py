@@ -5,15 +5,17 @@ Errors on these routes are `{"error": ...}` as the protocol has them (service.ap
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from service.api.api_keys import KeyCheckedByMiddleware
 from service.api.deps import compute_for, require_api_key
 from service.api.inference import MODEL_VERSION, infer, model_metadata, server_metadata
 from service.api.problems import status_phrase
 from service.api.request_body import read_body
-from service.api.routing import PiecesResponse
+from service.api.routing import PathParamsRoute, PiecesResponse, TailCheckedRoute
 from service.codecs import oip
 from service.core.registry import BY_NAME, LossSpec
 from service.errors import NotFound, shown
@@ -27,7 +29,9 @@ from service.schemas.oip import (
     ServerReady,
 )
 
-router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
+PREFIX = "/v2"
+TAGS: list[str | Enum] = ["open-inference-protocol"]
+router = APIRouter(prefix=PREFIX, tags=TAGS, route_class=TailCheckedRoute)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": OipError, "description": status_phrase(status)}
     for status in (400, 401, 404, 413, 500, 503)
@@ -140,18 +144,32 @@ async def _infer_version(model_name: str, model_version: str, request: Request) 
     return await _infer(model_name, request)
 
 
-for _path, _name, _endpoint in (
-    ("/models/{model_name}/infer", "oip_infer", _infer),
-    ("/models/{model_name}/versions/{model_version}/infer", "oip_infer_version", _infer_version),
-):
-    router.add_api_route(
-        _path,
-        _endpoint,
-        methods=["POST"],
-        name=_name,
-        summary="Compute a loss: inputs and parameters in, loss / per_sample / grad out",
-        response_model=InferResponse,
-        responses=_ERRORS,
-        openapi_extra=_INFER_OPENAPI,
-        dependencies=[Depends(require_api_key)],
-    )
+class InferRoute(KeyCheckedByMiddleware, PathParamsRoute):
+    """An infer route, on the path of small requests: its API key checked by `ApiKeyMiddleware`
+    alone, its endpoint called with the path's parameters and the request (`PathParamsRoute`)."""
+
+
+def add_infer_routes(app_router: APIRouter) -> None:
+    """The two infer routes, on `app_router` (the app's router) itself: a route of an included
+    router is matched through it, twice per request (FastAPI finds the route to select it, then
+    again to handle it)."""
+    for path, name, endpoint in (
+        ("/models/{model_name}/infer", "oip_infer", _infer),
+        (
+            "/models/{model_name}/versions/{model_version}/infer",
+            "oip_infer_version",
+            _infer_version,
+        ),
+    ):
+        app_router.add_api_route(
+            f"{PREFIX}{path}",
+            endpoint,
+            methods=["POST"],
+            name=name,
+            summary="Compute a loss: inputs and parameters in, loss / per_sample / grad out",
+            response_model=InferResponse,
+            responses=_ERRORS,
+            openapi_extra=_INFER_OPENAPI,
+            tags=TAGS,
+            route_class_override=InferRoute,
+        )
