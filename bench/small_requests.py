@@ -153,7 +153,7 @@ class Load:
     requests_per_s: float
     p50_ms: float
     p99_ms: float
-    errors: int
+    errors: dict[str, int]  # wrk's kinds: non-2xx, connect, read, write, timeout
 
 
 def load(url: str, case: Case, *, duration_s: int, connections: int, scratch: Path) -> Load:
@@ -182,8 +182,8 @@ def load(url: str, case: Case, *, duration_s: int, connections: int, scratch: Pa
         check=True,
     )
     out = done.stdout
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    errors = {kind: int(n) for kind, n in re.findall(r"(connect|read|write|timeout) (\d+)", out)}
+    errors.update(("non-2xx", int(n)) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     return Load(
         requests_per_s=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         p50_ms=_percentile(out, "50"),
@@ -253,8 +253,9 @@ def main() -> None:
                         f"{a.requests_per_s / b.requests_per_s:.2f}x |",
                         flush=True,
                     )
-                    if a.errors or b.errors:
-                        print(f"#   errors: service {a.errors}, minimal {b.errors}")
+                    if any(a.errors.values()) or any(b.errors.values()):
+                        # timeouts: a request took over wrk's 2 s (a kernel compiling, say)
+                        print(f"#   errors: service {_kinds(a)}, minimal {_kinds(b)}")
 
 
 def ready(url: str, workers: int, timeout_s: float = 300) -> None:
@@ -272,12 +273,20 @@ def ready(url: str, workers: int, timeout_s: float = 300) -> None:
 
 
 def _median(loads: list[Load]) -> Load:
+    errors: dict[str, int] = {}
+    for one in loads:
+        for kind, count in one.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
     return Load(
         requests_per_s=statistics.median(x.requests_per_s for x in loads),
         p50_ms=statistics.median(x.p50_ms for x in loads),
         p99_ms=statistics.median(x.p99_ms for x in loads),
-        errors=sum(x.errors for x in loads),
+        errors=errors,
     )
+
+
+def _kinds(load: Load) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in load.errors.items() if n) or "none"
 
 
 if __name__ == "__main__":
