@@ -94,20 +94,12 @@ def cross_entropy(
         target = probability_target(labels, w, label_smoothing, dtype, xp=xp)
     elif index_labels:
         plain = weight is None and class_counts is None and not label_smoothing and not z_loss
-        if fused is not None and plain and _integer_labels(labels, ignore_index):
-            found = fused.class_index_rows(
-                x, labels.reshape(-1), ignore_index, mean=grad_reduction == "mean"
+        if fused is not None and plain:
+            found = one_call_rows(
+                fused, fused.CROSS_ENTROPY, 0.0, logits, x, labels, ignore_index, grad_reduction
             )
             if found is not None:  # else the checks below name the problem
-                per_sample, grad, n_valid, total, scale = found
-                return LossResult(
-                    per_sample=per_sample.reshape(logits.shape[:-1]),
-                    grads={"logits": grad.reshape(logits.shape)},
-                    n_valid=n_valid,
-                    divisor=float(n_valid),
-                    grad_scale=scale,
-                    total=total,
-                )
+                return found
         y, valid = class_indices(labels, n_classes, ignore_index, xp=xp)
         target = class_index_target(y, valid, w, label_smoothing, n_classes, dtype, xp=xp)
         if fused is not None:
@@ -129,6 +121,38 @@ def cross_entropy(
         scale = scale + (2 * z_loss) * parts.lse
     grad = softmax_gradient(parts, scale, target, xp=xp)
     return finish_rows(logits, per_sample, grad, target.valid, target.divisor, xp=xp)
+
+
+def one_call_rows(
+    fused: SoftmaxKernels,
+    kind: int,
+    param: float,
+    logits: Array,
+    x: Array,
+    labels: Array,
+    ignore_index: int,
+    grad_reduction: Reduction,
+) -> LossResult | None:
+    """Cross-entropy, focal or poly-1 (`kind`) of checked rows `x` against class indices, with no
+    per-class option, in one call of the kernel module (`class_index_rows`), or None where the
+    general path must take it: labels of another type, rows it does not take, anything
+    irregular (whose message the general path's checks give)."""
+    if not _integer_labels(labels, ignore_index):
+        return None
+    found = fused.class_index_rows(
+        x, labels.reshape(-1), ignore_index, mean=grad_reduction == "mean", kind=kind, param=param
+    )
+    if found is None:
+        return None
+    per_sample, grad, n_valid, total, scale = found
+    return LossResult(
+        per_sample=per_sample.reshape(logits.shape[:-1]),
+        grads={"logits": grad.reshape(logits.shape)},
+        n_valid=n_valid,
+        divisor=float(n_valid),
+        grad_scale=scale,
+        total=total,
+    )
 
 
 def _integer_labels(labels: Array, ignore_index: int) -> bool:

@@ -29,7 +29,12 @@ import numpy as np
 
 from service.engine._checks import check_nonnegative, check_option_range, require
 from service.engine._class_balance import resolve_class_weight
-from service.engine._cross_entropy import TargetMass, cross_entropy, softmax_gradient
+from service.engine._cross_entropy import (
+    TargetMass,
+    cross_entropy,
+    one_call_rows,
+    softmax_gradient,
+)
 from service.engine._dtypes import ComputeDtype, as_compute, compute_dtype_for
 from service.engine._engine_path import fused_kernels, native_dtypes
 from service.engine._kernels.interface import SoftmaxKernels
@@ -79,9 +84,15 @@ def focal(
     xp = array_namespace(logits, labels, alpha, class_counts)
     check_option_range(gamma, "gamma", low=0.0)
     fused = fused_kernels(xp)
-    x, y, valid = index_rows(
-        logits, labels, ignore_index, compute_dtype, xp=xp, native=native_dtypes(fused)
-    )
+    x = checked_rows(logits, labels, compute_dtype, xp=xp, native=native_dtypes(fused))
+    per_class = alpha is not None or class_counts is not None or class_balance_beta is not None
+    if fused is not None and not per_class:
+        found = one_call_rows(
+            fused, fused.FOCAL, gamma, logits, x, labels, ignore_index, grad_reduction
+        )
+        if found is not None:  # else the checks below name the problem
+            return found
+    y, valid = class_indices(labels, x.shape[1], ignore_index, xp=xp)
     dtype = compute_dtype_for(logits.dtype, compute_dtype)
     a = resolve_class_weight(
         alpha, "alpha", class_counts, class_balance_beta, x.shape[1], dtype, xp=xp
@@ -127,9 +138,14 @@ def poly1(
     xp = array_namespace(logits, labels)
     check_option_range(epsilon, "epsilon", low=-1.0)
     fused = fused_kernels(xp)
-    x, y, valid = index_rows(
-        logits, labels, ignore_index, compute_dtype, xp=xp, native=native_dtypes(fused)
-    )
+    x = checked_rows(logits, labels, compute_dtype, xp=xp, native=native_dtypes(fused))
+    if fused is not None:
+        found = one_call_rows(
+            fused, fused.POLY1, epsilon, logits, x, labels, ignore_index, grad_reduction
+        )
+        if found is not None:  # else the checks below name the problem
+            return found
+    y, valid = class_indices(labels, x.shape[1], ignore_index, xp=xp)
     if fused is not None:
         return _fused_label_loss(
             fused, fused.POLY1, epsilon, None, logits, x, y, valid, grad_reduction, xp=xp
@@ -300,10 +316,23 @@ def index_rows(
 ) -> tuple[Array, Array, Array]:
     """Checked rows [M, C] in the compute dtype (or a `native` one: see `logit_rows`), class
     indices [M] (0 where ignored), valid [M]."""
-    x = logit_rows(logits, compute_dtype, xp=xp, native=native)
-    _require_index_labels(logits, labels)
+    x = checked_rows(logits, labels, compute_dtype, xp=xp, native=native)
     y, valid = class_indices(labels, x.shape[1], ignore_index, xp=xp)
     return x, y, valid
+
+
+def checked_rows(
+    logits: Array,
+    labels: Array,
+    compute_dtype: ComputeDtype | None,
+    *,
+    xp: ModuleType,
+    native: frozenset[str] = frozenset(),
+) -> Array:
+    """`index_rows`' rows [M, C], once labels of the right shape are given."""
+    x = logit_rows(logits, compute_dtype, xp=xp, native=native)
+    _require_index_labels(logits, labels)
+    return x
 
 
 def softmax_label_rows(x: Array, y: Array, valid: Array, *, xp: ModuleType) -> LabelRows:

@@ -275,3 +275,49 @@ def test_log_row_sum_is_within_one_ulp_of_the_c_librarys_log1p() -> None:
     ours = _log_row_sums(sums)
     reference = np.array([math.log1p(s - 1.0) for s in sums])  # s - 1: exact below 2^53
     assert np.all(np.abs(ours - reference) <= np.spacing(reference))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", ["focal", "poly1"])
+def test_focal_and_poly1_take_the_one_call_path_with_the_reference_numbers(
+    kind: str, dtype: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Focal without alpha and poly-1 go through `class_index_rows` too: the kernel's bits with
+    the general path's targets, and the reference array code's numbers."""
+    calls: list[bool] = []
+    real = cpu.class_index_rows
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        found = real(*args, **kwargs)
+        calls.append(found is not None)
+        return found
+
+    monkeypatch.setattr(cpu, "class_index_rows", recording)
+    table: dict[str, tuple[Callable[..., LossResult], int, dict[str, float]]] = {
+        "focal": (focal, cpu.FOCAL, {"gamma": 2.0}),
+        "poly1": (poly1, cpu.POLY1, {"epsilon": 1.5}),
+    }
+    function, code, option = table[kind]
+    param = next(iter(option.values()))
+    x, y = rows(6, dtype, n_rows=301)
+    valid = y != -100
+    found = real(x, y, -100, mean=True, kind=code, param=param)
+    assert found is not None
+    per_sample, grad, n_valid, total, scale = found
+    compute = np.float64 if dtype is np.float64 else np.float32
+    general = cpu.softmax_rows(
+        x, np.where(valid, y, 0), valid, kind=code, param=param, grad_scale=scale
+    )
+    np.testing.assert_array_equal(per_sample, general[0].astype(compute))
+    np.testing.assert_array_equal(grad[valid], general[2][valid])
+    assert not grad[~valid].any()
+    assert n_valid == int(valid.sum())
+    expected = float(general[0].astype(compute).sum(dtype=np.float64))
+    assert total == pytest.approx(expected, rel=1e-13)
+
+    reference, fused = both_paths(function, x, y, reduction="mean", **option)
+    assert calls == [True]  # the fused path's call
+    assert_same(reference, fused, compute)
+    if kind == "focal":  # alpha: the general path
+        both_paths(focal, x, y, reduction="mean", gamma=2.0, alpha=np.ones(6))
+        assert calls == [True]

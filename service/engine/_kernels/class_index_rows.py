@@ -1,5 +1,6 @@
 """The checks and sums around the few-class kernel for the most common cross-entropy: class-index
-labels, without class weights, label smoothing or z-loss.
+labels, without class weights, label smoothing or z-loss (and for focal without alpha and
+poly-1, whose kernel calls take the same arguments).
 
 On a small batch the kernel is the smaller part of a call: checking the labels, making the target
 vectors, counting the valid rows and adding up the losses took a dozen NumPy calls around it,

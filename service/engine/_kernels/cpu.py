@@ -193,12 +193,18 @@ def softmax_rows(
 
 
 def class_index_rows(
-    x: np.ndarray, labels: np.ndarray, ignore_index: int, *, mean: bool
+    x: np.ndarray,
+    labels: np.ndarray,
+    ignore_index: int,
+    *,
+    mean: bool,
+    kind: int = CROSS_ENTROPY,
+    param: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, int, float, float] | None:
-    """Cross-entropy of rows `x` [M, C] of up to `FEW_CLASSES` classes against class indices
-    `labels` [M] (integers), without weights, smoothing or z-loss: the label checks and the
-    target before `softmax_rows`, the sum of the losses after it, each one compiled call
-    (`class_index_rows`).
+    """Cross-entropy (or focal, poly-1: `kind`, `param` as `softmax_rows`') of rows `x` [M, C]
+    of up to `FEW_CLASSES` classes against class indices `labels` [M] (integers), without
+    weights, smoothing, z-loss or alpha: the label checks and the target before `softmax_rows`,
+    the sum of the losses after it, each one compiled call (`class_index_rows`).
     Returns (per_sample [M] and grad [M, C] in the compute dtype, the rows that count, the
     float64 sum of the losses, the scale folded into the gradient: `mean`'s 1 / rows that count,
     or 1), or None where the general path must take the call: other class counts, a label that
@@ -219,7 +225,7 @@ def class_index_rows(
         mask_ignored(labels, ignore_index, valid, y, mass)
     scale = 1.0 / n_valid if mean and n_valid else 1.0  # as `reduction.grad_scale`
     per_sample, _, grad = softmax_rows(
-        x, y, valid, kind=CROSS_ENTROPY, at_label=mass, total=mass, grad_scale=scale
+        x, y, valid, kind=kind, at_label=mass, total=mass, param=param, grad_scale=scale
     )
     total = class_index_total(per_sample, grad, valid, dtype.type(0))
     if not math.isfinite(total):

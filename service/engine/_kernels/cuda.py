@@ -195,10 +195,16 @@ def softmax_rows(
 
 
 def class_index_rows(
-    x: Array, labels: Array, ignore_index: int, *, mean: bool
+    x: Array,
+    labels: Array,
+    ignore_index: int,
+    *,
+    mean: bool,
+    kind: int = CROSS_ENTROPY,
+    param: float = 0.0,
 ) -> tuple[Array, Array, int, float, float] | None:
-    """None: on the GPU every cross-entropy takes the general path (a launch is one call already,
-    and the checks around it are a few reductions on the device)."""
+    """None: on the GPU every cross-entropy, focal and poly-1 loss takes the general path (a
+    launch is one call already, and the checks around it are a few reductions on the device)."""
     return None
 
 

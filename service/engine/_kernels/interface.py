@@ -66,9 +66,17 @@ class SoftmaxKernels(Protocol):
     ) -> tuple[Any, Any, Any]: ...
 
     def class_index_rows(
-        self, x: Any, labels: Any, ignore_index: int, *, mean: bool
+        self,
+        x: Any,
+        labels: Any,
+        ignore_index: int,
+        *,
+        mean: bool,
+        kind: int = 0,  # CROSS_ENTROPY (the class attribute of that name is a property)
+        param: float = 0.0,
     ) -> tuple[Any, Any, int, float, float] | None:
-        """Plain cross-entropy (class indices; no weight, smoothing or z-loss) in one call:
+        """Plain cross-entropy, focal or poly-1 (`kind`, `param`; class indices; no weight,
+        smoothing, z-loss or alpha) in one call:
         (per_sample, grad, valid rows, float64 sum of the losses, gradient scale), or None where
         the general path (`softmax_rows` and the checks around it) must take the call."""
         ...
