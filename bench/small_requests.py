@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -273,15 +274,12 @@ def ready(url: str, workers: int, timeout_s: float = 300) -> None:
 
 
 def _median(loads: list[Load]) -> Load:
-    errors: dict[str, int] = {}
-    for one in loads:
-        for kind, count in one.errors.items():
-            errors[kind] = errors.get(kind, 0) + count
+    errors = sum((Counter(x.errors) for x in loads), Counter())
     return Load(
         requests_per_s=statistics.median(x.requests_per_s for x in loads),
         p50_ms=statistics.median(x.p50_ms for x in loads),
         p99_ms=statistics.median(x.p99_ms for x in loads),
-        errors=errors,
+        errors=dict(errors),
     )
 
 

@@ -167,18 +167,28 @@ def test_both_kernel_modules_implement_the_interface() -> None:
     assert set(TOLERANCES) == {np.float32, np.float64}
 
 
+# The losses `class_index_rows` takes: the kernel's kind and parameter, the engine function.
+ONE_CALL_LOSSES: dict[str, tuple[int, float, Callable[..., LossResult], dict[str, float]]] = {
+    "cross-entropy": (cpu.CROSS_ENTROPY, 0.0, cross_entropy, {}),
+    "focal": (cpu.FOCAL, 2.0, focal, {"gamma": 2.0}),
+    "poly1": (cpu.POLY1, 1.5, poly1, {"epsilon": 1.5}),
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("ignored", [False, True], ids=["all-valid", "some-ignored"])
 @pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
+@pytest.mark.parametrize("loss", list(ONE_CALL_LOSSES))
 def test_class_index_rows_give_the_general_paths_numbers(
-    dtype: Any, ignored: bool, mean: bool
+    loss: str, dtype: Any, ignored: bool, mean: bool
 ) -> None:
-    """The one-call path for plain cross-entropy (`cpu.class_index_rows`) against the kernel
-    with the general path's targets: the same bits but for the order of the sum of the losses."""
+    """The one-call path (`cpu.class_index_rows`) against the kernel with the general path's
+    targets: the same bits but for the order of the sum of the losses."""
+    kind, param, _, _ = ONE_CALL_LOSSES[loss]
     x, y = rows(7, dtype, n_rows=301)
     if not ignored:
         y = np.where(y == -100, 3, y)
-    found = cpu.class_index_rows(x, y, -100, mean=mean)
+    found = cpu.class_index_rows(x, y, -100, mean=mean, kind=kind, param=param)
     assert found is not None
     per_sample, grad, n_valid, total, scale = found
     valid = y != -100
@@ -187,7 +197,7 @@ def test_class_index_rows_give_the_general_paths_numbers(
     compute = np.float64 if dtype is np.float64 else np.float32
     mass = valid.astype(compute)
     general = cpu.softmax_rows(
-        x, np.where(valid, y, 0), valid, kind=cpu.CROSS_ENTROPY, at_label=mass, total=mass,
+        x, np.where(valid, y, 0), valid, kind=kind, param=param, at_label=mass, total=mass,
         grad_scale=scale,
     )  # fmt: skip
     np.testing.assert_array_equal(per_sample, general[0].astype(compute))
@@ -214,7 +224,8 @@ def test_class_index_rows_leave_the_rest_to_the_general_path() -> None:
         cross_entropy(infinite, y)
 
 
-def test_plain_cross_entropy_takes_the_one_call_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def one_call_results(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each call of `cpu.class_index_rows` from now on took the call (not None)."""
     calls: list[bool] = []
     real = cpu.class_index_rows
 
@@ -224,6 +235,11 @@ def test_plain_cross_entropy_takes_the_one_call_path(monkeypatch: pytest.MonkeyP
         return found
 
     monkeypatch.setattr(cpu, "class_index_rows", recording)
+    return calls
+
+
+def test_plain_cross_entropy_takes_the_one_call_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = one_call_results(monkeypatch)
     x, y = rows(5, np.float32)
     both_paths(cross_entropy, x, y, reduction="mean")
     assert calls == [True]  # the fused path's call; the reference's makes none
@@ -278,46 +294,19 @@ def test_log_row_sum_is_within_one_ulp_of_the_c_librarys_log1p() -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("kind", ["focal", "poly1"])
+@pytest.mark.parametrize("loss", ["focal", "poly1"])
 def test_focal_and_poly1_take_the_one_call_path_with_the_reference_numbers(
-    kind: str, dtype: Any, monkeypatch: pytest.MonkeyPatch
+    loss: str, dtype: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Focal without alpha and poly-1 go through `class_index_rows` too: the kernel's bits with
-    the general path's targets, and the reference array code's numbers."""
-    calls: list[bool] = []
-    real = cpu.class_index_rows
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        found = real(*args, **kwargs)
-        calls.append(found is not None)
-        return found
-
-    monkeypatch.setattr(cpu, "class_index_rows", recording)
-    table: dict[str, tuple[Callable[..., LossResult], int, dict[str, float]]] = {
-        "focal": (focal, cpu.FOCAL, {"gamma": 2.0}),
-        "poly1": (poly1, cpu.POLY1, {"epsilon": 1.5}),
-    }
-    function, code, option = table[kind]
-    param = next(iter(option.values()))
+    """Focal without alpha and poly-1 go through `class_index_rows` too (its bits:
+    `test_class_index_rows_give_the_general_paths_numbers`), with the reference array code's
+    numbers; focal with alpha keeps the general path."""
+    calls = one_call_results(monkeypatch)
+    _, _, function, option = ONE_CALL_LOSSES[loss]
     x, y = rows(6, dtype, n_rows=301)
-    valid = y != -100
-    found = real(x, y, -100, mean=True, kind=code, param=param)
-    assert found is not None
-    per_sample, grad, n_valid, total, scale = found
-    compute = np.float64 if dtype is np.float64 else np.float32
-    general = cpu.softmax_rows(
-        x, np.where(valid, y, 0), valid, kind=code, param=param, grad_scale=scale
-    )
-    np.testing.assert_array_equal(per_sample, general[0].astype(compute))
-    np.testing.assert_array_equal(grad[valid], general[2][valid])
-    assert not grad[~valid].any()
-    assert n_valid == int(valid.sum())
-    expected = float(general[0].astype(compute).sum(dtype=np.float64))
-    assert total == pytest.approx(expected, rel=1e-13)
-
     reference, fused = both_paths(function, x, y, reduction="mean", **option)
-    assert calls == [True]  # the fused path's call
-    assert_same(reference, fused, compute)
-    if kind == "focal":  # alpha: the general path
-        both_paths(focal, x, y, reduction="mean", gamma=2.0, alpha=np.ones(6))
+    assert calls == [True]  # the fused path's call; the reference's makes none
+    assert_same(reference, fused, np.float64 if dtype is np.float64 else np.float32)
+    if loss == "focal":
+        both_paths(focal, x, y, reduction="mean", alpha=np.ones(6), **option)
         assert calls == [True]
