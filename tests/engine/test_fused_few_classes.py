@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from service.engine import LossResult, cross_entropy, focal, poly1
-from service.engine._kernels import class_index_rows, cpu, cuda, few_classes, softmax
+from service.engine._kernels import class_index_rows, cpu, cuda, few_classes, softmax, two_classes
 from service.engine._kernels.interface import SoftmaxKernels
 from service.engine._kernels.numerics import log_row_sum
 from service.errors import InvalidInput
@@ -179,22 +179,38 @@ ONE_CALL_LOSSES: dict[str, tuple[int, float, Callable[..., LossResult], dict[str
 @pytest.mark.parametrize("ignored", [False, True], ids=["all-valid", "some-ignored"])
 @pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
 @pytest.mark.parametrize("loss", list(ONE_CALL_LOSSES))
+@pytest.mark.parametrize("n_classes", [2, 7])  # 2: plain cross-entropy's own kernel
 def test_class_index_rows_give_the_general_paths_numbers(
-    loss: str, dtype: Any, ignored: bool, mean: bool
+    n_classes: int, loss: str, dtype: Any, ignored: bool, mean: bool
 ) -> None:
     """The one-call path (`cpu.class_index_rows`) against the kernel with the general path's
     targets: the same bits but for the order of the sum of the losses."""
     kind, param, _, _ = ONE_CALL_LOSSES[loss]
-    x, y = rows(7, dtype, n_rows=301)
+    x, y = rows(n_classes, dtype, n_rows=301)
     if not ignored:
-        y = np.where(y == -100, 3, y)
+        y = np.where(y == -100, 1, y)
     found = cpu.class_index_rows(x, y, -100, mean=mean, kind=kind, param=param)
     assert found is not None
+    assert_general_paths_bits(x, y, -100, found, kind=kind, param=param, mean=mean)
+
+
+def assert_general_paths_bits(
+    x: np.ndarray,
+    y: np.ndarray,
+    ignore_index: int,
+    found: tuple[np.ndarray, np.ndarray, int, float, float],
+    *,
+    kind: int = cpu.CROSS_ENTROPY,
+    param: float = 0.0,
+    mean: bool = True,
+) -> None:
+    """`found`, a result of `cpu.class_index_rows`, has the bits of the general path's kernel
+    call (`softmax_rows` with its targets) but for the order of the sum of the losses."""
     per_sample, grad, n_valid, total, scale = found
-    valid = y != -100
+    valid = y != ignore_index
     assert n_valid == int(valid.sum())
-    assert scale == (1.0 / n_valid if mean else 1.0)
-    compute = np.float64 if dtype is np.float64 else np.float32
+    assert scale == (1.0 / n_valid if mean and n_valid else 1.0)
+    compute = np.float64 if x.dtype == np.float64 else np.float32
     mass = valid.astype(compute)
     general = cpu.softmax_rows(
         x, np.where(valid, y, 0), valid, kind=kind, param=param, at_label=mass, total=mass,
@@ -205,6 +221,51 @@ def test_class_index_rows_give_the_general_paths_numbers(
     assert not grad[~valid].any()  # ignored rows: a zero gradient
     expected = float(general[0].astype(compute).sum(dtype=np.float64))
     assert total == pytest.approx(expected, rel=1e-13)
+
+
+INF, NAN = np.inf, np.nan
+# Rows of two classes at the edges of the two-class kernel, each with a counted label: whether
+# `class_index_rows` takes it (finite losses) or leaves it to the general path.
+TWO_CLASS_EDGES: dict[str, tuple[list[float], int, bool]] = {
+    "tie": ([1.5, 1.5], 1, True),
+    "signed zeros": ([-0.0, 0.0], 0, True),
+    "other class at -inf": ([-INF, 2.0], 1, True),
+    "label class at -inf": ([-INF, 2.0], 0, False),
+    "both at -inf": ([-INF, -INF], 0, False),
+    "+inf": ([INF, 1.0], 0, False),
+    "+inf at the other class": ([INF, 1.0], 1, False),
+    "NaN": ([NAN, 1.0], 1, False),
+    "far apart": ([-90.0, 90.0], 0, True),  # e under float32's normal range: flushed to 0
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("edge", list(TWO_CLASS_EDGES))
+def test_two_class_rows_at_the_edges(edge: str, dtype: Any) -> None:
+    """Among ordinary rows, one edge row counted and one ignored: the two-class kernel gives the
+    general path's bits where the losses are finite, and leaves the call to it otherwise (a
+    non-finite row that is ignored changes nothing)."""
+    logits, label, taken = TWO_CLASS_EDGES[edge]
+    x, y = rows(2, dtype, n_rows=41)
+    x[5], y[5] = np.array(logits, dtype=dtype), label
+    x[6], y[6] = np.array(logits, dtype=dtype), -100
+    found = cpu.class_index_rows(x, y, -100, mean=True)
+    assert (found is not None) == taken
+    if found is not None:
+        assert_general_paths_bits(x, y, -100, found)
+    ignored_only = np.where(np.arange(41) == 5, -100, y)
+    found = cpu.class_index_rows(x, ignored_only, -100, mean=True)
+    assert found is not None
+    assert_general_paths_bits(x, ignored_only, -100, found)
+
+
+@pytest.mark.parametrize("ignore_index", [0, 1])
+def test_two_class_rows_with_a_class_as_ignore_index(ignore_index: int) -> None:
+    x, y = rows(2, np.float32, n_rows=64)
+    y = np.where(y == -100, 1 - ignore_index, y)
+    found = cpu.class_index_rows(x, y, ignore_index, mean=False)
+    assert found is not None
+    assert_general_paths_bits(x, y, ignore_index, found, mean=False)
 
 
 def test_class_index_rows_leave_the_rest_to_the_general_path() -> None:
@@ -255,7 +316,7 @@ def test_the_warm_up_covers_json_and_float32_rows_of_few_classes() -> None:
     cpu.warm_up()
     dispatchers = [few_classes.few_class_kernel(c) for c in range(1, few_classes.FEW_CLASSES + 1)]
     dispatchers += [class_index_rows.count_class_indices, class_index_rows.mask_ignored]
-    dispatchers.append(class_index_rows.class_index_total)
+    dispatchers += [class_index_rows.class_index_total, two_classes.two_class_rows]
     before = [len(d.signatures) for d in dispatchers]
     for dtype in (np.float32, np.float64):
         for n_classes in range(1, few_classes.FEW_CLASSES + 1):

@@ -11,7 +11,9 @@ after it (`class_index_total`), with the same numbers but for the order of the f
 the losses.
 
 They only take the regular case, every label a class or `ignore_index`, and finite losses; for
-anything else the caller takes the general path, whose checks name the problem.
+anything else the caller takes the general path, whose checks name the problem. Cross-entropy
+over two classes goes from `count_class_indices` to `two_classes.two_class_rows`, which zeroes
+the ignored rows and sums the losses itself.
 """
 
 from __future__ import annotations

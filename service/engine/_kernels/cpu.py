@@ -55,6 +55,7 @@ from service.engine._kernels.interface import (
 )
 from service.engine._kernels.numerics import HALF_BITS
 from service.engine._kernels.softmax import softmax_rows_parallel, softmax_rows_serial
+from service.engine._kernels.two_classes import two_class_rows
 from service.engine._rows import kept_ones
 
 __all__ = [
@@ -204,7 +205,8 @@ def class_index_rows(
     """Cross-entropy (or focal, poly-1: `kind`, `param` as `softmax_rows`') of rows `x` [M, C]
     of up to `FEW_CLASSES` classes against class indices `labels` [M] (integers), without
     weights, smoothing, z-loss or alpha: the label checks and the target before `softmax_rows`,
-    the sum of the losses after it, each one compiled call (`class_index_rows`).
+    the sum of the losses after it, each one compiled call (`class_index_rows`). Cross-entropy
+    over two classes takes its own one-pass kernel instead (`two_classes`), the same bits.
     Returns (per_sample [M] and grad [M, C] in the compute dtype, the rows that count, the
     float64 sum of the losses, the scale folded into the gradient: `mean`'s 1 / rows that count,
     or 1), or None where the general path must take the call: other class counts, a label that
@@ -224,6 +226,12 @@ def class_index_rows(
         mass = np.empty(n_rows, dtype=dtype)
         mask_ignored(labels, ignore_index, valid, y, mass)
     scale = 1.0 / n_valid if mean and n_valid else 1.0  # as `reduction.grad_scale`
+    if n_classes == 2 and kind == CROSS_ENTROPY:
+        rows, _ = _kernel_rows(x)
+        per_sample, grad = GRADIENTS.empty((n_rows,), dtype), GRADIENTS.empty(x.shape, dtype)
+        flat = (rows.reshape(-1), labels, ignore_index, scale, per_sample, grad.reshape(-1))
+        total = two_class_rows(*flat)
+        return (per_sample, grad, n_valid, total, scale) if math.isfinite(total) else None
     per_sample, _, grad = softmax_rows(
         x, y, valid, kind=kind, at_label=mass, total=mass, param=param, grad_scale=scale
     )

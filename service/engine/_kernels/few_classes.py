@@ -25,6 +25,8 @@ sums (float32 rows: well within the 1e-7 relative of the reference; float64 rows
 Focal and poly-1 take the label terms of each row from `label_terms` (library calls: that pass
 is not vectorised). It runs serially, whatever the size of the call: one kernel per class count
 gives one result, and a call large enough to gain from threads is rare with rows this short.
+Plain cross-entropy over two classes with class-index labels has a kernel of its own, one pass
+with one exponential per row and these numbers (`two_classes`).
 
 Each pass over a block's class is a function of its own: compiled with its own fast-math flags
 and vectorised on its own, then inlined by LLVM. They index the block with a class and a row from
@@ -91,9 +93,16 @@ def _add_shifted(block: Any, c: int, n: int, peak: Any, weight: Any, dot: Any) -
 
 # `contract` fuses the exp polynomial's multiply-adds (each rounds once), as `softmax._store_exp`
 @compiled(fastmath={"contract"}, error_model="numpy")
+def exp_shifted(value: Any, peak: Any) -> Any:
+    """exp(value - peak) for value <= peak, in their compute dtype; inlined where it is called,
+    with its own flags."""
+    return exp_nonpositive(value - peak)
+
+
+@compiled(error_model="numpy")
 def _exp_in_place(block: Any, c: int, n: int, peak: Any) -> None:
     for r in range(n):
-        block[c, r] = exp_nonpositive(block[c, r] - peak[r])
+        block[c, r] = exp_shifted(block[c, r], peak[r])
 
 
 # Loops of their own: added in the exp's loop, the float64 sums cost as much as the exp.
@@ -154,16 +163,20 @@ def _shift(values: Any, n: int, peak: Any) -> None:
 
 
 # `contract`: the series' multiply-adds fused, 30% faster (a chain of dependent operations
-# bounds this loop) and still within 1 ulp of `log1p(sum - 1)`.
+# bounds a loop of it) and still within 1 ulp of `log1p(sum - 1)`.
 @compiled(fastmath={"contract"}, error_model="numpy")
+def log_of_sum(total: float) -> float:
+    """log(total) of a row's float64 sum of exponentials: `log_row_sum` where it holds
+    (1 <= total < inf), -inf for 0 (an all -inf row), and inf or NaN as they are."""
+    inside = (total >= 1.0) & (total < math.inf)  # `and` would branch: no vectors
+    value = log_row_sum(total if inside else 1.0)
+    return value if inside else (-math.inf if total == 0 else total)
+
+
+@compiled(error_model="numpy")
 def _log_sums(sums: Any, n: int, logs: Any) -> None:
-    """log(sum) per row: `log_row_sum` where it holds (1 <= sum < inf), -inf for 0 (an all -inf
-    row), and inf or NaN as they are."""
     for r in range(n):
-        total = sums[r]
-        inside = (total >= 1.0) & (total < math.inf)  # `and` would branch: no vectors
-        value = log_row_sum(total if inside else 1.0)
-        logs[r] = value if inside else (-math.inf if total == 0 else total)
+        logs[r] = log_of_sum(sums[r])
 
 
 @compiled(error_model="numpy")
