@@ -101,6 +101,30 @@ def test_few_class_kernel_against_the_row_kernel(n_classes: int, dtype: Any) -> 
         np.testing.assert_allclose(few[1], lse, rtol=1e-15, atol=1e-15)  # -inf too
 
 
+@pytest.mark.parametrize("n_classes", few_classes.PAIRED_CLASSES)
+def test_paired_class_counts_move_pairs_and_unaligned_rows_as_they_are(n_classes: int) -> None:
+    """float32 rows of `PAIRED_CLASSES` move through uint64 views where they are 8-byte
+    aligned, and element by element where they are not: the same bits either way."""
+    x, y = rows(n_classes, np.float32, n_rows=few_classes.BLOCK_ROWS + 77)  # two blocks
+    valid = y != -100
+    y = np.where(valid, y, 0)
+    spare = np.empty(x.size + 2, dtype=np.float32)
+    start = 1 if spare.ctypes.data % 8 == 0 else 0
+    unaligned = spare[start : start + x.size].reshape(x.shape)
+    unaligned[:] = x
+    assert unaligned.ctypes.data % 8 == 4
+    grad = np.empty(x.size, dtype=np.float32)
+    assert all(view.size == x.size // 2 for view in cpu._pair_views(x.reshape(-1), grad, n_classes))
+    assert cpu._pair_views(unaligned.reshape(-1), grad, n_classes)[0].size == 0
+    mass = valid.astype(np.float32)
+    results = [
+        cpu.softmax_rows(rows_, y, valid, kind=cpu.CROSS_ENTROPY, at_label=mass, total=mass)
+        for rows_ in (x, unaligned)
+    ]
+    for paired, one_by_one in zip(*results, strict=True):
+        np.testing.assert_array_equal(paired, one_by_one)
+
+
 @pytest.mark.parametrize("n_classes", [few_classes.FEW_CLASSES + 1, 33, 1000, 5000])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_serial_and_parallel_kernels_give_the_same_bits(n_classes: int, dtype: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import threading
 from typing import Final
 
@@ -41,6 +42,7 @@ from service.engine._kernels.few_classes import (
     BLOCK_EXTRA_ROWS,
     BLOCK_ROWS,
     FEW_CLASSES,
+    PAIRED_CLASSES,
     WIDE_ROWS,
     few_class_kernel,
 )
@@ -184,7 +186,9 @@ def softmax_rows(
     )
     if few_classes:  # whatever the size: one kernel, one result
         scratch = _few_class_scratch(x.shape[1], dtype)
-        few_class_kernel(x.shape[1])(x.reshape(-1), *arguments[1:-1], grad.reshape(-1), *scratch)
+        flat_x, flat_grad = x.reshape(-1), grad.reshape(-1)
+        pairs = _pair_views(flat_x, flat_grad, x.shape[1])
+        few_class_kernel(x.shape[1])(flat_x, *arguments[1:-1], flat_grad, *pairs, *scratch)
     elif _in_parallel(x.size, parallel):
         with _LAUNCH:
             softmax_rows_parallel(*arguments)
@@ -239,6 +243,22 @@ def class_index_rows(
     if not math.isfinite(total):
         return None
     return per_sample.astype(dtype), grad, n_valid, total, scale
+
+
+_NO_PAIRS: Final = np.empty(0, dtype=np.uint64)  # `grad_pairs`: writable
+_NO_PAIRS_IN: Final = _frozen(_NO_PAIRS)  # `x_pairs`: read-only, as the rows
+
+
+def _pair_views(x: np.ndarray, grad: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
+    """The few-class kernel's `x_pairs` and `grad_pairs`: uint64 views of the flat rows and
+    gradient where the kernel moves them two classes at a time (`PAIRED_CLASSES`, float32,
+    8-byte aligned: numba compiles another kernel for unaligned arrays), empty ones elsewhere."""
+    if n_classes not in PAIRED_CLASSES or sys.byteorder != "little":
+        return _NO_PAIRS_IN, _NO_PAIRS
+    return tuple(
+        array.view(np.uint64) if array.dtype == _FLOAT32 and array.ctypes.data % 8 == 0 else empty
+        for array, empty in ((x, _NO_PAIRS_IN), (grad, _NO_PAIRS))
+    )
 
 
 def _few_class_scratch(n_classes: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
@@ -340,6 +360,7 @@ def _grouped(factor: np.ndarray, rows: slice, shape: tuple[int, int]) -> np.ndar
 # float32 gradients). Below 64 KiB the allocator's free lists serve them without page faults.
 GRADIENTS = ArrayPool(min_bytes=1 << 16, max_bytes=1 << 30)
 _FLOAT64: Final = np.dtype(np.float64)
+_FLOAT32: Final = np.dtype(np.float32)
 _BOOL: Final = np.dtype(np.bool_)
 
 

@@ -114,6 +114,24 @@ def f32_from_bits(typingctx: Any, bits: Any) -> Any:
 
 
 @_intrinsic
+def f32_pair_bits(typingctx: Any, first: Any, second: Any) -> Any:
+    """The uint64 whose low 32 bits are those of `first` and high 32 those of `second`, both
+    converted to float32 (a no-op for float32): the two as they lie in memory, little-endian."""
+    if not (isinstance(first, types.Float) and isinstance(second, types.Float)):
+        return None
+
+    def codegen(context: Any, builder: ir.IRBuilder, signature: Any, args: Any) -> ir.Value:
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        halves = []
+        for value, numba_type in zip(args, signature.args, strict=True):
+            single = context.cast(builder, value, numba_type, types.float32)
+            halves.append(builder.zext(builder.bitcast(single, i32), i64))
+        return builder.or_(halves[0], builder.shl(halves[1], ir.Constant(i64, 32)))
+
+    return types.uint64(first, second), codegen
+
+
+@_intrinsic
 def f64_bits(typingctx: Any, value: Any) -> Any:
     """The bits of the float64 `value` as a uint64 (unsigned: AVX2 shifts 64-bit lanes
     logically only, so an arithmetic shift would leave the loop scalar)."""
