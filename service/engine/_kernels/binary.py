@@ -16,12 +16,12 @@ import math
 from typing import Any, Final
 
 import numba
-import numpy as np
 from numba import prange
 
 from service.engine._kernels.numerics import (
     compiled,
     convert,
+    float64_sum,
     positive_part,
     sigmoid_pair,
     sigmoid_parts,
@@ -33,16 +33,6 @@ from service.engine._kernels.numerics import (
 BINARY_CHUNK: Final = 4096
 LABEL_OUTSIDE: Final = 1  # status bits of a work item: a label not in [0, 1] (or NaN)
 NOT_FINITE: Final = 2  # a loss or gradient element not finite (or a NaN logit)
-
-
-@compiled(fastmath={"reassoc"}, error_model="numpy")
-def _span_sum(values: Any, i: int, start: int, stop: int) -> float:
-    """The float64 sum of `values[i, start:stop]` (apart from the loop that writes the values,
-    whose vectorisation a strict float64 sum would prevent)."""
-    total = 0.0
-    for c in range(start, stop):
-        total += np.float64(values[i, c])
-    return total
 
 
 @numba.njit(inline="always")
@@ -67,27 +57,32 @@ def _binary_item(
     pi = i if p.shape[0] > 1 else 0
     label_outside = False
     not_finite = False
-    for c in range(start, min(start + BINARY_CHUNK, n_cols)):
-        v = widen(x[i, c])
-        target = widen(y[i, c])
+    stop = min(start + BINARY_CHUNK, n_cols)
+    # Views, indexed from 0: an index LLVM cannot prove non-negative (numba wraps negative
+    # ones around) turns every load into a gather and every store into a scatter.
+    xs, ys, ws, ps = x[i, start:stop], y[i, start:stop], w[wi, start:stop], p[pi, start:stop]
+    losses, grads = per_element[i, start:stop], grad[i, start:stop]
+    for c in range(stop - start):
+        v = widen(xs[c])
+        target = widen(ys[c])
         tail, sigmoid = sigmoid_pair(v)  # log(1 + e^-|v|), sigmoid(v)
         softplus = positive_part(v) + tail  # -log(1 - sigmoid(v))
         softplus_neg = positive_part(-v) + tail  # -log sigmoid(v)
-        positive = p[pi, c] * target  # coefficient of -log sigmoid(v)
+        positive = ps[c] * target  # coefficient of -log sigmoid(v)
         negative = convert(1.0, target) - target
         # a zero coefficient adds 0, even times inf
         loss = (convert(0.0, v) if positive == 0 else positive * softplus_neg) + (
             negative * softplus
         )
         g = sigmoid * (positive + negative) - positive
-        loss = loss * w[wi, c]
-        g = g * w[wi, c]
+        loss = loss * ws[c]
+        g = g * ws[c]
         label_outside |= not (target >= 0 and target <= 1)
         not_finite |= not (math.isfinite(loss) and math.isfinite(g)) or v != v
-        per_element[i, c] = loss
-        grad[i, c] = g * convert(grad_scale, v)  # as `reduce_loss` scales: the same bits
+        losses[c] = loss
+        grads[c] = g * convert(grad_scale, v)  # as `reduce_loss` scales: the same bits
     status[k] = (LABEL_OUTSIDE if label_outside else 0) | (NOT_FINITE if not_finite else 0)
-    sums[k] = _span_sum(per_element, i, start, min(start + BINARY_CHUNK, n_cols))  # in cache
+    sums[k] = float64_sum(losses)  # in cache
 
 
 @compiled(parallel=True, fastmath=False, error_model="numpy", nogil=True)
@@ -156,9 +151,12 @@ def _sigmoid_focal_item(
     wi = i if w.shape[0] > 1 else 0
     label_outside = False
     not_finite = False
-    for c in range(start, min(start + BINARY_CHUNK, n_cols)):
-        v = widen(x[i, c])
-        target = widen(y[i, c])
+    stop = min(start + BINARY_CHUNK, n_cols)
+    xs, ys, ws = x[i, start:stop], y[i, start:stop], w[wi, start:stop]  # views: see above
+    losses, grads = per_element[i, start:stop], grad[i, start:stop]
+    for c in range(stop - start):
+        v = widen(xs[c])
+        target = widen(ys[c])
         zero = convert(0.0, v)
         one = convert(1.0, v)
         tail, p, q = sigmoid_parts(v)  # log(1 + e^-|v|), sigmoid(v), 1 - sigmoid(v)
@@ -178,14 +176,14 @@ def _sigmoid_focal_item(
             alpha_t = a * target + (one - a) * negative
             loss = zero if alpha_t == 0 else alpha_t * loss  # silences even inf * 0
             g = zero if alpha_t == 0 else alpha_t * g
-        loss = loss * w[wi, c]
-        g = g * w[wi, c]
+        loss = loss * ws[c]
+        g = g * ws[c]
         label_outside |= not (target >= 0 and target <= 1)
         not_finite |= not (math.isfinite(loss) and math.isfinite(g)) or v != v
-        per_element[i, c] = loss
-        grad[i, c] = g * convert(grad_scale, v)
+        losses[c] = loss
+        grads[c] = g * convert(grad_scale, v)
     status[k] = (LABEL_OUTSIDE if label_outside else 0) | (NOT_FINITE if not_finite else 0)
-    sums[k] = _span_sum(per_element, i, start, min(start + BINARY_CHUNK, n_cols))
+    sums[k] = float64_sum(losses)
 
 
 @compiled(parallel=True, fastmath=False, error_model="numpy", nogil=True)

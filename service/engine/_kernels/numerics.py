@@ -178,6 +178,20 @@ def convert(typingctx: Any, value: Any, like: Any) -> Any:
     return like(value, like), codegen
 
 
+# --- sums ------------------------------------------------------------------------------------
+
+
+# `reassoc` lets LLVM add in vector lanes: another order than one addition after the other. A
+# loop of its own: a strict float64 sum in the loop that writes the values keeps it scalar.
+@compiled(fastmath={"reassoc"}, error_model="numpy")
+def float64_sum(values: Any) -> float:
+    """The float64 sum of a 1-D array (index it from 0, a view: see `binary`)."""
+    total = 0.0
+    for r in range(values.shape[0]):
+        total += np.float64(values[r])
+    return total
+
+
 # --- exp -------------------------------------------------------------------------------------
 
 F32 = np.float32

@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from service.engine._kernels.few_classes import exp_shifted, log_of_sum
-from service.engine._kernels.numerics import compiled, convert, from_ordered_key, ordered_key, widen
+from service.engine._kernels.numerics import (
+    compiled,
+    convert,
+    float64_sum,
+    from_ordered_key,
+    ordered_key,
+    widen,
+)
 
 
 @compiled(error_model="numpy")
@@ -60,15 +67,6 @@ def _two_class_losses(
         per_sample[r] = convert(loss, scale) if counted else zero
 
 
-# `reassoc`: the sum in vector lanes, in another order than one addition after the other.
-@compiled(fastmath={"reassoc"}, error_model="numpy")
-def _float64_sum(values: Any) -> float:
-    total = 0.0
-    for r in range(values.shape[0]):
-        total += np.float64(values[r])
-    return total
-
-
 @compiled(error_model="numpy", nogil=True)
 def two_class_rows(
     x: Any, labels: Any, ignore_index: int, grad_scale: float, per_sample: Any, grad: Any
@@ -79,5 +77,5 @@ def two_class_rows(
     finite where a counted row has an inf or NaN logit)."""
     scale = convert(grad_scale, per_sample[0])
     _two_class_losses(x, labels, ignore_index, scale, per_sample, grad)
-    total: float = _float64_sum(per_sample)
+    total: float = float64_sum(per_sample)
     return total
