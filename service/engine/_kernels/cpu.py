@@ -223,19 +223,19 @@ def class_index_rows(
     outside, n_valid = count_class_indices(labels, ignore_index, n_classes)
     if outside:
         return None
+    scale = 1.0 / n_valid if mean and n_valid else 1.0  # as `reduction.grad_scale`
+    if n_classes == 2 and kind == CROSS_ENTROPY:  # its kernel reads the labels as they are
+        rows, _ = _kernel_rows(x)
+        per_sample, grad = GRADIENTS.empty((n_rows,), dtype), GRADIENTS.empty(x.shape, dtype)
+        flat = (rows.reshape(-1), labels, ignore_index, scale, per_sample, grad.reshape(-1))
+        total = two_class_rows(*flat)
+        return (per_sample, grad, n_valid, total, scale) if math.isfinite(total) else None
     if n_valid == n_rows:  # the common case: the labels as they are, every mass 1
         y, valid, mass = labels, kept_ones(n_rows, _BOOL, xp=np), kept_ones(n_rows, dtype, xp=np)
     else:
         y, valid = np.empty(n_rows, dtype=np.int64), np.empty(n_rows, dtype=np.bool_)
         mass = np.empty(n_rows, dtype=dtype)
         mask_ignored(labels, ignore_index, valid, y, mass)
-    scale = 1.0 / n_valid if mean and n_valid else 1.0  # as `reduction.grad_scale`
-    if n_classes == 2 and kind == CROSS_ENTROPY:
-        rows, _ = _kernel_rows(x)
-        per_sample, grad = GRADIENTS.empty((n_rows,), dtype), GRADIENTS.empty(x.shape, dtype)
-        flat = (rows.reshape(-1), labels, ignore_index, scale, per_sample, grad.reshape(-1))
-        total = two_class_rows(*flat)
-        return (per_sample, grad, n_valid, total, scale) if math.isfinite(total) else None
     per_sample, _, grad = softmax_rows(
         x, y, valid, kind=kind, at_label=mass, total=mass, param=param, grad_scale=scale
     )
