@@ -1,14 +1,15 @@
 """Loss value + gradient: the engine's two paths against the memory floor and PyTorch.
 
     THP_MEM_ALLOC_ENABLE=1 python -m bench.engine [--repeats 7] [--shapes 8192x1000,8x4x32000]
-        [--bce-shapes 2048x32000] [--half-shapes 2048x32000]   (an empty list skips a table)
+        [--bce-shapes 2048x32000] [--focal-shapes 65536x10] [--half-shapes 2048x32000]
+        (an empty list skips a table)
 
 A shape is its sizes joined by `x`, the class axis last: `8x4x32000` is 8 sequences of 4 tokens
 over 32000 classes, labels `[8, 4]` (the engine takes any number of leading axes and computes on
 the `[32, 32000]` rows they flatten to, a view of the logits).
 
-Three tables: cross-entropy on float32 logits, binary cross-entropy, cross-entropy on bfloat16
-and float16 logits. The first:
+Four tables: cross-entropy on float32 logits, binary cross-entropy, the sigmoid focal loss,
+cross-entropy on bfloat16 and float16 logits. The first:
 
 Float32 logits, class-index labels, `mean` reduction
 (`reduce_loss(cross_entropy(..., grad_reduction="mean"), "mean")`), as the API computes it. Runs
@@ -35,6 +36,11 @@ floor is one read of logits and targets and one write of a gradient (`np.subtrac
 `F.binary_cross_entropy_with_logits` forward + backward. Its per-element loss is an output too, so
 peak/io (relative to logits + gradient) is about 1 more than cross-entropy's.
 
+Sigmoid focal loss (`sigmoid_focal(..., alpha=0.25, grad_reduction="mean")`, 10% positive
+targets) at gamma 2 (the common one, whose kernel loop squares) and 1.5 (a power per element):
+columns as binary cross-entropy's; torch is torchvision's `sigmoid_focal_loss` written in torch
+operations (torchvision is not a dependency), forward + backward.
+
 16-bit logits: the fused kernel reads bfloat16 and float16 rows as they are and writes a float32
 gradient; floor reads the 16-bit logits and writes a float32 array; widened is the fused kernel
 after casting the whole payload to float32 first (the engine before it read 16-bit rows); torch
@@ -59,6 +65,7 @@ from service.engine import (
     binary_cross_entropy,
     cross_entropy,
     reduce_loss,
+    sigmoid_focal,
     using_engine_path,
     warm_up,
 )
@@ -66,6 +73,8 @@ from service.engine._kernels.cpu import GRADIENTS
 
 DEFAULT_SHAPES = "65536x2,65536x10,16384x100,8192x1000,2048x32000,256x128256,8x4x32000"
 DEFAULT_BCE_SHAPES = "65536x10,2048x32000"
+DEFAULT_FOCAL_SHAPES = "65536x10"
+FOCAL_GAMMAS = (2.0, 1.5)
 DEFAULT_HALF_SHAPES = "2048x32000,256x128256"
 
 
@@ -205,6 +214,64 @@ def bench_bce_shape(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
     return result
 
 
+# --- sigmoid focal loss -----------------------------------------------------------------------
+
+
+def _focal_engine(
+    logits: np.ndarray, labels: np.ndarray, path: str, gamma: float
+) -> Callable[[], object]:
+    def step() -> object:
+        with using_engine_path(path):
+            result = sigmoid_focal(logits, labels, gamma=gamma, grad_reduction="mean")
+            return reduce_loss(result, "mean")
+
+    return step
+
+
+def torch_focal_step(
+    logits: np.ndarray, labels: np.ndarray, gamma: float
+) -> Callable[[], object] | None:
+    """torchvision's `sigmoid_focal_loss` (alpha 0.25, mean) in torch operations, forward +
+    backward, or None without torch."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    x, y = torch.from_numpy(logits), torch.from_numpy(labels)
+
+    def step() -> object:
+        leaf = x.detach().requires_grad_()
+        p = torch.sigmoid(leaf)
+        ce = F.binary_cross_entropy_with_logits(leaf, y, reduction="none")
+        p_t = p * y + (1 - p) * (1 - y)
+        alpha_t = 0.25 * y + 0.75 * (1 - y)
+        (alpha_t * ce * (1 - p_t) ** gamma).mean().backward()
+        return leaf.grad
+
+    return step
+
+
+def bench_focal_shape(shape: tuple[int, ...], gamma: float, repeats: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(shape, dtype=np.float32)
+    labels = (rng.random(shape, dtype=np.float32) < 0.1).astype(np.float32)
+    out = np.empty_like(logits)
+    contenders = {
+        "floor": lambda: np.subtract(logits, labels, out=out),
+        "fused": _focal_engine(logits, labels, "fused", gamma),
+        "reference": _focal_engine(logits, labels, "reference", gamma),
+    }
+    torch = torch_focal_step(logits, labels, gamma)
+    if torch is not None:
+        contenders["torch"] = torch
+    result = _measure(contenders, repeats)
+    io = 2 * logits.nbytes
+    result["peak_fused"] = _peak_bytes(_focal_engine(logits, labels, "fused", gamma)) / io
+    result["peak_reference"] = _peak_bytes(_focal_engine(logits, labels, "reference", gamma)) / io
+    return result
+
+
 # --- 16-bit logits ----------------------------------------------------------------------------
 
 
@@ -281,6 +348,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--shapes", type=_shapes, default=DEFAULT_SHAPES)
     parser.add_argument("--bce-shapes", type=_shapes, default=DEFAULT_BCE_SHAPES)
+    parser.add_argument("--focal-shapes", type=_shapes, default=DEFAULT_FOCAL_SHAPES)
     parser.add_argument("--half-shapes", type=_shapes, default=DEFAULT_HALF_SHAPES)
     args = parser.parse_args()
     with using_engine_path("fused"):
@@ -318,6 +386,23 @@ def main() -> None:
             *peaks,
         ],
         ((_label(shape), bench_bce_shape(shape, args.repeats)) for shape in args.bce_shapes),
+    )
+    _print_table(
+        "Sigmoid focal loss, alpha 0.25, float32, mean",
+        [
+            _ms("floor"),
+            _ms("fused"),
+            ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
+            ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
+            _ms("reference"),
+            _ms("torch"),
+            *peaks,
+        ],
+        (
+            (f"{_label(shape)} gamma {gamma:g}", bench_focal_shape(shape, gamma, args.repeats))
+            for shape in args.focal_shapes
+            for gamma in FOCAL_GAMMAS
+        ),
     )
     _print_table(
         "Cross-entropy, 16-bit logits (float32 gradient; torch: its gradient in the input dtype)",
