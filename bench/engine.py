@@ -51,6 +51,7 @@ is relative to the 16-bit logits plus the float32 gradient.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -194,24 +195,41 @@ def _bce_engine(logits: np.ndarray, labels: np.ndarray, path: str) -> Callable[[
     return step
 
 
-def bench_bce_shape(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
+Engine = Callable[[np.ndarray, np.ndarray, str], Callable[[], object]]
+
+
+def bench_targets(
+    shape: tuple[int, ...],
+    repeats: int,
+    engine: Engine,
+    torch_of: Callable[[np.ndarray, np.ndarray], Callable[[], object] | None],
+) -> dict[str, float]:
+    """A loss of logits against binary targets of `shape` (10% positive): floor, the engine's
+    two paths (`engine(logits, targets, path)`), torch (`torch_of(logits, targets)`, if any)."""
     rng = np.random.default_rng(0)
     logits = rng.standard_normal(shape, dtype=np.float32)
     labels = (rng.random(shape, dtype=np.float32) < 0.1).astype(np.float32)
     out = np.empty_like(logits)
     contenders = {
         "floor": lambda: np.subtract(logits, labels, out=out),
-        "fused": _bce_engine(logits, labels, "fused"),
-        "reference": _bce_engine(logits, labels, "reference"),
+        "fused": engine(logits, labels, "fused"),
+        "reference": engine(logits, labels, "reference"),
     }
-    torch = torch_step("binary_cross_entropy_with_logits", logits, labels)
+    torch = torch_of(logits, labels)
     if torch is not None:
         contenders["torch"] = torch
     result = _measure(contenders, repeats)
     io = 2 * logits.nbytes  # logits + gradient, as for cross-entropy
-    result["peak_fused"] = _peak_bytes(_bce_engine(logits, labels, "fused")) / io
-    result["peak_reference"] = _peak_bytes(_bce_engine(logits, labels, "reference")) / io
+    result["peak_fused"] = _peak_bytes(engine(logits, labels, "fused")) / io
+    result["peak_reference"] = _peak_bytes(engine(logits, labels, "reference")) / io
     return result
+
+
+def bench_bce_shape(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
+    return bench_targets(
+        shape, repeats, _bce_engine,
+        functools.partial(torch_step, "binary_cross_entropy_with_logits"),
+    )  # fmt: skip
 
 
 # --- sigmoid focal loss -----------------------------------------------------------------------
@@ -253,23 +271,10 @@ def torch_focal_step(
 
 
 def bench_focal_shape(shape: tuple[int, ...], gamma: float, repeats: int) -> dict[str, float]:
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal(shape, dtype=np.float32)
-    labels = (rng.random(shape, dtype=np.float32) < 0.1).astype(np.float32)
-    out = np.empty_like(logits)
-    contenders = {
-        "floor": lambda: np.subtract(logits, labels, out=out),
-        "fused": _focal_engine(logits, labels, "fused", gamma),
-        "reference": _focal_engine(logits, labels, "reference", gamma),
-    }
-    torch = torch_focal_step(logits, labels, gamma)
-    if torch is not None:
-        contenders["torch"] = torch
-    result = _measure(contenders, repeats)
-    io = 2 * logits.nbytes
-    result["peak_fused"] = _peak_bytes(_focal_engine(logits, labels, "fused", gamma)) / io
-    result["peak_reference"] = _peak_bytes(_focal_engine(logits, labels, "reference", gamma)) / io
-    return result
+    return bench_targets(
+        shape, repeats, functools.partial(_focal_engine, gamma=gamma),
+        functools.partial(torch_focal_step, gamma=gamma),
+    )  # fmt: skip
 
 
 # --- 16-bit logits ----------------------------------------------------------------------------
@@ -374,30 +379,23 @@ def main() -> None:
         ],
         ((_label(shape), bench_shape(shape, args.repeats)) for shape in args.shapes),
     )
+    targets_columns: Columns = [
+        _ms("floor"),
+        _ms("fused"),
+        ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
+        ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
+        _ms("reference"),
+        _ms("torch"),
+        *peaks,
+    ]
     _print_table(
         "Binary cross-entropy with logits, float32, mean",
-        [
-            _ms("floor"),
-            _ms("fused"),
-            ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
-            ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
-            _ms("reference"),
-            _ms("torch"),
-            *peaks,
-        ],
+        targets_columns,
         ((_label(shape), bench_bce_shape(shape, args.repeats)) for shape in args.bce_shapes),
     )
     _print_table(
         "Sigmoid focal loss, alpha 0.25, float32, mean",
-        [
-            _ms("floor"),
-            _ms("fused"),
-            ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
-            ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
-            _ms("reference"),
-            _ms("torch"),
-            *peaks,
-        ],
+        targets_columns,
         (
             (f"{_label(shape)} gamma {gamma:g}", bench_focal_shape(shape, gamma, args.repeats))
             for shape in args.focal_shapes

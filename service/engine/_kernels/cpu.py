@@ -251,14 +251,13 @@ _NO_PAIRS_IN: Final = _frozen(_NO_PAIRS)  # `x_pairs`: read-only, as the rows
 
 def _pair_views(x: np.ndarray, grad: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:
     """The few-class kernel's `x_pairs` and `grad_pairs`: uint64 views of the flat rows and
-    gradient where the kernel moves them two classes at a time (`PAIRED_CLASSES`, float32,
-    8-byte aligned: numba compiles another kernel for unaligned arrays), empty ones elsewhere."""
-    if n_classes not in PAIRED_CLASSES or sys.byteorder != "little":
+    gradient where the kernel moves them two classes at a time (`PAIRED_CLASSES`, float32),
+    empty ones elsewhere. Rows must also be 8-byte aligned (numba compiles another kernel for
+    unaligned arrays); the gradient is, as NumPy allocates it."""
+    if n_classes not in PAIRED_CLASSES or sys.byteorder != "little" or grad.dtype != _FLOAT32:
         return _NO_PAIRS_IN, _NO_PAIRS
-    return tuple(
-        array.view(np.uint64) if array.dtype == _FLOAT32 and array.ctypes.data % 8 == 0 else empty
-        for array, empty in ((x, _NO_PAIRS_IN), (grad, _NO_PAIRS))
-    )
+    rows_paired = x.dtype == _FLOAT32 and x.ctypes.data % 8 == 0  # 16-bit rows: as they are
+    return (x.view(np.uint64) if rows_paired else _NO_PAIRS_IN), grad.view(np.uint64)
 
 
 def _few_class_scratch(n_classes: int, dtype: np.dtype) -> tuple[np.ndarray, ...]:
