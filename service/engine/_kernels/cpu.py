@@ -35,6 +35,7 @@ from service.engine._kernels.binary import (
 )
 from service.engine._kernels.class_index_rows import (
     class_index_total,
+    count_and_narrow_class_indices,
     count_class_indices,
     mask_ignored,
 )
@@ -210,7 +211,7 @@ def class_index_rows(
     of up to `FEW_CLASSES` classes against class indices `labels` [M] (integers), without
     weights, smoothing, z-loss or alpha: the label checks and the target before `softmax_rows`,
     the sum of the losses after it, each one compiled call (`class_index_rows`). Cross-entropy
-    over two classes takes its own one-pass kernel instead (`two_classes`), the same bits.
+    over two classes takes its own one-pass kernel instead (`two_classes`).
     Returns (per_sample [M] and grad [M, C] in the compute dtype, the rows that count, the
     float64 sum of the losses, the scale folded into the gradient: `mean`'s 1 / rows that count,
     or 1), or None where the general path must take the call: other class counts, a label that
@@ -220,16 +221,12 @@ def class_index_rows(
         return None
     dtype = _COMPUTE_DTYPES[dtype_name(x.dtype)]
     labels = _frozen(np.ascontiguousarray(labels, dtype=np.int64))  # one compiled type
+    if n_classes == 2 and kind == CROSS_ENTROPY:
+        return _two_class_rows(x, labels, ignore_index, mean=mean, dtype=dtype)
     outside, n_valid = count_class_indices(labels, ignore_index, n_classes)
     if outside:
         return None
-    scale = 1.0 / n_valid if mean and n_valid else 1.0  # as `reduction.grad_scale`
-    if n_classes == 2 and kind == CROSS_ENTROPY:  # its kernel reads the labels as they are
-        rows, _ = _kernel_rows(x)
-        per_sample, grad = GRADIENTS.empty((n_rows,), dtype), GRADIENTS.empty(x.shape, dtype)
-        flat = (rows.reshape(-1), labels, ignore_index, scale, per_sample, grad.reshape(-1))
-        total = two_class_rows(*flat)
-        return (per_sample, grad, n_valid, total, scale) if math.isfinite(total) else None
+    scale = _class_index_scale(n_valid, mean)
     if n_valid == n_rows:  # the common case: the labels as they are, every mass 1
         y, valid, mass = labels, kept_ones(n_rows, _BOOL, xp=np), kept_ones(n_rows, dtype, xp=np)
     else:
@@ -243,6 +240,26 @@ def class_index_rows(
     if not math.isfinite(total):
         return None
     return per_sample.astype(dtype), grad, n_valid, total, scale
+
+
+def _class_index_scale(n_valid: int, mean: bool) -> float:
+    return 1.0 / n_valid if mean and n_valid else 1.0  # as `reduction.grad_scale`
+
+
+def _two_class_rows(
+    x: np.ndarray, labels: np.ndarray, ignore_index: int, *, mean: bool, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray, int, float, float] | None:
+    """`class_index_rows` for plain cross-entropy over two classes: its own kernel, over the
+    labels narrowed to int32 (ignored ones -1) by the count."""
+    narrowed = GRADIENTS.empty(labels.shape, _INT32)
+    outside, n_valid = count_and_narrow_class_indices(labels, ignore_index, 2, narrowed)
+    if outside:
+        return None
+    scale = _class_index_scale(n_valid, mean)
+    rows, _ = _kernel_rows(x)
+    per_sample, grad = GRADIENTS.empty(labels.shape, dtype), GRADIENTS.empty(x.shape, dtype)
+    total = two_class_rows(rows.reshape(-1), narrowed, -1, scale, per_sample, grad.reshape(-1))
+    return (per_sample, grad, n_valid, total, scale) if math.isfinite(total) else None
 
 
 _NO_PAIRS: Final = np.empty(0, dtype=np.uint64)  # `grad_pairs`: writable
@@ -361,6 +378,7 @@ GRADIENTS = ArrayPool(min_bytes=1 << 16, max_bytes=1 << 30)
 _FLOAT64: Final = np.dtype(np.float64)
 _FLOAT32: Final = np.dtype(np.float32)
 _BOOL: Final = np.dtype(np.bool_)
+_INT32: Final = np.dtype(np.int32)
 
 
 _WARM_FEW_CLASS_DTYPES: Final = ("float32", "float64")
