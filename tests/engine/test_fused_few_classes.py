@@ -352,6 +352,7 @@ def test_the_warm_up_covers_json_and_float32_rows_of_few_classes() -> None:
     cpu.warm_up()
     dispatchers = [few_classes.few_class_kernel(c) for c in range(1, few_classes.FEW_CLASSES + 1)]
     dispatchers += [class_index_rows.count_class_indices, class_index_rows.mask_ignored]
+    dispatchers += [class_index_rows.count_and_narrow_class_indices]
     dispatchers += [class_index_rows.class_index_total, two_classes.two_class_rows]
     before = [len(d.signatures) for d in dispatchers]
     for dtype in (np.float32, np.float64):
