@@ -18,9 +18,9 @@ the C library's `exp(0)`): one exponential per row, e, that of the smaller one, 
   the binary cross-entropy's, and the factor as a float32 division: no float64 in the loop,
   twice the lanes per vector (the float64 log was 2/3 of the loop's time). The sum 1 + e is not
   rounded at all (log1p of e itself), so the loss of a confident row keeps every digit where
-  the block kernel's float64 sum drops an e below 2^-53; elsewhere the two are within 4 ulp of
-  each other, and the gradients within an ulp of 1 times the scale (both subtract the one-hot
-  from factors that close).
+  the block kernel's float64 sum rounds at 2^-53 (its loss off by that much, absolute); where
+  the loss is above 1e-6 the two are within 3 ulp of each other, and the gradients within an
+  ulp of 1 times the scale (both subtract the one-hot from factors that close).
 
 The labels come as int32 with -1 for a row that is not counted (`count_and_narrow_class_indices`):
 int64 labels halved the loop's vectors. A counted row whose maximum is not finite (an inf or NaN
