@@ -255,6 +255,26 @@ def ce_index_cases() -> list[dict[str, Any]]:
     return cases
 
 
+def ce_two_class_cases() -> list[dict[str, Any]]:
+    """Two classes (a binary classifier's softmax head), class-index labels, no weight or
+    smoothing: rows [16, 2] whose logit gaps run from about 0.01 to 30 (confident rows
+    included), x ign0 / ign1 / ignore_index 1 (a class) x reduction x dtype."""
+    cases = []
+    for ign in ("ign0", "ign1", "ignclass"):
+        for dtype in DTYPES:
+            rng = rng_for(f"ce-two-{ign}-{dtype}")
+            row_scales = np.geomspace(0.01, 10.0, 16).astype(NP_DTYPES[dtype])[:, None]
+            logits = randn(rng, (16, 2), dtype) * row_scales
+            labels = rng.integers(0, 2, size=16, dtype=np.int64)
+            if ign == "ign1":
+                labels[rng.permutation(16)[:3]] = DEFAULT_IGNORE
+            ignore_index = 1 if ign == "ignclass" else DEFAULT_IGNORE
+            for red in REDUCTIONS:
+                cid = f"ce-two-{ign}-{red}-{dtype}"
+                cases.append(run_ce(cid, dtype, logits, labels, None, red, ignore_index, 0.0))
+    return cases
+
+
 def prob_labels(rng: np.random.Generator, shape: tuple[int, ...], kind: str, dtype: str) -> Any:
     """Probability rows: soft (softmax of randn), onehot (exact), zeros (some exact zeros)."""
     if kind == "onehot":
@@ -458,7 +478,8 @@ def bce_cases() -> list[dict[str, Any]]:
 def build() -> dict[str, Any]:
     torch.set_num_threads(1)
     torch.manual_seed(0)  # nothing below draws from torch's RNG; set for good measure
-    cases = ce_index_cases() + ce_prob_cases() + ce_edge_cases() + bce_cases()
+    cases = ce_index_cases() + ce_two_class_cases() + ce_prob_cases() + ce_edge_cases()
+    cases += bce_cases()
     ids = [c["id"] for c in cases]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

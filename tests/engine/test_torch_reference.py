@@ -1,9 +1,10 @@
 """The engine against values recorded from PyTorch 2.13 (see scripts/make_torch_fixtures.py).
 
 Every recorded case runs: cross-entropy over weights x ignore_index x label smoothing x
-reductions x probability targets x 3-D inputs x float32/float64, BCE over weight x pos_weight,
-and the edge cases. Where the service deliberately differs from PyTorch (docs/conventions.md), the
-test checks the documented value instead, and says why.
+reductions x probability targets x 3-D inputs x float32/float64, two-class rows from even to
+confident, BCE over weight x pos_weight, and the edge cases. Where the service deliberately
+differs from PyTorch (docs/conventions.md), the test checks the documented value instead, and
+says why.
 """
 
 from __future__ import annotations
