@@ -16,7 +16,7 @@ the C library's `exp(0)`): one exponential per row, e, that of the smaller one, 
   factor), so its bits.
 - float32 rows (and 16-bit ones, computed in float32) take log(1 + e) as `log1p_unit_f32(e)`,
   the binary cross-entropy's, and the factor as a float32 division: no float64 in the loop,
-  twice the lanes per vector (the float64 log was 2/3 of the loop's time). The sum 1 + e is not
+  twice the lanes per vector (the float64 log was most of the loop). The sum 1 + e is not
   rounded at all (log1p of e itself), so the loss of a confident row keeps every digit where
   the block kernel's float64 sum rounds at 2^-53 (its loss off by that much, absolute); where
   the loss is above 1e-6 the two are within 3 ulp of each other, and the gradients within an
