@@ -379,11 +379,14 @@ def main() -> None:
         ],
         ((_label(shape), bench_shape(shape, args.repeats)) for shape in args.shapes),
     )
-    targets_columns: Columns = [
+    fused_against_floor_and_torch: Columns = [
         _ms("floor"),
         _ms("fused"),
         ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
         ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
+    ]
+    targets_columns: Columns = [
+        *fused_against_floor_and_torch,
         _ms("reference"),
         _ms("torch"),
         *peaks,
@@ -405,10 +408,7 @@ def main() -> None:
     _print_table(
         "Cross-entropy, 16-bit logits (float32 gradient; torch: its gradient in the input dtype)",
         [
-            _ms("floor"),
-            _ms("fused"),
-            ("fused/floor", lambda r: _ratio(r, "fused", "floor")),
-            ("fused/torch", lambda r: _ratio(r, "fused", "torch")),
+            *fused_against_floor_and_torch,
             _ms("widened"),
             _ms("reference"),
             _ms("torch"),
