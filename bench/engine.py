@@ -8,6 +8,11 @@ A shape is its sizes joined by `x`, the class axis last: `8x4x32000` is 8 sequen
 over 32000 classes, labels `[8, 4]` (the engine takes any number of leading axes and computes on
 the `[32, 32000]` rows they flatten to, a view of the logits).
 
+On an AVX-512 processor the kernels are compiled for 512-bit vectors
+(`service/engine/_kernels/vector_width.py`; the output says so above the tables);
+`LOSS_SERVICE_WIDE_VECTORS=false` in the environment compiles them at numba's default width, for
+a before and after on one machine.
+
 Four tables: cross-entropy on float32 logits, binary cross-entropy, the sigmoid focal loss,
 cross-entropy on bfloat16 and float16 logits. The first:
 
@@ -71,6 +76,7 @@ from service.engine import (
     warm_up,
 )
 from service.engine._kernels.cpu import GRADIENTS
+from service.engine._kernels.vector_width import SWITCH_ENV, full_width_requested
 
 DEFAULT_SHAPES = "65536x2,65536x10,16384x100,8192x1000,2048x32000,256x128256,8x4x32000"
 DEFAULT_BCE_SHAPES = "65536x10,2048x32000"
@@ -358,6 +364,8 @@ def main() -> None:
     args = parser.parse_args()
     with using_engine_path("fused"):
         warm_up()
+    if full_width_requested():
+        print(f"\nKernels compiled for 512-bit vectors ({SWITCH_ENV}=false: numba's default).")
     peaks: Columns = [
         ("peak/io fused", lambda r: f"{r['peak_fused']:.2f}"),
         ("peak/io reference", lambda r: f"{r['peak_reference']:.2f}"),

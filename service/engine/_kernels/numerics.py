@@ -28,6 +28,11 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
+from service.engine._kernels.vector_width import request_full_width_vectors
+
+# Before the first `compiled` function below sets up numba's code generator.
+request_full_width_vectors()
+
 
 def compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """`numba.njit(cache=True, **options)`, or without the cache where numba finds no writable
