@@ -8,6 +8,7 @@ smoothing, z-loss, focal (with alpha) and poly-1, in every native dtype.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -158,6 +159,79 @@ def test_serial_and_parallel_kernels_give_the_same_bits(n_classes: int, dtype: A
         parallel_b = cpu.binary_rows(x, targets, None, None, parallel=True, **binary)
         for one, other in zip(serial_b, parallel_b, strict=True):
             np.testing.assert_array_equal(one, other)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("n_classes", [1, 3, 10, 12])  # 10, 12: paired moves
+def test_few_class_calls_in_spans_on_threads_give_the_same_bits(
+    n_classes: int, dtype: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n_rows = 5 * few_classes.BLOCK_ROWS + 77  # six blocks, the last one short: three spans of two
+    x, y = rows(n_classes, dtype, n_rows=n_rows)
+    valid = y != -100
+    y = np.where(valid, y, 0)
+    compute = np.float64 if dtype is np.float64 else np.float32
+    cases: list[tuple[int, dict[str, Any]]] = [
+        (
+            cpu.CROSS_ENTROPY,
+            {"at_label": np.ones(n_rows, compute), "total": np.full(n_rows, 1.5, compute),
+             "z_loss": 1e-3, "spread": np.full(n_classes, 0.01, compute)},
+        ),
+        (cpu.FOCAL, {"param": 2.0, "alpha": np.linspace(0, 1, n_classes).astype(compute)}),
+    ]  # fmt: skip
+    serial = [
+        cpu.softmax_rows(x, y, valid, kind=kind, grad_scale=0.25, parallel=False, **extra)
+        for kind, extra in cases
+    ]
+    threads: list[str] = []  # of each span
+    compiled_kernel = few_classes.few_class_kernel
+
+    def recording(count: int) -> Callable[..., None]:
+        def run(*arguments: Any) -> None:
+            threads.append(threading.current_thread().name)
+            compiled_kernel(count)(*arguments)
+
+        return run
+
+    monkeypatch.setattr("service.engine._kernels.cpu.few_class_kernel", recording)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)
+    for (kind, extra), one_span in zip(cases, serial, strict=True):
+        threads.clear()
+        spans = cpu.softmax_rows(x, y, valid, kind=kind, grad_scale=0.25, parallel=True, **extra)
+        assert len(threads) == 3 and threads.count("MainThread") == 1
+        for a, b in zip(one_span[:2], spans[:2], strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(one_span[2][valid], spans[2][valid])
+
+
+def test_few_class_calls_below_their_size_bound_run_in_one_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pieces: list[int] = []
+    real = cpu._few_class_rows
+
+    def recording(arguments: tuple[Any, ...], count: int) -> None:
+        pieces.append(count)
+        real(arguments, count)
+
+    monkeypatch.setattr(cpu, "_few_class_rows", recording)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    n_classes = 10
+    for n_rows in (1, cpu.FEW_CLASS_PARALLEL_MIN_ELEMENTS // n_classes + 1):
+        x = np.zeros((n_rows, n_classes), np.float32)
+        ones = np.ones(n_rows, np.float32)
+        labels, valid = np.zeros(n_rows, np.int64), np.ones(n_rows, bool)
+        cpu.softmax_rows(x, labels, valid, kind=cpu.CROSS_ENTROPY, at_label=ones, total=ones)
+    assert pieces == [1, 2]
+
+
+@pytest.mark.parametrize(("n_rows", "pieces"), [(1, 4), (512, 2), (513, 2), (5000, 3), (4096, 1)])
+def test_block_spans_cover_the_rows_in_whole_blocks(n_rows: int, pieces: int) -> None:
+    spans = cpu._block_spans(n_rows, pieces)
+    assert 1 <= len(spans) <= pieces
+    assert [s.start for s in spans] == [0, *(s.stop for s in spans[:-1])]
+    assert spans[-1].stop == n_rows
+    assert all(s.start % few_classes.BLOCK_ROWS == 0 for s in spans)
 
 
 def test_calls_below_the_size_bound_run_serially(monkeypatch: pytest.MonkeyPatch) -> None:

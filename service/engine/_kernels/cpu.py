@@ -18,8 +18,10 @@ import functools
 import math
 import sys
 import threading
-from typing import Final
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
 
+import numba
 import numpy as np
 
 from service.buffers import ArrayPool
@@ -66,6 +68,7 @@ __all__ = [
     "BINARY_CROSS_ENTROPY",
     "COMPUTE_DTYPES",
     "CROSS_ENTROPY",
+    "FEW_CLASS_PARALLEL_MIN_ELEMENTS",
     "FOCAL",
     "GRADIENTS",
     "LABEL_OUTSIDE",
@@ -92,13 +95,20 @@ _LAUNCH = threading.Lock()
 # machine parallel was faster from 2^17 up (1.3 -> 0.9 ms for 32 rows of 32000 classes, 3.0 ->
 # 1.1 ms for 16384 rows of 32). 2^19 keeps the calls that a wake-up would dominate serial.
 PARALLEL_MIN_ELEMENTS: Final = 1 << 19
+# Rows of few classes split into spans on threads from this size (`_few_class_rows`). Measured in
+# `bench.engine`, 2 cores, float32 rows of 10 classes: 262144 rows (2^21.3 elements) 10.2 -> 6.7
+# ms, 131072 rows 4.8 -> 5.3 ms and 65536 rows 2.6 -> 2.9 ms: the other thread's start, in
+# milliseconds when the core has slept through a long call, is more than half the work.
+FEW_CLASS_PARALLEL_MIN_ELEMENTS: Final = 1 << 21
 
 
 _COMPUTE_DTYPES: Final = {name: np.dtype(compute) for name, compute in COMPUTE_DTYPES.items()}
 
 
-def _in_parallel(n_elements: int, parallel: bool | None) -> bool:
-    return n_elements >= PARALLEL_MIN_ELEMENTS if parallel is None else parallel
+def _in_parallel(
+    n_elements: int, parallel: bool | None, min_elements: int = PARALLEL_MIN_ELEMENTS
+) -> bool:
+    return n_elements >= min_elements if parallel is None else parallel
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -151,7 +161,9 @@ def softmax_rows(
     Where `valid` is False: `per_sample` is 0, `lse` 0 unless `z_loss` > 0, `grad` unspecified.
     `parallel`: over numba's threads or not (None: by size, `PARALLEL_MIN_ELEMENTS`); the
     numbers are the same either way. Rows of up to `FEW_CLASSES` classes always take the
-    few-class kernel (serial, vectorised across rows; compiled on first use per class count).
+    few-class kernel (vectorised across rows; compiled on first use per class count), in
+    parallel (from `FEW_CLASS_PARALLEL_MIN_ELEMENTS`) as spans of whole blocks on as many
+    threads as numba has.
     """
     x, dtype = _kernel_rows(x)
     empty = _absent(dtype)
@@ -185,11 +197,10 @@ def softmax_rows(
         lse,
         grad,
     )
-    if few_classes:  # whatever the size: one kernel, one result
-        scratch = _few_class_scratch(x.shape[1], dtype)
-        flat_x, flat_grad = x.reshape(-1), grad.reshape(-1)
-        pairs = _pair_views(flat_x, flat_grad, x.shape[1])
-        few_class_kernel(x.shape[1])(flat_x, *arguments[1:-1], flat_grad, *pairs, *scratch)
+    if few_classes:
+        in_parallel = _in_parallel(x.size, parallel, FEW_CLASS_PARALLEL_MIN_ELEMENTS)
+        pieces = numba.get_num_threads() if in_parallel else 1
+        _few_class_rows(arguments, pieces)
     elif _in_parallel(x.size, parallel):
         with _LAUNCH:
             softmax_rows_parallel(*arguments)
@@ -264,6 +275,58 @@ def _two_class_rows(
 
 _NO_PAIRS: Final = np.empty(0, dtype=np.uint64)  # `grad_pairs`: writable
 _NO_PAIRS_IN: Final = _frozen(_NO_PAIRS)  # `x_pairs`: read-only, as the rows
+
+
+def _few_class_rows(arguments: tuple[Any, ...], pieces: int) -> None:
+    """The few-class kernel on `softmax_rows_serial`'s arguments (rows and gradient [M, C]) in up
+    to `pieces` spans of whole blocks (`BLOCK_ROWS` rows), at once on as many threads (the kernel
+    releases the GIL), each with its thread's scratch. The kernel computes a row the same way
+    wherever its block starts: the numbers are those of one span."""
+    x, y, valid, kind, at_label, total, spread, z_loss, param, alpha, scale = arguments[:11]
+    per_sample, lse, grad = arguments[11:]
+    n_classes = x.shape[1]
+    kernel = few_class_kernel(n_classes)
+
+    def span(rows: slice) -> None:
+        flat_x, flat_grad = x[rows].reshape(-1), grad[rows].reshape(-1)
+        kernel(
+            flat_x,
+            y[rows],
+            valid[rows],
+            kind,
+            at_label[rows],  # an absent vector (empty) stays empty
+            total[rows],
+            spread,
+            z_loss,
+            param,
+            alpha,
+            scale,
+            per_sample[rows],
+            lse[rows],
+            flat_grad,
+            *_pair_views(flat_x, flat_grad, n_classes),
+            *_few_class_scratch(n_classes, grad.dtype),
+        )
+
+    first, *rest = _block_spans(x.shape[0], pieces)
+    others = [_span_threads(len(rest)).submit(span, rows) for rows in rest]
+    span(first)
+    for other in others:
+        other.result()
+
+
+def _block_spans(n_rows: int, pieces: int) -> list[slice]:
+    """Up to `pieces` spans of whole `BLOCK_ROWS` blocks over `n_rows` rows (the last block may
+    be short), as even as whole blocks allow."""
+    blocks = -(-n_rows // BLOCK_ROWS)
+    span_rows = -(-blocks // max(1, pieces)) * BLOCK_ROWS
+    return [slice(first, min(first + span_rows, n_rows)) for first in range(0, n_rows, span_rows)]
+
+
+@functools.cache
+def _span_threads(count: int) -> ThreadPoolExecutor:
+    """The threads that run the other spans of a few-class call (the caller runs the first)."""
+    return ThreadPoolExecutor(max_workers=count, thread_name_prefix="few-class-rows")
 
 
 def _pair_views(x: np.ndarray, grad: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:

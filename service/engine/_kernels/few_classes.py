@@ -23,8 +23,8 @@ For each block:
 The numbers are `softmax`'s but for the last bit of `log_sum` and the order of the float64 row
 sums (float32 rows: well within the 1e-7 relative of the reference; float64 rows: 1e-15).
 Focal and poly-1 take the label terms of each row from `label_terms` (library calls: that pass
-is not vectorised). It runs serially, whatever the size of the call: one kernel per class count
-gives one result, and a call large enough to gain from threads is rare with rows this short.
+is not vectorised). A row's numbers do not depend on where its block starts, so a large call
+runs as spans of whole blocks on several threads (`cpu`), with the numbers of one span.
 Plain cross-entropy over two classes with class-index labels has a kernel of its own, one pass
 with one exponential per row (`two_classes`): these numbers for float64 rows, within 3 ulp of
 them for float32 ones (where the loss is above 1e-6).
