@@ -11,11 +11,13 @@ import itertools
 import math
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 
 from service.engine import LossResult, binary_cross_entropy, reduce_loss, sigmoid_focal
 from service.engine._kernels import cpu
+from service.engine._kernels.numerics import unit_power
 from service.errors import InvalidInput
 from tests.engine.fused_cases import assert_same
 from tests.engine.test_fused import on_path
@@ -290,6 +292,36 @@ def test_sigmoid_focal_gamma_zero_is_the_fused_binary_cross_entropy_bit_for_bit(
     bce = on_path("fused", binary_cross_entropy, logits, labels)
     np.testing.assert_array_equal(focal.per_sample, bce.per_sample)
     np.testing.assert_array_equal(focal.grads["logits"], bce.grads["logits"])
+
+
+@numba.njit
+def _unit_powers(m: np.ndarray, gamma: np.float32, out: np.ndarray) -> None:
+    for i in range(m.shape[0]):
+        out[i] = unit_power(m[i], gamma)
+
+
+@pytest.mark.parametrize("gamma", [0.01, 0.5, 1.5, 3.0, 5.0])
+def test_float32_modulators_against_float64_pow(gamma: float) -> None:
+    """The float32 kernels' m ** gamma for gamma != 2 (`unit_power`: exp(gamma log m) from
+    polynomials) against float64 `np.power` over m from 1e-38 to 1: within (|gamma ln m| + 2)
+    2^-24 relative where the power is above 1e-30, 0 at m = 0, 1 at m = 1."""
+    rng = np.random.default_rng(20261203)
+    m = np.concatenate(
+        [
+            np.float32(10.0) ** rng.uniform(-38.0, 0.0, 100_000).astype(np.float32),
+            rng.random(100_000).astype(np.float32),
+            np.array([0.0, 1.0, 1e-45, np.nextafter(np.float32(1.0), np.float32(0.0))]),
+        ]
+    ).astype(np.float32)
+    g = np.float32(gamma)
+    ours = np.empty_like(m)
+    _unit_powers(m, g, ours)
+    exact = np.power(m.astype(np.float64), np.float64(g))
+    above = exact > 1e-30
+    bound = (np.abs(np.float64(g) * np.log(m[above].astype(np.float64))) + 2.0) * 2.0**-24
+    assert np.all(np.abs(ours[above] - exact[above]) <= bound * exact[above])
+    assert np.all(np.abs(ours[~above] - exact[~above]) <= 1e-30)
+    assert ours[-4] == 0.0 and ours[-3] == 1.0
 
 
 FOCAL_ERRORS: list[tuple[Any, Any, dict[str, Any]]] = [

@@ -25,6 +25,7 @@ from service.engine._kernels.numerics import (
     positive_part,
     sigmoid_pair,
     sigmoid_parts,
+    unit_power,
     widen,
 )
 
@@ -131,7 +132,8 @@ def binary_rows_serial(
 def _sigmoid_focal_span(squared: bool) -> Any:
     """The sigmoid focal loss over one span (views), as (a label outside [0, 1], a result not
     finite): compiled twice, `squared` a constant of each. gamma = 2 has the modulator m * m;
-    any other gamma m ** gamma, whose library call keeps the loop scalar (3x slower)."""
+    any other gamma m ** gamma, `unit_power` (float32: polynomials that vectorise; float64: the
+    library's pow, whose call per element keeps that loop scalar)."""
 
     def span(
         xs: Any,
@@ -159,7 +161,7 @@ def _sigmoid_focal_span(squared: bool) -> Any:
             d_ce = p * (target + negative) - target
             m = negative * p + target * q  # 1 - p_t, a sum of non-negative terms
             g_ = convert(gamma, v)
-            modulator = m * m if squared else (one if gamma == 0 else m**g_)  # 0^0 = 1
+            modulator = m * m if squared else (one if gamma == 0 else unit_power(m, g_))  # 0^0 = 1
             r = p * q / m if m > 0 else zero  # in [0, 1]: m^(gamma - 1) never formed
             loss = ce * modulator
             g = modulator * (d_ce + g_ * ce * r * (one - convert(2.0, v) * target))
