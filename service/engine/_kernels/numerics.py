@@ -4,8 +4,9 @@ polynomials LLVM can vectorise, and the widening of 16-bit floats.
 numba's library `exp` and `log` are calls into the C library, which LLVM does not vectorise: a
 loop that makes one per element runs at the speed of the call (about 1.0-1.5x as fast as
 NumPy's `exp`). The float32 kernels use `exp_f32` (Cephes' `expf`, within 1 ulp) and, for the
-binary losses, `log1p_unit_f32`; the few-class softmax kernel takes the log of its float64 row
-sums with `log_row_sum`. float64 elements use the C library's `exp` and `log1p`.
+binary losses, `log1p_unit_f32` and `unit_power` (the focal loss's m ** gamma); the few-class
+softmax kernel takes the log of its float64 row sums with `log_row_sum`. float64 elements use
+the C library's `exp` and `log1p`.
 
 float16 and bfloat16 rows reach the kernels as their bits (int16 / uint16, `HALF_BITS`): numba
 has no arithmetic for them. `widen` turns an element into the float32 it stands for, exactly,
