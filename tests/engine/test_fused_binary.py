@@ -17,7 +17,7 @@ import pytest
 
 from service.engine import LossResult, binary_cross_entropy, reduce_loss, sigmoid_focal
 from service.engine._kernels import cpu
-from service.engine._kernels.numerics import unit_power
+from service.engine._kernels.binary import unit_power
 from service.errors import InvalidInput
 from tests.engine.fused_cases import assert_same
 from tests.engine.test_fused import on_path

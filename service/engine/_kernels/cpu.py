@@ -9,6 +9,10 @@ Everything is compiled once per process for each native dtype of rows, or loaded
 on-disk cache (`cache=True`, see `numerics.compiled`): seconds to compile, under one to load;
 `warm_up()` does it ahead of the first request. This module imports numba: reach it only
 through `_engine_path`.
+
+One module of about 480 lines, on purpose: every entry point here shares the preparation of the
+arrays (`_kernel_rows`, `_frozen`), the pool and the per-thread scratch; the compiled kernels
+live in their own modules.
 """
 
 from __future__ import annotations

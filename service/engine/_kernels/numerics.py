@@ -4,16 +4,14 @@ polynomials LLVM can vectorise, and the widening of 16-bit floats.
 numba's library `exp` and `log` are calls into the C library, which LLVM does not vectorise: a
 loop that makes one per element runs at the speed of the call (about 1.0-1.5x as fast as
 NumPy's `exp`). The float32 kernels use `exp_f32` (Cephes' `expf`, within 1 ulp) and, for the
-binary losses, `log1p_unit_f32` and `unit_power` (the focal loss's m ** gamma); the few-class
-softmax kernel takes the log of its float64 row sums with `log_row_sum`. float64 elements use
-the C library's `exp` and `log1p`.
+binary losses, `log1p_unit_f32`; the few-class softmax kernel takes the log of its float64 row
+sums with `log_row_sum`. float64 elements use the C library's `exp` and `log1p`.
 
 float16 and bfloat16 rows reach the kernels as their bits (int16 / uint16, `HALF_BITS`): numba
 has no arithmetic for them. `widen` turns an element into the float32 it stands for, exactly,
 where it is read; `ordered_key` orders floats (and such bits) as integers, whose max reduction
-LLVM vectorises without fast-math flags.
-
-`compiled` is `numba.njit` with numba's on-disk cache where there is a writable place for it.
+LLVM vectorises without fast-math flags. `compiled` is `numba.njit` with numba's on-disk cache
+where there is a writable place for it.
 """
 
 from __future__ import annotations
@@ -31,8 +29,7 @@ from numba.extending import intrinsic, overload
 
 from service.engine._kernels.vector_width import request_full_width_vectors
 
-# Before the first `compiled` function below sets up numba's code generator.
-request_full_width_vectors()
+request_full_width_vectors()  # before the first `compiled` function sets up numba's code generator
 
 
 def compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -450,33 +447,3 @@ def log_row_sum(s: float) -> float:
     return k * _LN2_HI_F64 + (
         f - (half_square - (u * (half_square + z * series) + k * _LN2_LO_F64))
     )
-
-
-def unit_power(m: Any, g: Any) -> Any:
-    """m ** g for m in [0, 1] and g > 0 in their compute dtype: resolved per type (overload)."""
-    raise NotImplementedError("compiled only")  # pragma: no cover
-
-
-@overload(unit_power, inline="always")
-def _unit_power_impl(m: Any, g: Any) -> Callable[[Any, Any], Any] | None:
-    if m == types.float32:
-
-        def polynomial(m: Any, g: Any) -> Any:
-            # exp(g log m), with log m = -log(1 / m) in float64 (`log_row_sum`, for sums >= 1:
-            # 1 / m rounds at 2^-53) and the exponent rounded once to float32 before `exp_f32`:
-            # a relative error of about |g log m| 2^-24, at most 2.2e-6 where m^g is above 1e-15.
-            # The library's `powf` is a call per element: the loop around it stays scalar.
-            positive = m > ZERO
-            inverse = 1.0 / np.float64(m if positive else ONE)
-            log_m = -log_row_sum(inverse if inverse >= 1.0 else 1.0)  # m a rounding above 1: 0
-            value = exp_f32(F32(np.float64(g) * log_m))
-            return value if positive else ZERO
-
-        return polynomial
-    if m == types.float64:
-
-        def library(m: Any, g: Any) -> Any:
-            return m**g  # the C library's pow: float64 rows keep its bits
-
-        return library
-    return None
